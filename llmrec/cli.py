@@ -1,0 +1,62 @@
+"""One entry point, `llmrec`, routing subcommands to the module that owns them.
+
+Subcommand modules are imported lazily so that `llmrec serve` and `llmrec recommend` never
+import torch: the serving image does not have it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command words -> "module:function"; each function takes the remaining argv and returns an exit code.
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("train", "cllm4rec"): ("models.cllm4rec.cli:train_main", "train CLLM4Rec (ID tokens on a frozen causal LM)"),
+    ("train", "tcf"): ("models.tcf.cli:train_main", "train TCF (text item tower + SASRec/DSSM user tower)"),
+    ("eval", "baselines"): ("models.baselines.cli:eval_main", "evaluate most-popular / ALS / BPR on both protocols"),
+    ("eval", "cllm4rec"): ("models.cllm4rec.cli:eval_main", "evaluate a CLLM4Rec checkpoint on the test split"),
+    ("eval", "tcf"): ("models.tcf.cli:eval_main", "evaluate a TCF checkpoint on the test split"),
+    ("export",): ("export.cli:main", "checkpoint -> new version in a model repository (ONNX + FAISS)"),
+    ("serve",): ("server.cli:main", "serve a model repository over gRPC"),
+    ("recommend",): ("server.client_cli:main", "ask a running server for recommendations"),
+    ("bench",): ("benchmarks.cli:main", "latency / throughput / quality / scale benchmarks"),
+    ("demo",): ("llmrec.demo:main", "the README's main job: data -> train -> export -> serve -> answers"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: llmrec <command> [options]   (llmrec <command> --help for its options)", ""]
+    for words, (_, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<18} {help_text}")
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
+    for n in (2, 1):
+        key = tuple(argv[:n])
+        if key in COMMANDS:
+            return COMMANDS[key][0], argv[n:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    resolved = _resolve(argv)
+    if resolved is None:
+        groups = sorted({w[0] for w in COMMANDS if len(w) == 2 and w[0] == argv[0]})
+        hint = f" (did you mean one of: {', '.join(' '.join(w) for w in COMMANDS if w[0] == argv[0])})" if groups else ""
+        print(f"llmrec: unknown command {' '.join(argv[:2])!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, rest = resolved
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            print(f"llmrec: '{' '.join(argv[:2])}' is not yet available in this build ({exc})", file=sys.stderr)
+            return 2
+        raise
+    return int(getattr(module, func_name)(rest) or 0)

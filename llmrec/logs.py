@@ -1,0 +1,33 @@
+"""Structured logging: key=value lines on a terminal, JSON lines when RECSYS_LOG_JSON=1 (for servers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def setup(level: str | None = None, json_lines: bool | None = None) -> None:
+    level = (level or os.environ.get("RECSYS_LOG_LEVEL", "INFO")).upper()
+    if json_lines is None:
+        json_lines = os.environ.get("RECSYS_LOG_JSON", "0") == "1"
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)

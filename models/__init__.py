@@ -1,0 +1,1 @@
+"""Offline side: data, splits, metrics, baselines, and the two models' trainers."""

@@ -1,0 +1,83 @@
+"""The hand-off from a trained checkpoint to the exporter.
+
+Each model package turns its checkpoint into a ServingBundle: plain torch modules for the
+encoders (with real sample inputs for the parity check), the item and known-user vectors, and
+the kind-specific facts the server needs (e.g. CLLM4Rec's prompt template as token ids). The
+exporter knows nothing else about the models; see docs/model-repository.md for what it writes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# checkpoint config.json "kind" -> module with `load_bundle(checkpoint_dir) -> ServingBundle`
+BUNDLE_LOADERS = {
+    "cllm4rec": "models.cllm4rec.bundle",
+    "tcf": "models.tcf.bundle",
+}
+
+
+@dataclass
+class EncoderExport:
+    """A torch module whose forward(*inputs) returns one float32 tensor [batch, dim]."""
+
+    module: torch.nn.Module
+    input_names: list[str]
+    output_name: str
+    # ONNX dynamic axes, e.g. {"input_ids": {0: "batch", 1: "length"}, "user_vector": {0: "batch"}}
+    dynamic_axes: dict[str, dict[int, str]]
+    # Real inputs for the parity check: several batch sizes (1 and >1) and lengths.
+    sample_inputs: list[tuple[torch.Tensor, ...]]
+
+
+@dataclass
+class QualityProbe:
+    """Known users with held-out items, to measure what quantization or an approximate index costs.
+
+    `encoder_inputs[i]` is one batch for `user_encoder`; its rows are users `rows` in order.
+    """
+
+    encoder_inputs: list[tuple[torch.Tensor, ...]]
+    exclude: list[np.ndarray]  # per probed user: item rows to mask (their observed items)
+    targets: list[np.ndarray]  # per probed user: held-out test item rows
+    metric: str  # e.g. "recall@20" or "hr@10"
+
+
+@dataclass
+class ServingBundle:
+    kind: str  # "cllm4rec" | "tcf"
+    user_tower: str  # "lm" | "sasrec" | "dssm"
+    item_tower: str  # "id" | "text"
+    dim: int
+    item_ids: list[str]
+    item_vectors: np.ndarray  # float32 [num_items, dim]
+    item_titles: list[str]
+    user_ids: list[str]
+    user_vectors: np.ndarray  # float32 [num_users, dim], the vector each known user is served with
+    user_histories: list[np.ndarray]  # per known user: item rows they have seen (for exclude_history)
+    encoders: dict[str, EncoderExport]  # "user_encoder" and/or "item_encoder"
+    model_config: dict[str, Any]  # kind-specific manifest section ("cllm4rec" or "tcf" in the manifest)
+    assets: dict[str, Path] = field(default_factory=dict)  # extra files copied as-is, e.g. tokenizer.json
+    probe: QualityProbe | None = None
+
+
+def checkpoint_kind(checkpoint_dir: Path) -> str:
+    cfg_path = Path(checkpoint_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} is not a checkpoint: config.json is missing")
+    kind = json.loads(cfg_path.read_text()).get("kind")
+    if kind not in BUNDLE_LOADERS:
+        raise ValueError(f"{cfg_path}: unknown model kind {kind!r}; accepted: {', '.join(BUNDLE_LOADERS)}")
+    return kind
+
+
+def load_bundle(checkpoint_dir: Path) -> ServingBundle:
+    module = importlib.import_module(BUNDLE_LOADERS[checkpoint_kind(checkpoint_dir)])
+    return module.load_bundle(Path(checkpoint_dir))

@@ -1,0 +1,3 @@
+from models.data.dataset import IdMap, InteractionData
+
+__all__ = ["IdMap", "InteractionData"]

