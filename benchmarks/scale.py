@@ -1,0 +1,114 @@
+"""Catalog scale: top-K over N item vectors, FAISS (exact, IVF, HNSW) against PyTorch matmul + topk.
+
+Item vectors are synthetic (clustered Gaussians, so approximate indexes face realistic structure);
+queries are drawn near the items. Recall of each approximate index is measured against exact search.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from benchmarks.timing import compare, interleaved
+
+
+@dataclass
+class ScaleConfig:
+    sizes: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])
+    dim: int = 64
+    k: int = 100
+    queries: int = 200
+    repeats: int = 50
+    ivf_nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    seed: int = 0
+
+
+def synthetic_catalog(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    centers = rng.normal(size=(max(n // 1000, 8), dim)).astype(np.float32)
+    assign = rng.integers(0, len(centers), size=n)
+    return (centers[assign] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    hits = sum(len(np.intersect1d(f, e)) for f, e in zip(found, exact, strict=True))
+    return hits / exact.size
+
+
+def _one_size(n: int, cfg: ScaleConfig, rng: np.random.Generator) -> dict:
+    import torch  # the baseline path; imported here so the rest of benchmarks stays torch-free
+
+    items = synthetic_catalog(n, cfg.dim, rng)
+    noise = 0.3 * rng.normal(size=(cfg.queries, cfg.dim)).astype(np.float32)
+    queries = items[rng.integers(0, n, size=cfg.queries)] + noise
+    items_t = torch.from_numpy(items)
+    flat = faiss.IndexFlatIP(cfg.dim)
+    flat.add(items)
+    t0 = time.perf_counter()
+    nlist = int(max(16, min(4 * np.sqrt(n), n // 39)))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(cfg.dim), cfg.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(items[rng.choice(n, size=min(n, nlist * 64), replace=False)])
+    ivf.add(items)
+    ivf.nprobe = min(cfg.ivf_nprobe, nlist)
+    ivf_build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(cfg.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efSearch = cfg.hnsw_ef_search
+    hnsw.add(items)
+    hnsw_build_s = time.perf_counter() - t0
+    _, exact = flat.search(queries, cfg.k)
+    recall = {
+        "ivf": _recall(ivf.search(queries, cfg.k)[1], exact),
+        "hnsw": _recall(hnsw.search(queries, cfg.k)[1], exact),
+    }
+    one = queries[:1]
+    one_t = torch.from_numpy(one)
+    timings = interleaved(
+        {
+            "torch_matmul_topk": lambda: torch.topk(one_t @ items_t.T, cfg.k),
+            "faiss_flat": lambda: flat.search(one, cfg.k),
+            "faiss_ivf": lambda: ivf.search(one, cfg.k),
+            "faiss_hnsw": lambda: hnsw.search(one, cfg.k),
+        },
+        repeats=cfg.repeats if n < 1_000_000 else max(10, cfg.repeats // 3),
+    )
+    return {
+        "items": n,
+        "dim": cfg.dim,
+        "k": cfg.k,
+        "paths": compare(timings, "torch_matmul_topk"),
+        "recall_vs_exact": recall,
+        "ivf": {"nlist": nlist, "nprobe": ivf.nprobe, "build_s": ivf_build_s},
+        "hnsw": {"M": cfg.hnsw_m, "ef_search": cfg.hnsw_ef_search, "build_s": hnsw_build_s},
+    }
+
+
+def run_scale(cfg: ScaleConfig) -> dict:
+    """One query at a time on one thread: the serving case (performance-notes: best for single queries)."""
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(cfg.seed)
+    return {"config": cfg.__dict__, "rows": [_one_size(n, cfg, rng) for n in cfg.sizes]}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "| items | torch matmul+topk p50 ms | FAISS flat p50 ms (x) | IVF p50 ms (x, recall) | HNSW p50 ms (x, recall) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        p = r["paths"]
+        key = "speedup_p50_vs_torch_matmul_topk"
+        lines.append(
+            f"| {r['items']:,} | {p['torch_matmul_topk']['p50_ms']:.3f} | "
+            f"{p['faiss_flat']['p50_ms']:.3f} ({p['faiss_flat'][key]:.1f}x) | "
+            f"{p['faiss_ivf']['p50_ms']:.3f} ({p['faiss_ivf'][key]:.1f}x, {r['recall_vs_exact']['ivf']:.3f}) | "
+            f"{p['faiss_hnsw']['p50_ms']:.3f} ({p['faiss_hnsw'][key]:.1f}x, {r['recall_vs_exact']['hnsw']:.3f}) |"
+        )
+    return "\n".join(lines) + "\n"
