@@ -73,7 +73,10 @@ def _paths(module, inputs, feeds, sess, ov_model, index, items_t, k: int) -> dic
         if items_t is not None:
             index.search(np.ascontiguousarray(v, dtype=np.float32), k)
 
-    paths = {"pytorch_eager": torch_path, "onnxruntime_faiss": lambda: engine_path(lambda f: sess.run(None, f)[0])}
+    paths = {
+        "pytorch_eager": torch_path,
+        "onnxruntime_faiss": lambda: engine_path(lambda f: sess.run(None, f)[0]),
+    }
     if ov_model is not None:
         paths["openvino_bf16_faiss"] = lambda: engine_path(lambda f: ov_model(f)[0])
     return paths
@@ -116,7 +119,9 @@ def run_encoders(cfg: EncoderBenchConfig) -> dict:
                 continue
             seen_shapes.add(case)
             feeds = {n: t.numpy() for n, t in zip(enc.input_names, inputs, strict=True)}
-            paths = _paths(enc.module.eval(), inputs, feeds, sess, ov_model, index, items_t if search else None, k)
+            paths = _paths(
+                enc.module.eval(), inputs, feeds, sess, ov_model, index, items_t if search else None, k
+            )
             cases[case] = compare(interleaved(paths, repeats=cfg.repeats), "pytorch_eager")
         result["encoders"][name] = {"search_included": search, "inputs": enc.input_names, "cases": cases}
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,20 +44,29 @@ def load_file(path: Path) -> dict[str, Any]:
     return json.loads(text)
 
 
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass type named by an annotation (also inside `X | None`), if any."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    return next((a for a in typing.get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
+
+
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """Builds a (possibly nested) dataclass from a dict, refusing unknown keys by name."""
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}; accepted: {', '.join(names)}")
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        ftype = names[key].type
-        default = getattr(cls, key, None) if not callable(getattr(cls, key, None)) else None
-        if isinstance(value, dict) and dataclasses.is_dataclass(default):
-            kwargs[key] = from_dict(type(default), value)
-        elif isinstance(value, dict) and isinstance(ftype, type) and dataclasses.is_dataclass(ftype):
+        ftype = _dataclass_in(hints[key])
+        if isinstance(value, dict) and ftype is not None:
             kwargs[key] = from_dict(ftype, value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value) if typing.get_origin(hints[key]) is tuple else value
+        elif isinstance(value, str) and Path in (*typing.get_args(hints[key]), hints[key]):
+            kwargs[key] = Path(value)
         else:
             kwargs[key] = value
     return cls(**kwargs)

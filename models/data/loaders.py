@@ -1,29 +1,250 @@
-"""Loaders from files to InteractionData. (MovieLens-100K first; other formats follow.)"""
+"""Loaders from files to InteractionData, one per supported format, chosen by `DataConfig.dataset`.
+
+Conventions shared by every loader (so a model trained on one format behaves like on another):
+- Ids are strings exactly as the file spells them (whitespace stripped); users and items are
+  indexed in natural sorted order (numerically when every id is an integer), so the same file
+  always gives the same indices whatever the line order.
+- Only items that somebody interacted with are kept: an item that appears in an item-text file
+  but never in the interactions has no collaborative signal, no ID embedding could be trained
+  for it, and keeping it would put untrainable rows into every ranking. (A text-only item can
+  still be served later by TCF's item tower; that goes through the exporter, not the loader.)
+- An interacted item missing from the item-text file gets its id as text, and the loader logs
+  how many did.
+- Malformed input raises ValueError("<file>:<line>: <what was wrong>; expected <what>").
+- `min_rating` keeps interactions with rating >= it; asking for it on a file without ratings
+  is an error rather than a silent no-op.
+"""
 
 from __future__ import annotations
 
+import ast
 import csv
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from llmrec import logs
 from llmrec.assets import ml100k_dir
 from models.data.config import DataConfig
 from models.data.dataset import IdMap, InteractionData
+from models.data.filters import filter_min_interactions
+
+log = logs.get(__name__)
+
+USER_COLUMNS = ("user", "user_id", "userid", "reviewerid")
+ITEM_COLUMNS = ("item", "item_id", "itemid", "movieid", "movie_id", "asin")
+TIME_COLUMNS = ("timestamp", "time", "ts", "unixreviewtime")
+RATING_COLUMNS = ("rating", "overall", "score")
+TEXT_COLUMNS = ("text",)
+TITLE_COLUMNS = ("title", "movie_title", "name")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _natural_sorted(ids: set[str]) -> list[str]:
+    if ids and all(s.lstrip("-").isdigit() for s in ids):
+        return sorted(ids, key=int)
+    return sorted(ids)
+
+
+def _find_column(names: list[str], accepted: tuple[str, ...]) -> int | None:
+    lowered = [n.strip().lower() for n in names]
+    for want in accepted:
+        if want in lowered:
+            return lowered.index(want)
+    return None
+
+
+def _require_column(names: list[str], accepted: tuple[str, ...], what: str, path: Path) -> int:
+    idx = _find_column(names, accepted)
+    if idx is None:
+        raise ValueError(
+            f"{path}:1: no {what} column in header {names}; expected one of: {', '.join(accepted)}"
+        )
+    return idx
+
+
+def _parse_float(value: str, path: Path, lineno: int, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    if what == "timestamp":
+        try:
+            return datetime.fromisoformat(value.strip()).timestamp()
+        except ValueError:
+            pass
+    accepted = "a number or an ISO date/time" if what == "timestamp" else "a number"
+    raise ValueError(f"{path}:{lineno}: bad {what} {value!r}; expected {accepted}") from None
+
+
+def _delimiter(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if ".csv" in suffixes:
+        return ","
+    if ".tsv" in suffixes or ".tab" in suffixes or ".txt" in suffixes:
+        return "\t"
+    raise ValueError(
+        f"{path}: cannot tell the format from the extension; accepted: .csv, .tsv, .tab, .parquet"
+    )
+
+
+def _open_text(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
+
+
+def _read_table(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """Header + (line number, row) for a CSV/TSV (optionally gzipped) or Parquet file.
+
+    Rows of the wrong width raise with the file and line; Parquet rows are numbered from 2 as
+    if the file had a header line, so messages read the same for every format.
+    """
+    if ".parquet" in [s.lower() for s in path.suffixes]:
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        table = pq.read_table(path)
+        names = list(table.column_names)
+        cols = [table.column(n).to_pylist() for n in names]
+
+        def parquet_rows() -> Iterator[tuple[int, list[str]]]:
+            for i, row in enumerate(zip(*cols, strict=True)):
+                yield i + 2, ["" if v is None else str(v) for v in row]
+
+        return names, parquet_rows()
+
+    delimiter = _delimiter(path)
+    f = _open_text(path)
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+        names = next(reader)
+    except StopIteration:
+        f.close()
+        raise ValueError(f"{path}:1: empty file; expected a header line naming the columns") from None
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        with f:
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != len(names):
+                    raise ValueError(
+                        f"{path}:{reader.line_num}: expected {len(names)} fields separated by "
+                        f"{delimiter!r} (header {names}), got {len(row)}"
+                    )
+                yield reader.line_num, row
+
+    return names, rows()
+
+
+@dataclass
+class _Builder:
+    """Collects interactions in file order, then indexes them the same way for every format."""
+
+    name: str
+    users: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    reviews: list[str] = field(default_factory=list)
+    has_time: bool = True
+
+    def add(self, user: str, item: str, time: float | None = None, review: str | None = None) -> None:
+        self.users.append(user)
+        self.items.append(item)
+        if time is None:
+            self.has_time = False
+        else:
+            self.times.append(time)
+        if review is not None:
+            self.reviews.append(review)
+
+    def build(
+        self, text: dict[str, str] | None = None, title: dict[str, str] | None = None
+    ) -> InteractionData:
+        if not self.users:
+            raise ValueError(
+                f"{self.name}: no interactions left to load (empty file or every rating filtered out)"
+            )
+        text = text or {}
+        title = title or {}
+        users = IdMap(_natural_sorted(set(self.users)))
+        items = IdMap(_natural_sorted(set(self.items)))
+        missing = sum(1 for i in items.ids if i not in text)
+        if text and missing:
+            log.warning("items without text; using their id", data=self.name, items=missing, of=len(items))
+        item_text = [text.get(i) or i for i in items.ids]
+        item_title = [title.get(i) or text.get(i) or i for i in items.ids]
+        return InteractionData(
+            name=self.name,
+            users=users,
+            items=items,
+            user=users.indices(self.users),
+            item=items.indices(self.items),
+            timestamp=np.asarray(self.times, dtype=np.float64) if self.has_time else None,
+            item_text=item_text,
+            item_title=item_title,
+            review=list(self.reviews) if self.reviews else None,
+        )
+
+
+def _keep(rating: float | None, min_rating: float | None) -> bool:
+    return min_rating is None or (rating is not None and rating >= min_rating)
+
+
+def _no_rating_error(path: Path, accepted: tuple[str, ...]) -> ValueError:
+    return ValueError(
+        f"{path}: min_rating is set but the file has no rating column; expected one of: {', '.join(accepted)} "
+        f"(or leave min_rating unset)"
+    )
+
+
+# --------------------------------------------------------------------------- RecBole atomic files
 
 
 def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
     """RecBole atomic file: tab-separated with a `name:type` header."""
+    names, _types, rows = _read_atomic_typed(path)
+    return names, rows
+
+
+def _read_atomic_typed(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}:1: empty file; expected a header of name:type fields") from None
+        for h in header:
+            if ":" not in h:
+                raise ValueError(f"{path}:1: header field {h!r} is not name:type (e.g. user_id:token)")
         names = [h.split(":", 1)[0] for h in header]
+        types = [h.split(":", 1)[1] for h in header]
         rows = []
         for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
             if len(row) != len(names):
-                raise ValueError(f"{path}:{lineno}: expected {len(names)} tab-separated fields, got {len(row)}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected {len(names)} tab-separated fields, got {len(row)}"
+                )
             rows.append(row)
-    return names, rows
+    return names, types, rows
 
 
 def load_ml100k(path: Path | None = None, min_rating: float | None = None) -> InteractionData:
@@ -59,7 +280,306 @@ def load_ml100k(path: Path | None = None, min_rating: float | None = None) -> In
     )
 
 
-def load_data(cfg: DataConfig) -> InteractionData:
+def _atomic_paths(path: Path) -> tuple[str, Path, Path]:
+    if path.is_file() and path.suffix == ".inter":
+        return path.stem, path, path.with_suffix(".item")
+    if path.is_dir():
+        named = path / f"{path.name}.inter"
+        found = [named] if named.is_file() else sorted(path.glob("*.inter"))
+        if len(found) == 1:
+            return found[0].stem, found[0], found[0].with_suffix(".item")
+        if len(found) > 1:
+            raise ValueError(
+                f"{path}: several .inter files ({[p.name for p in found]}); pass the one to load"
+            )
+    raise FileNotFoundError(
+        f"{path}: expected a folder holding <name>.inter (RecBole atomic files) or a .inter file"
+    )
+
+
+def load_atomic(path: Path, min_rating: float | None = None) -> InteractionData:
+    """RecBole atomic files. Item text joins the `.item` file's token_seq/token fields.
+
+    The field that looks like a title (named *title* or *name*, else the first token_seq
+    field) becomes the display title and leads the text; other fields follow as "field: value".
+    """
+    name, inter_path, item_path = _atomic_paths(Path(path))
+    names, _types, rows = _read_atomic_typed(inter_path)
+    ucol = _require_column(names, ("user_id", *USER_COLUMNS), "user", inter_path)
+    icol = _require_column(names, ("item_id", *ITEM_COLUMNS), "item", inter_path)
+    tcol = _find_column(names, TIME_COLUMNS)
+    rcol = _find_column(names, RATING_COLUMNS)
+    if min_rating is not None and rcol is None:
+        raise _no_rating_error(inter_path, RATING_COLUMNS)
+    builder = _Builder(name)
+    for lineno, row in enumerate(rows, start=2):
+        rating = _parse_float(row[rcol], inter_path, lineno, "rating") if rcol is not None else None
+        if not _keep(rating, min_rating):
+            continue
+        user, item = row[ucol].strip(), row[icol].strip()
+        if not user or not item:
+            raise ValueError(f"{inter_path}:{lineno}: empty user or item id; expected both")
+        time = _parse_float(row[tcol], inter_path, lineno, "timestamp") if tcol is not None else None
+        builder.add(user, item, time)
+    text: dict[str, str] = {}
+    title: dict[str, str] = {}
+    if item_path.is_file():
+        inames, itypes, irows = _read_atomic_typed(item_path)
+        iid = _require_column(inames, ("item_id", *ITEM_COLUMNS), "item", item_path)
+        fields = [j for j, t in enumerate(itypes) if j != iid and t in ("token", "token_seq")]
+        title_col = _find_column(inames, TITLE_COLUMNS)
+        if title_col is None:
+            title_col = next((j for j in fields if itypes[j] == "token_seq"), None)
+        for row in irows:
+            key = row[iid].strip()
+            parts = []
+            if title_col is not None and row[title_col].strip():
+                title[key] = row[title_col].strip()
+                parts.append(title[key])
+            for j in fields:
+                if j != title_col and row[j].strip():
+                    parts.append(f"{inames[j]}: {' '.join(row[j].split())}")
+            text[key] = ", ".join(parts)
+    return builder.build(text, title)
+
+
+# --------------------------------------------------------------------------- generic tables
+
+
+def load_item_text(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Item id -> text, item id -> title, from a CSV/TSV/Parquet file with a header.
+
+    Text: the `text` column when there is one; otherwise every non-id column joined, the title
+    first and the others as "column: value", so an LM sees what each field is.
+    """
+    names, rows = _read_table(path)
+    iid = _require_column(names, ITEM_COLUMNS, "item id", path)
+    text_col = _find_column(names, TEXT_COLUMNS)
+    title_col = _find_column(names, TITLE_COLUMNS)
+    others = [j for j in range(len(names)) if j not in (iid, title_col)]
+    text: dict[str, str] = {}
+    title: dict[str, str] = {}
+    for lineno, row in rows:
+        key = row[iid].strip()
+        if not key:
+            raise ValueError(f"{path}:{lineno}: empty item id; expected an id in column {names[iid]!r}")
+        if title_col is not None:
+            title[key] = row[title_col].strip()
+        if text_col is not None:
+            text[key] = row[text_col].strip()
+        else:
+            parts = [title[key]] if title.get(key) else []
+            parts += [f"{names[j].strip()}: {row[j].strip()}" for j in others if row[j].strip()]
+            text[key] = ", ".join(parts)
+    return text, title
+
+
+def load_interactions(
+    path: Path, items_path: Path | None = None, min_rating: float | None = None
+) -> InteractionData:
+    """CSV / TSV (optionally .gz) / Parquet with user, item[, timestamp][, rating] columns."""
+    path = Path(path)
+    names, rows = _read_table(path)
+    ucol = _require_column(names, USER_COLUMNS, "user", path)
+    icol = _require_column(names, ITEM_COLUMNS, "item", path)
+    tcol = _find_column(names, TIME_COLUMNS)
+    rcol = _find_column(names, RATING_COLUMNS)
+    if min_rating is not None and rcol is None:
+        raise _no_rating_error(path, RATING_COLUMNS)
+    builder = _Builder(path.name.split(".")[0])
+    for lineno, row in rows:
+        user, item = row[ucol].strip(), row[icol].strip()
+        if not user or not item:
+            raise ValueError(
+                f"{path}:{lineno}: empty user or item id; expected values in columns {names[ucol]!r}, {names[icol]!r}"
+            )
+        rating = _parse_float(row[rcol], path, lineno, "rating") if rcol is not None else None
+        if not _keep(rating, min_rating):
+            continue
+        time = _parse_float(row[tcol], path, lineno, "timestamp") if tcol is not None else None
+        builder.add(user, item, time)
+    text, title = load_item_text(Path(items_path)) if items_path else ({}, {})
+    return builder.build(text, title)
+
+
+# --------------------------------------------------------------------------- TCF layout
+
+
+def load_tcf(path: Path, items_path: Path | None = None) -> InteractionData:
+    """TCF's behaviors.tsv (user \\t items in time order) + items tsv (item \\t text...).
+
+    The position in the line is the time (0, 1, 2, ...); a user on several lines continues
+    counting, so later lines are later. Items-file columns after the id are joined with " ".
+    """
+    path = Path(path)
+    builder = _Builder(path.parent.name or path.stem)
+    position: dict[str, int] = {}
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2 or not fields[0].strip() or not fields[1].split():
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'user<TAB>item item ...' (a user id, one tab, "
+                    f"space-separated item ids), got {len(fields)} tab-separated field(s)"
+                )
+            user = fields[0].strip()
+            start = position.get(user, 0)
+            items = fields[1].split()
+            for k, item in enumerate(items):
+                builder.add(user, item, float(start + k))
+            position[user] = start + len(items)
+    text: dict[str, str] = {}
+    if items_path:
+        items_path = Path(items_path)
+        with _open_text(items_path) as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                fields = line.split("\t")
+                if len(fields) < 2 or not fields[0].strip():
+                    raise ValueError(
+                        f"{items_path}:{lineno}: expected 'item<TAB>text', got {len(fields)} field(s)"
+                    )
+                text[fields[0].strip()] = " ".join(" ".join(fields[1:]).split())
+    return builder.build(text)
+
+
+# --------------------------------------------------------------------------- Amazon reviews
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """JSON lines, plain or gzipped. Lines that are Python dict literals (the 2014 Amazon
+    metadata dumps are written that way) are accepted too."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                try:
+                    obj = ast.literal_eval(line.strip())
+                except (ValueError, SyntaxError):
+                    raise ValueError(
+                        f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
+                    ) from None
+            if not isinstance(obj, dict):
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
+                )
+            yield lineno, obj
+
+
+def _flatten(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _flatten(v)]
+    s = " ".join(str(value).split())
+    return [s] if s else []
+
+
+def load_amazon_meta(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """asin -> "title, categories: ..., description: ..." and asin -> title."""
+    text: dict[str, str] = {}
+    title: dict[str, str] = {}
+    for lineno, obj in _json_lines(path):
+        asin = obj.get("asin")
+        if not asin:
+            raise ValueError(f"{path}:{lineno}: missing 'asin'; expected item metadata with asin and title")
+        asin = str(asin).strip()
+        name = " ".join(str(obj.get("title") or "").split())
+        cats = list(dict.fromkeys(_flatten(obj.get("categories", obj.get("category")))))
+        desc = " ".join(_flatten(obj.get("description")))
+        parts = [name] if name else []
+        if cats:
+            parts.append("categories: " + ", ".join(cats))
+        if desc:
+            parts.append("description: " + desc)
+        title[asin] = name
+        text[asin] = ", ".join(parts)
+    return text, title
+
+
+def load_amazon(
+    path: Path, items_path: Path | None = None, min_rating: float | None = None
+) -> InteractionData:
+    """Amazon review JSON lines (reviewerID, asin[, reviewText][, unixReviewTime][, overall]).
+
+    `review[k]` is the review's text (summary prepended when present); item text comes from the
+    metadata file when given, else it is the asin.
+    """
+    path = Path(path)
+    builder = _Builder(path.name.split(".")[0])
+    has_time: bool | None = None
+    saw_rating = False
+    for lineno, obj in _json_lines(path):
+        user, item = obj.get("reviewerID"), obj.get("asin")
+        if not user or not item:
+            raise ValueError(
+                f"{path}:{lineno}: missing 'reviewerID' or 'asin'; expected both in every review"
+            )
+        rating = obj.get("overall")
+        if rating is not None:
+            saw_rating = True
+            try:
+                rating = float(rating)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{lineno}: bad 'overall' {rating!r}; expected a number") from None
+        if min_rating is not None and rating is None:
+            raise ValueError(f"{path}:{lineno}: min_rating is set but the review has no 'overall' rating")
+        if not _keep(rating, min_rating):
+            continue
+        raw_time = obj.get("unixReviewTime")
+        if has_time is None:
+            has_time = raw_time is not None
+        if has_time != (raw_time is not None):
+            raise ValueError(
+                f"{path}:{lineno}: 'unixReviewTime' present on some reviews only; expected all or none"
+            )
+        time = _parse_float(str(raw_time), path, lineno, "timestamp") if raw_time is not None else None
+        summary = " ".join(str(obj.get("summary") or "").split())
+        body = " ".join(str(obj.get("reviewText") or "").split())
+        review = f"{summary}. {body}" if summary and body else (summary or body)
+        builder.add(str(user).strip(), str(item).strip(), time, review)
+    if min_rating is not None and not saw_rating:
+        raise _no_rating_error(path, ("overall",))
+    text, title = load_amazon_meta(Path(items_path)) if items_path else ({}, {})
+    return builder.build(text, title)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _load_unfiltered(cfg: DataConfig) -> InteractionData:
     if cfg.dataset == "ml-100k":
         return load_ml100k(cfg.path, cfg.min_rating)
-    raise NotImplementedError(f"dataset format {cfg.dataset!r} is not implemented yet")
+    if cfg.path is None:
+        raise ValueError(f"dataset {cfg.dataset!r} needs a path (--data.path)")
+    if cfg.dataset == "interactions":
+        return load_interactions(cfg.path, cfg.items_path, cfg.min_rating)
+    if cfg.dataset == "atomic":
+        return load_atomic(cfg.path, cfg.min_rating)
+    if cfg.dataset == "tcf":
+        if cfg.min_rating is not None:
+            raise ValueError("min_rating does not apply to the tcf format (behaviors.tsv has no ratings)")
+        return load_tcf(cfg.path, cfg.items_path)
+    if cfg.dataset == "amazon":
+        return load_amazon(cfg.path, cfg.items_path, cfg.min_rating)
+    raise ValueError(
+        f"unknown dataset format {cfg.dataset!r}; accepted: ml-100k, interactions, atomic, tcf, amazon"
+    )
+
+
+def load_data(cfg: DataConfig) -> InteractionData:
+    """Loads `cfg.dataset`, then applies the min-interactions filter when the config asks for it."""
+    data = _load_unfiltered(cfg)
+    if cfg.min_user_interactions > 0 or cfg.min_item_interactions > 0:
+        before = data.summary()
+        data = filter_min_interactions(data, cfg.min_user_interactions, cfg.min_item_interactions)
+        log.info("filtered", before=before, after=data.summary())
+    return data

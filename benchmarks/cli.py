@@ -1,0 +1,94 @@
+"""`llmrec bench scale|encoders|grpc`: each writes benchmarks/results/bench_<what>[_<tag>].json + .md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.encoders import EncoderBenchConfig
+from benchmarks.grpc_load import GrpcBenchConfig
+from benchmarks.scale import ScaleConfig
+from llmrec import config as cfgmod
+from models.reports import write_report
+
+
+@dataclass
+class ScaleArgs:
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    results_dir: Path | None = None  # default benchmarks/results
+    tag: str = ""  # appended to the report name
+
+
+@dataclass
+class EncoderArgs:
+    bench: EncoderBenchConfig
+    results_dir: Path | None = None
+    tag: str = ""  # default: the model name
+
+
+@dataclass
+class GrpcArgs:
+    bench: GrpcBenchConfig
+    results_dir: Path | None = None
+    tag: str = ""
+
+
+def _machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    return {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version()}
+
+
+def _report(name: str, title: str, result: dict, md_body: str, results_dir: Path | None) -> int:
+    result["machine"] = _machine()
+    md = f"# {title}\n\n{md_body}"
+    print(md)
+    print(f"wrote {write_report(name, result, md, results_dir)}")
+    return 0
+
+
+def _scale(argv: list[str]) -> int:
+    from benchmarks.scale import markdown, run_scale
+
+    args = cfgmod.parse(ScaleArgs, argv, prog="llmrec bench scale")
+    result = run_scale(args.scale)
+    name = "bench_scale" + (f"_{args.tag}" if args.tag else "")
+    title = "Catalog scale: FAISS vs PyTorch matmul + topk (one query, one thread)"
+    return _report(name, title, result, markdown(result), args.results_dir)
+
+
+def _encoders(argv: list[str]) -> int:
+    from benchmarks.encoders import markdown, run_encoders
+
+    args = cfgmod.parse(EncoderArgs, argv, prog="llmrec bench encoders")
+    result = run_encoders(args.bench)
+    name = "bench_encoders_" + (args.tag or result["model"])
+    title = "Encoder + search latency: ONNX Runtime + FAISS vs PyTorch eager"
+    return _report(name, title, result, markdown(result), args.results_dir)
+
+
+def _grpc(argv: list[str]) -> int:
+    from benchmarks.grpc_load import markdown, run_grpc
+
+    args = cfgmod.parse(GrpcArgs, argv, prog="llmrec bench grpc")
+    result = run_grpc(args.bench)
+    name = "bench_grpc" + (f"_{args.tag}" if args.tag else "")
+    return _report(name, "gRPC server under concurrent load", result, markdown(result), args.results_dir)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print(f"usage: llmrec bench {{{'|'.join(SUBCOMMANDS)}}} [options]", file=sys.stderr)
+        return 2
+    return SUBCOMMANDS[argv[0]](argv[1:])

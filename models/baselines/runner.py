@@ -1,0 +1,165 @@
+"""Fit, tune and evaluate the baselines on one Split, so every model's report can put them on
+exactly the same split beside its own numbers.
+
+Hyper-parameters are chosen on the validation part only (first metric of the protocol, e.g.
+Recall@20 or HR@10); the test part is evaluated once, with the chosen setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmrec import logs
+from models.baselines.als import ALS, ALSConfig, ALSGrid
+from models.baselines.bpr import BPR, BPRConfig, BPRGrid
+from models.baselines.ease import EASE, EASEConfig, EASEGrid
+from models.baselines.popularity import MostPopular, PopularityConfig
+from models.data.dataset import InteractionData
+from models.data.splits import Split
+from models.metrics import PROTOCOL_METRICS, evaluate
+
+log = logs.get(__name__)
+
+# name -> (model class, config class); every model has fit(split) -> self and is a scorer.
+BASELINES: dict[str, tuple[Callable[[Any], Any], type]] = {
+    "most_popular": (MostPopular, PopularityConfig),
+    "bpr": (BPR, BPRConfig),
+    "als": (ALS, ALSConfig),
+    "ease": (EASE, EASEConfig),
+}
+DEFAULT_NAMES = tuple(BASELINES)
+
+
+@dataclass
+class BaselineConfigs:
+    """The starting hyper-parameters of each baseline (used as-is when not tuning)."""
+
+    als: ALSConfig = field(default_factory=ALSConfig)
+    bpr: BPRConfig = field(default_factory=BPRConfig)
+    ease: EASEConfig = field(default_factory=EASEConfig)
+
+
+@dataclass
+class BaselineGrids:
+    """Validation grids; the cross product of the non-empty tuples is tried."""
+
+    als: ALSGrid = field(default_factory=ALSGrid)
+    bpr: BPRGrid = field(default_factory=BPRGrid)
+    ease: EASEGrid = field(default_factory=EASEGrid)
+
+
+@dataclass
+class BaselineResult:
+    name: str
+    params: dict[str, Any]
+    valid: dict[str, float]
+    test: dict[str, float]
+    fit_seconds: float  # fitting the chosen setting
+    tune_seconds: float  # the whole validation search, 0 when not tuning
+    eval_seconds: float  # scoring valid + test with the chosen setting
+    grid: list[dict[str, Any]] = field(default_factory=list)  # params + validation metric per point
+
+
+def expand(base: Any, grid: Any | None) -> list[Any]:
+    """Every config of the grid's cross product, starting from `base` (empty tuples keep base)."""
+    if grid is None:
+        return [base]
+    axes = {f.name: getattr(grid, f.name) for f in dataclasses.fields(grid) if getattr(grid, f.name)}
+    if not axes:
+        return [base]
+    return [
+        dataclasses.replace(base, **dict(zip(axes, values, strict=True)))
+        for values in itertools.product(*axes.values())
+    ]
+
+
+def fit(name: str, split: Split, cfg: Any | None = None) -> Any:
+    """A fitted scorer `scorer(users, history) -> [B, num_items]` for baseline `name`."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; accepted: {', '.join(BASELINES)}")
+    model_cls, cfg_cls = BASELINES[name]
+    return model_cls(cfg if cfg is not None else cfg_cls()).fit(split)
+
+
+def run_baseline(
+    name: str,
+    split: Split,
+    metrics: Sequence[str],
+    cfg: Any | None = None,
+    grid: Any | None = None,
+    select: str | None = None,
+) -> BaselineResult:
+    """Tunes `name` on split's valid part over `grid` (by `select`, default metrics[0]), then
+    evaluates the chosen setting on valid and test."""
+    select = select or metrics[0]
+    base = cfg if cfg is not None else BASELINES[name][1]()
+    candidates = expand(base, grid)
+    points: list[dict[str, Any]] = []
+    tune_start = time.perf_counter()
+    best_cfg, best_score = base, -np.inf
+    if len(candidates) > 1:
+        for cand in candidates:
+            score = evaluate(fit(name, split, cand), split, "valid", [select])[select]
+            points.append({**dataclasses.asdict(cand), select: score})
+            log.info("tune", model=name, params=dataclasses.asdict(cand), **{select: round(score, 4)})
+            if score > best_score:
+                best_cfg, best_score = cand, score
+    tune_seconds = time.perf_counter() - tune_start if len(candidates) > 1 else 0.0
+    start = time.perf_counter()
+    scorer = fit(name, split, best_cfg)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    valid = evaluate(scorer, split, "valid", metrics)
+    test = evaluate(scorer, split, "test", metrics)
+    eval_seconds = time.perf_counter() - start
+    return BaselineResult(
+        name, dataclasses.asdict(best_cfg), valid, test, fit_seconds, tune_seconds, eval_seconds, points
+    )
+
+
+def run_baselines_detailed(
+    split: Split,
+    names: Sequence[str] = DEFAULT_NAMES,
+    metrics: Sequence[str] | None = None,
+    configs: BaselineConfigs | None = None,
+    grids: BaselineGrids | None = None,
+    tune: bool = True,
+) -> list[BaselineResult]:
+    metrics = list(metrics or PROTOCOL_METRICS[split.protocol])
+    configs = configs or BaselineConfigs()
+    grids = grids or BaselineGrids()
+    results = []
+    for name in names:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; accepted: {', '.join(BASELINES)}")
+        cfg = getattr(configs, name, None)
+        grid = getattr(grids, name, None) if tune else None
+        results.append(run_baseline(name, split, metrics, cfg, grid))
+        log.info("baseline", model=name, protocol=split.protocol, test=results[-1].test)
+    return results
+
+
+def run_baselines(
+    data: InteractionData,
+    split: Split,
+    names: Sequence[str] = DEFAULT_NAMES,
+    metrics: Sequence[str] | None = None,
+    tune: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Test metrics per baseline on `split` (made from `data`), hyper-parameters tuned on valid.
+
+    For the CLLM4Rec / TCF evaluations: `run_baselines(data, split)` ->
+    {"most_popular": {"recall@20": ..., "users": ...}, "als": {...}, ...}.
+    """
+    if data.num_items != split.num_items:
+        raise ValueError(
+            f"split has {split.num_items} items but data has {data.num_items}: not the same data"
+        )
+    return {r.name: r.test for r in run_baselines_detailed(split, names, metrics, tune=tune)}

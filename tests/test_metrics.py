@@ -1,0 +1,76 @@
+"""Metrics against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.data.splits import Split
+from models.metrics import evaluate, per_user_metrics
+
+
+def _scores(order: list[int], num_items: int) -> np.ndarray:
+    """One row whose ranking is `order` (best first); other items score lowest."""
+    s = np.full((1, num_items), -100.0)
+    for rank, item in enumerate(order):
+        s[0, item] = 100.0 - rank
+    return s
+
+
+def test_recall_uses_min_k_and_targets():
+    scores = _scores([0, 1, 2, 3, 4, 5], 10)
+    # |test| = 2 < K = 5: both found -> 1.0 (not 2/5).
+    small = per_user_metrics(scores, [np.array([], int)], [np.array([1, 4])], ["recall@5"])
+    assert small["recall@5"][0] == pytest.approx(1.0)
+    # |test| = 4 > K = 2: one hit in top 2 -> 1 / min(2, 4) = 0.5.
+    big = per_user_metrics(scores, [np.array([], int)], [np.array([1, 6, 7, 8])], ["recall@2"])
+    assert big["recall@2"][0] == pytest.approx(0.5)
+
+
+def test_ndcg_ideal_normalisation_and_hr():
+    scores = _scores([0, 1, 2, 3], 6)
+    targets = [np.array([1, 3])]  # hits at ranks 2 and 4
+    out = per_user_metrics(scores, [np.array([], int)], targets, ["ndcg@4", "ndcg@1", "hr@1", "hr@2"])
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    ideal = 1 / math.log2(2) + 1 / math.log2(3)
+    assert out["ndcg@4"][0] == pytest.approx(dcg / ideal)
+    assert out["ndcg@1"][0] == pytest.approx(0.0)
+    assert out["hr@1"][0] == 0.0 and out["hr@2"][0] == 1.0
+    perfect = per_user_metrics(_scores([1, 3, 0], 6), [np.array([], int)], targets, ["ndcg@10"])
+    assert perfect["ndcg@10"][0] == pytest.approx(1.0)
+
+
+def test_seen_items_are_masked():
+    scores = _scores([0, 1, 2], 5)
+    # Item 0 is seen: it must not take the top slot, so target 1 moves up to rank 1.
+    out = per_user_metrics(scores, [np.array([0])], [np.array([1])], ["hr@1", "ndcg@1"])
+    assert out["hr@1"][0] == 1.0 and out["ndcg@1"][0] == pytest.approx(1.0)
+
+
+def test_evaluate_passes_history_and_averages():
+    split = Split(
+        protocol="leave_one_out",
+        seed=0,
+        num_items=4,
+        train=[np.array([0]), np.array([1]), np.array([0, 1])],
+        valid=[np.array([2]), np.array([3]), np.array([], int)],
+        test=[np.array([3]), np.array([0]), np.array([], int)],
+        too_short=1,
+    )
+    calls = []
+
+    def scorer(users, history):
+        calls.append([h.tolist() for h in history])
+        return np.tile(np.array([4.0, 3.0, 2.0, 1.0]), (len(users), 1))
+
+    res = evaluate(scorer, split, "test", ["hr@1"])
+    # user 0 saw {0, 2}: top unseen = 1, target 3 -> miss; user 1 saw {1, 3}: top = 0 = target -> hit.
+    assert res["hr@1"] == pytest.approx(0.5) and res["users"] == 2
+    assert sorted(calls[0][0]) == [0, 2] and sorted(calls[0][1]) == [1, 3]
+
+
+def test_bad_metric_name():
+    with pytest.raises(ValueError, match="accepted: recall@K, ndcg@K, hr@K"):
+        per_user_metrics(np.zeros((1, 3)), [np.array([], int)], [np.array([1])], ["map@10"])
