@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,10 +18,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from server.spawn import spawn_server, stop_server
 
 
 @dataclass
@@ -39,48 +36,6 @@ class GrpcBenchConfig:
     history_len: int = 20
     baseline_requests: int = 40
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(repository: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmrec",
-        "serve",
-        "--repository",
-        str(repository),
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--metrics-port",
-        "-1",
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(target)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status == 1:
-                channel.close()
-                return proc, target
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("server did not become SERVING within 300 s")
 
 
 def _load_requests(
@@ -146,28 +101,39 @@ def _drive(target: str, make_request, concurrency: int, seconds: float, max_requ
 def _torch_baseline(
     checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int
 ) -> dict:
-    """Research-code serving: encode every request with the torch model, score all items, topk."""
+    """Research-code serving: encode every request with the torch model, score all items, topk.
+
+    Prompts/sequences are built by the server's own code (so both sides encode the same input);
+    the encoder is the checkpoint's torch module, not the ONNX graph.
+    """
     import torch
 
-    from benchmarks.requests import torch_user_inputs
     from models.bundle import load_bundle
+    from server.config import ServeConfig
+    from server.models_runtime import ModelVersion
+    from server.repository import load_files
 
     bundle = load_bundle(checkpoint)
     enc = bundle.encoders.get("user_encoder")
     if enc is None:
         return {"skipped": "model has no history encoder (DSSM)"}
+    torch.set_num_threads(1)
+    mv = ModelVersion(version_dir.parent.name, load_files(version_dir, 1, ("CPUExecutionProvider",)),
+                      ServeConfig(repository=version_dir.parent.parent))
+    cat = mv.catalogue
     items_t = torch.from_numpy(np.ascontiguousarray(bundle.item_vectors))
-    manifest = json.loads((version_dir / "manifest.json").read_text())
     lat = []
     t_start = time.perf_counter()
     for user, hist in zip(users, histories, strict=True):
         t0 = time.perf_counter()
-        inputs = torch_user_inputs(manifest, version_dir, user, hist)
+        payload = mv.history_payload(mv.user_rows.get(user), [cat.rows[i] for i in hist], cat)
+        feeds = mv.encoder_feeds([payload])
         with torch.inference_mode():
-            v = enc.module(*inputs)
+            v = enc.module(*(torch.from_numpy(feeds[n]) for n in enc.input_names))
             torch.topk(v @ items_t.T, k)
         lat.append((time.perf_counter() - t0) * 1000)
     elapsed = time.perf_counter() - t_start
+    mv.retire()
     a = np.asarray(lat)
     return {
         "concurrency": 1,
@@ -210,18 +176,14 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
             "cpu_count": os.cpu_count(),
         },
     }
-    proc, target = start_server(cfg.repository, cfg.server_args)
+    proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", *cfg.server_args])
     try:
         for name, make in workloads.items():
             result["server"][name] = [
                 _drive(target, make, c, cfg.seconds, cfg.max_requests) for c in cfg.concurrency
             ]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     if cfg.checkpoint is not None:
         n = min(cfg.baseline_requests, len(users))
         result["pytorch_eager"] = _torch_baseline(

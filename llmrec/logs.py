@@ -30,4 +30,7 @@ def setup(level: str | None = None, json_lines: bool | None = None) -> None:
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger; configures the defaults first if nobody has, so nothing is ever printed to stdout."""
+    if not structlog.is_configured():
+        setup()
     return structlog.get_logger(name)

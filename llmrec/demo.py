@@ -1,0 +1,149 @@
+"""`llmrec demo`, the README's main job on the embedded default data and models:
+
+MovieLens-100K -> baselines -> CLLM4Rec (SmolLM2-135M) and TCF (MiniLM item tower + SASRec), short
+schedules -> export both into a model repository -> `llmrec serve` as a child process -> real
+gRPC answers for a known user, a history, a new item added by text, and a bad request.
+
+Checkpoints already trained by an earlier demo run are reused unless --retrain is given.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from llmrec import logs
+from llmrec.assets import work_dir
+from llmrec.cli import main as cli
+from llmrec.config import parse
+
+CLLM_MODEL = "ml100k-cllm4rec"
+TCF_MODEL = "ml100k-tcf"
+STAR_WARS_FANS = ["50", "172", "181", "174", "173"]  # Star Wars, Empire, Jedi, Raiders, Princess Bride
+
+
+@dataclass
+class DemoConfig:
+    work: Path = work_dir() / "demo"  # checkpoints + model repository of the demo
+    retrain: bool = False  # train again even when the demo's checkpoints exist
+    fresh_repository: bool = True  # start from an empty model repository (versions restart at 1)
+    baselines: bool = True  # regenerate benchmarks/results/quality_baselines_ml100k.*
+    threads: int = 2  # torch threads for training (2 on a quiet 2-core machine; 1 when it is shared)
+    user: str = "196"  # the known user shown
+    top_k: int = 10
+
+
+def _step(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def _run(argv: list[str]) -> None:
+    print("$ llmrec " + " ".join(argv), flush=True)
+    code = cli(argv)
+    if code != 0:
+        raise SystemExit(f"demo: `llmrec {' '.join(argv)}` failed with exit code {code}")
+
+
+def _train(name: str, ckpt: Path, argv: list[str], retrain: bool) -> None:
+    if (ckpt / "config.json").is_file() and (ckpt / "weights.safetensors").is_file() and not retrain:
+        print(f"reusing {ckpt} (pass --retrain to train again)")
+        return
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    t0 = time.perf_counter()
+    _run(argv)
+    print(f"{name} trained in {time.perf_counter() - t0:.0f} s")
+
+
+def _show(title: str, rec) -> None:
+    print(f"\n{title}  -> answered by {rec.model} v{rec.version}")
+    for rank, ((item, score), name) in enumerate(zip(rec.items, rec.titles, strict=True), start=1):
+        print(f"  {rank:>2}. item {item:>5}  score {score:8.3f}  {name}")
+
+
+def _ask(target: str, token: str, cfg: DemoConfig) -> None:
+    from server.client import RecommenderClient
+
+    with RecommenderClient(target, admin_token=token) as client:
+        for m in client.list_models().models:
+            v = m.versions[0]
+            print(f"model {m.name}: version {m.default_version}, {v.kind}/{v.user_tower}/{v.item_tower}, "
+                  f"dim {v.dim}, {v.num_items} items, {v.num_users} users, index {v.index_type}")
+        for model in (CLLM_MODEL, TCF_MODEL):
+            _show(f"[{model}] known user {cfg.user}, seen items excluded",
+                  client.recommend(model, user_id=cfg.user, top_k=cfg.top_k, exclude_history=True))
+            _show(f"[{model}] anonymous history {STAR_WARS_FANS}",
+                  client.recommend(model, history=STAR_WARS_FANS, top_k=cfg.top_k, exclude_history=True))
+        new_item = ("new-1", "Star Wars: The Force Awakens (2015), genres: Action, Adventure, Sci-Fi",
+                    "Star Wars: The Force Awakens")
+        up = client.upsert_items(TCF_MODEL, [new_item])
+        print(f"\nUpsertItems into {TCF_MODEL}: added {up.added}, catalogue now {up.num_items} items")
+        _show(f"[{TCF_MODEL}] same history, after adding a new item by its text",
+              client.recommend(TCF_MODEL, history=STAR_WARS_FANS, top_k=cfg.top_k, exclude_history=True))
+        try:
+            client.upsert_items(CLLM_MODEL, [new_item])
+        except grpc.RpcError as exc:
+            print(f"\nUpsertItems into {CLLM_MODEL} -> {exc.code().name}: {exc.details()}")
+        try:
+            client.recommend(TCF_MODEL, user_id="no-such-user", top_k=cfg.top_k)
+        except grpc.RpcError as exc:
+            print(f"Recommend for an unknown user without history -> {exc.code().name}: {exc.details()}")
+        try:
+            client.recommend(TCF_MODEL, user_id=cfg.user, top_k=0)
+        except grpc.RpcError as exc:
+            print(f"Recommend with top_k=0 -> {exc.code().name}: {exc.details()}")
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse(DemoConfig, argv, prog="llmrec demo", description=__doc__)
+    logs.setup()
+    t_start = time.perf_counter()
+    ckpts = cfg.work / "checkpoints"
+    repository = cfg.work / "model-repository"
+    threads = str(cfg.threads)
+
+    if cfg.baselines:
+        _step("1/5 MovieLens-100K: splits and baselines (most-popular, BPR, ALS, EASE)")
+        _run(["eval", "baselines"])
+
+    _step("2/5 CLLM4Rec on SmolLM2-135M (short schedule)")
+    cllm = ckpts / "cllm4rec"
+    _train("CLLM4Rec", cllm, ["train", "cllm4rec", "--schedule", "short", "--out", str(cllm),
+                              "--train.threads", threads], cfg.retrain)
+
+    _step("3/5 TCF: MiniLM text item tower + SASRec user tower (short schedule)")
+    tcf = ckpts / "tcf"
+    _train("TCF", tcf, ["train", "tcf", "--schedule", "short", "--user-tower", "sasrec", "--item-tower", "text",
+                        "--out", str(tcf), "--threads", threads], cfg.retrain)
+
+    _step("4/5 Export both into a model repository (ONNX + FAISS, parity-checked)")
+    if cfg.fresh_repository and repository.exists():
+        shutil.rmtree(repository)
+    for name, ckpt in ((CLLM_MODEL, cllm), (TCF_MODEL, tcf)):
+        _run(["export", "--checkpoint", str(ckpt), "--repository", str(repository), "--name", name,
+              "--no-report", "--threads", threads])
+        version = max((p for p in (repository / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        parity = json.loads((version / "manifest.json").read_text()).get("parity", {})
+        print(f"{name}: {version} parity {json.dumps(parity)[:300]}")
+
+    _step("5/5 Serve over gRPC and ask")
+    from server.spawn import spawn_server, stop_server
+
+    token = secrets.token_hex(16)
+    log_path = cfg.work / "server.log"
+    proc, target = spawn_server(repository, ["--metrics-port", "0", "--poll-seconds", "0"], log_path=log_path,
+                                env={"RECSYS_ADMIN_TOKEN": token})
+    print(f"server {target} is SERVING (log: {log_path})")
+    try:
+        _ask(target, token, cfg)
+    finally:
+        code = stop_server(proc)
+        print(f"\nserver stopped with SIGTERM, exit code {code}")
+    print(f"demo done in {time.perf_counter() - t_start:.0f} s")
+    return 0

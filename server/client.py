@@ -1,0 +1,97 @@
+"""A typed Python client for the Recommender service (what the CLI, benchmarks and demos use)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import server  # noqa: F401 - puts proto/ on sys.path in a source checkout
+from recsys.v1 import recommender_pb2 as pb
+from recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+
+@dataclass
+class Recommendations:
+    items: list[tuple[str, float]]
+    model: str
+    version: int
+    titles: list[str] = field(default_factory=list)
+    unknown_item_ids: list[str] = field(default_factory=list)
+    known_user: bool = False
+
+
+class RecommenderClient:
+    def __init__(self, target: str, admin_token: str | None = None, tls_ca: Path | None = None,
+                 timeout: float | None = 10.0) -> None:
+        if tls_ca is not None:
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+        else:
+            self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.RecommenderStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.admin_token = admin_token
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _admin_md(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.admin_token}")] if self.admin_token else []
+
+    @staticmethod
+    def request(model: str, user_id: str = "", history: Sequence[str] = (), top_k: int = 10, version: int = 0,
+                exclude_item_ids: Sequence[str] = (), exclude_history: bool = False,
+                allow_unknown_items: bool = False) -> pb.RecommendRequest:
+        return pb.RecommendRequest(model=model, version=version, user_id=user_id, history=list(history),
+                                   top_k=top_k, exclude_item_ids=list(exclude_item_ids),
+                                   exclude_history=exclude_history, allow_unknown_items=allow_unknown_items)
+
+    @staticmethod
+    def _convert(resp: pb.RecommendResponse) -> Recommendations:
+        return Recommendations([(x.item_id, x.score) for x in resp.items], resp.model, resp.version,
+                               [x.title for x in resp.items], list(resp.unknown_item_ids), resp.known_user)
+
+    def recommend(self, model: str, user_id: str = "", history: Sequence[str] = (), top_k: int = 10,
+                  version: int = 0, exclude_item_ids: Sequence[str] = (), exclude_history: bool = False,
+                  allow_unknown_items: bool = False, timeout: float | None = None) -> Recommendations:
+        req = self.request(model, user_id, history, top_k, version, exclude_item_ids, exclude_history,
+                           allow_unknown_items)
+        return self._convert(self.stub.Recommend(req, timeout=timeout or self.timeout))
+
+    def recommend_batch(self, requests: Sequence[pb.RecommendRequest],
+                        timeout: float | None = None) -> list[Recommendations]:
+        resp = self.stub.RecommendBatch(pb.RecommendBatchRequest(requests=list(requests)),
+                                        timeout=timeout or self.timeout)
+        return [self._convert(r) for r in resp.responses]
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+
+    def upsert_items(self, model: str, items: Sequence[tuple[str, str] | tuple[str, str, str]],
+                     version: int = 0) -> pb.UpsertItemsResponse:
+        msgs = [pb.ItemText(item_id=it[0], text=it[1], title=it[2] if len(it) > 2 else "") for it in items]
+        return self.stub.UpsertItems(pb.UpsertItemsRequest(model=model, version=version, items=msgs),
+                                     metadata=self._admin_md(), timeout=self.timeout)
+
+    def reload(self) -> pb.ReloadModelsResponse:
+        return self.stub.ReloadModels(pb.ReloadModelsRequest(), metadata=self._admin_md(), timeout=self.timeout)
+
+    def health(self, service: str = "") -> str:
+        """"SERVING" / "NOT_SERVING" / "SERVICE_UNKNOWN" for the overall server or a model name."""
+        try:
+            resp = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return "SERVICE_UNKNOWN"
+            raise
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -1,0 +1,131 @@
+"""Server settings: defaults < `--config FILE` < `RECSYS_*` environment variables < flags.
+
+Environment variables let a container image be configured without a command line
+(e.g. RECSYS_ADMIN_TOKEN keeps the token out of `ps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+from llmrec.config import from_dict, load_file
+
+
+@dataclass
+class ServeConfig:
+    repository: Path = Path("work/model-repository")
+    """model repository root: <repository>/<name>/<version>/manifest.json"""
+    host: str = "0.0.0.0"
+    port: int = 50051
+    """gRPC port (0 = pick a free one)"""
+    metrics_port: int = 9095
+    """Prometheus /metrics HTTP port (0 = pick a free one, -1 = off)"""
+    threads: int = 16
+    """gRPC worker threads (requests in flight at once)"""
+    ort_threads: int = 1
+    """ONNX Runtime intra-op threads per session"""
+    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """ONNX Runtime execution providers in preference order (e.g. CUDAExecutionProvider)"""
+    max_batch_size: int = 16
+    """largest user-encoder batch formed from concurrent history requests"""
+    max_wait_ms: float = 2.0
+    """how long the first request of a batch waits for company"""
+    queue_size: int = 256
+    """pending encoder requests per model version; beyond it: RESOURCE_EXHAUSTED"""
+    max_top_k: int = 1000
+    max_history_len: int = 1000
+    """longest history accepted (the encoders keep only their most recent max_history/max_seq_len)"""
+    max_id_len: int = 256
+    max_batch_requests: int = 256
+    """most requests in one RecommendBatch call"""
+    poll_seconds: float = 10.0
+    """rescan the repository this often (0 = only on ReloadModels)"""
+    admin_token: str = ""
+    """token for UpsertItems/ReloadModels (metadata `authorization: Bearer <token>`); empty = admin off"""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    pins: tuple[str, ...] = ()
+    """extra versions to keep loaded, as name:version (e.g. ml100k-tcf:2)"""
+    grace_seconds: float = 10.0
+    """on SIGTERM/SIGINT: how long in-flight requests may take to finish"""
+    warmup_users: int = 3
+    log_json: bool = False
+    """JSON-lines logs (also RECSYS_LOG_JSON=1)"""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.max_wait_ms < 0 or self.poll_seconds < 0:
+            problems.append("max_wait_ms and poll_seconds must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("TLS needs both tls_cert and tls_key")
+        for pin in self.pins:
+            name, _, ver = pin.rpartition(":")
+            if not name or not ver.isdigit() or int(ver) < 1:
+                problems.append(f"pin {pin!r} is not name:version with a positive integer version")
+        if problems:
+            raise ValueError("invalid server config: " + "; ".join(problems))
+
+    def pinned(self) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for pin in self.pins:
+            name, _, ver = pin.rpartition(":")
+            out.setdefault(name, set()).add(int(ver))
+        return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServeConfig):
+        raw = env.get(f"RECSYS_{f.name.upper()}")
+        if raw is None or raw == "":
+            continue
+        default = getattr(ServeConfig, f.name, None)
+        if isinstance(default, bool):
+            values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            values[f.name] = int(raw)
+        elif isinstance(default, float):
+            values[f.name] = float(raw)
+        elif isinstance(default, tuple):
+            values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+        elif f.name in ("repository", "tls_cert", "tls_key"):
+            values[f.name] = Path(raw)
+        else:
+            values[f.name] = raw
+    if "log_json" not in values and env.get("RECSYS_LOG_JSON"):
+        values["log_json"] = env["RECSYS_LOG_JSON"] == "1"
+    return values
+
+
+def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServeConfig:
+    env = os.environ if env is None else env
+    rest: list[str] = []
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            values.update(load_file(Path(argv[i + 1])))
+            i += 2
+            continue
+        if argv[i].startswith("--config="):
+            values.update(load_file(Path(argv[i].split("=", 1)[1])))
+        else:
+            rest.append(argv[i])
+        i += 1
+    values.update(_from_env(env))
+    for key in ("pins", "ort_providers"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    default = from_dict(ServeConfig, values) if values else None
+    return tyro.cli(ServeConfig, args=rest, default=default, prog="llmrec serve",
+                    description="Serve a model repository over gRPC (health, reflection, /metrics, hot reload).")

@@ -1,0 +1,160 @@
+"""Reading the model repository (docs/model-repository.md): finding complete versions, checking their
+hashes (with the exporter's torch-free `export.repository.verify_version`: one check for both sides)
+and loading their arrays, FAISS index, ONNX Runtime sessions and tokenizer.
+
+A version is only trusted after every file listed in its manifest matches its sha256: a half-copied
+or tampered folder is refused rather than served.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from export.index import load_index
+from export.manifest import KINDS
+from export.repository import VersionError, list_versions
+from export.repository import verify_version as _export_verify
+from llmrec import logs
+
+log = logs.get("server.repository")
+
+__all__ = ["VersionError", "load_files", "scan", "verify_version"]
+
+
+def scan(repository: Path) -> dict[str, list[int]]:
+    """Model name -> sorted version numbers whose folder holds a manifest.json (not yet verified)."""
+    out: dict[str, list[int]] = {}
+    if not repository.is_dir():
+        return out
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = [v for v in list_versions(model_dir) if (model_dir / str(v) / "manifest.json").is_file()]
+        if versions:
+            out[model_dir.name] = versions
+    return out
+
+
+def verify_version(path: Path) -> dict[str, Any]:
+    """Manifest of a complete, untampered version (the exporter's own check: required keys, sizes,
+    sha256 of every listed file), plus what this server can serve; raises VersionError otherwise."""
+    manifest = _export_verify(path)
+    if manifest.get("kind") not in KINDS:
+        raise VersionError(f"{path}: kind {manifest.get('kind')!r}; accepted: {', '.join(KINDS)}")
+    if manifest.get("metric", "inner_product") != "inner_product":
+        raise VersionError(f"{path}: metric {manifest.get('metric')!r}; only inner_product is served")
+    return manifest
+
+
+def _providers(requested: tuple[str, ...]) -> list[str]:
+    available = set(ort.get_available_providers())
+    chosen = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        log.warning("onnxruntime providers not available, skipped", missing=missing, available=sorted(available))
+    return chosen or ["CPUExecutionProvider"]
+
+
+def open_session(path: Path, threads: int, providers: tuple[str, ...]) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Several sessions share 2 cores: spinning threads steal time from each other (performance-notes.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=_providers(providers))
+    except Exception as exc:  # onnxruntime raises several unrelated types for bad graphs
+        raise VersionError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass
+class VersionFiles:
+    """Everything read from one version folder, before any serving state is built on it."""
+
+    path: Path
+    manifest: dict[str, Any]
+    index: Any
+    item_ids: list[str]
+    item_vectors: np.ndarray
+    item_titles: list[str]
+    user_ids: list[str]
+    user_vectors: np.ndarray
+    history_indptr: np.ndarray
+    history_indices: np.ndarray
+    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    tokenizer: Any = None
+
+
+def _json_list(path: Path, required: bool = True) -> list[str]:
+    if not path.is_file():
+        if required:
+            raise VersionError(f"{path.parent}: {path.name} is missing")
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise VersionError(f"{path}: expected a JSON list")
+    return [str(x) for x in data]
+
+
+def load_files(path: Path, ort_threads: int, providers: tuple[str, ...]) -> VersionFiles:
+    manifest = verify_version(path)
+    try:  # load_index sets nprobe / efSearch once, from the manifest: never per request
+        index = load_index(path / "items.faiss", manifest.get("index"))
+    except Exception as exc:
+        raise VersionError(f"{path}: FAISS cannot read items.faiss ({exc})") from exc
+    item_ids = _json_list(path / "item_ids.json")
+    item_vectors = np.ascontiguousarray(np.load(path / "item_vectors.npy"), dtype=np.float32)
+    titles = _json_list(path / "item_titles.json", required=False) or [""] * len(item_ids)
+    caps = manifest.get("capabilities") or {}
+    user_ids = _json_list(path / "user_ids.json", required=bool(caps.get("user_id")))
+    if (path / "user_vectors.npy").is_file():
+        user_vectors = np.ascontiguousarray(np.load(path / "user_vectors.npy"), dtype=np.float32)
+    else:
+        user_vectors = np.zeros((0, item_vectors.shape[1]), np.float32)
+    if (path / "user_history.npz").is_file():
+        with np.load(path / "user_history.npz") as h:
+            indptr, indices = h["indptr"].astype(np.int64), h["indices"].astype(np.int64)
+    else:
+        indptr, indices = np.zeros(len(user_ids) + 1, np.int64), np.zeros(0, np.int64)
+    dim = int(manifest.get("dim", item_vectors.shape[1]))
+    n = len(item_ids)
+    problems = []
+    if item_vectors.shape != (n, dim):
+        problems.append(f"item_vectors.npy shape {item_vectors.shape} != ({n}, {dim})")
+    if index.ntotal != n or index.d != dim:
+        problems.append(f"items.faiss holds {index.ntotal} x {index.d}, expected {n} x {dim}")
+    if len(titles) != n:
+        problems.append(f"item_titles.json has {len(titles)} entries for {n} items")
+    if user_vectors.shape != (len(user_ids), dim):
+        problems.append(f"user_vectors.npy shape {user_vectors.shape} != ({len(user_ids)}, {dim})")
+    if len(indptr) != len(user_ids) + 1:
+        problems.append(f"user_history.npz indptr has {len(indptr)} entries for {len(user_ids)} users")
+    if len(set(item_ids)) != n:
+        problems.append("item_ids.json has duplicate ids")
+    if problems:
+        raise VersionError(f"{path}: " + "; ".join(problems))
+    files = VersionFiles(path, manifest, index, item_ids, item_vectors, titles, user_ids, user_vectors, indptr,
+                         indices)
+    encoders = manifest.get("encoders") or {}
+    for role in ("user_encoder", "item_encoder"):
+        rel = (encoders.get(role) or {}).get("path") or f"{role}.onnx"
+        if (path / rel).is_file():
+            files.sessions[role] = open_session(path / rel, ort_threads, providers)
+    if caps.get("history") and "user_encoder" not in files.sessions:
+        raise VersionError(f"{path}: capabilities.history is true but there is no user_encoder.onnx")
+    if caps.get("upsert_items"):
+        if "item_encoder" not in files.sessions:
+            raise VersionError(f"{path}: capabilities.upsert_items is true but there is no item_encoder.onnx")
+        from tokenizers import Tokenizer
+
+        tok_name = (manifest.get("tcf") or {}).get("tokenizer", "tokenizer.json")
+        try:
+            files.tokenizer = Tokenizer.from_file(str(path / tok_name))
+        except Exception as exc:
+            raise VersionError(f"{path}: cannot read tokenizer {tok_name} ({exc})") from exc
+    return files
