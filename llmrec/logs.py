@@ -9,6 +9,17 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the moment of writing: loggers are cached, and test runners
+    swap sys.stderr per test, so a stream bound at setup time would be closed later."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup(level: str | None = None, json_lines: bool | None = None) -> None:
     level = (level or os.environ.get("RECSYS_LOG_LEVEL", "INFO")).upper()
     if json_lines is None:
@@ -24,7 +35,7 @@ def setup(level: str | None = None, json_lines: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 

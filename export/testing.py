@@ -1,0 +1,192 @@
+"""Tiny ServingBundles with the exact encoder signatures of the contract, for tests and smoke runs.
+
+The server's tests can build a real (tiny) model repository with
+`export_bundle(tiny_bundle("cllm4rec", tmp), repo, "m")` without any checkpoint or weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.bundle import EncoderExport, QualityProbe, ServingBundle
+
+VOCAB_WORDS = ["[PAD]", "[UNK]", "the", "a", "movie", "story", "of", "love", "war", "space", "comedy", "drama",
+               "night", "day", "city", "king", "dog", "cat", "man", "woman"]
+
+
+class LastTokenLM(nn.Module):
+    """A tiny Llama + last-real-token gather: CLLM4Rec's user encoder (right padding)."""
+
+    def __init__(self, vocab_size: int, dim: int = 32, seed: int = 0):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaModel
+
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(hidden_size=dim, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                          intermediate_size=2 * dim, vocab_size=vocab_size, max_position_embeddings=128)
+        self.lm = LlamaModel(cfg)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        last = (attention_mask.sum(1) - 1).clamp(min=0)
+        return h.gather(1, last.view(-1, 1, 1).expand(-1, 1, h.size(-1))).squeeze(1)
+
+
+class TinySASRec(nn.Module):
+    """Causal self-attention over item vectors (left padded, newest last); returns the last position."""
+
+    def __init__(self, dim: int = 16, max_len: int = 8, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.1)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.max_len = max_len
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        seq = item_vectors.shape[1]
+        x = item_vectors + self.pos[self.max_len - seq:]
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
+        allowed = causal.unsqueeze(0) & mask.bool().unsqueeze(1)
+        scores = scores.masked_fill(~allowed, -1e9)  # finite: fully padded rows stay NaN-free
+        h = x + torch.softmax(scores, dim=-1) @ v
+        h = self.norm(h + self.ff(h))
+        return h[:, -1]
+
+
+class TinyTextEncoder(nn.Module):
+    """Token embedding, masked mean pooling, projection: TCF's text item tower."""
+
+    def __init__(self, vocab_size: int, dim: int = 16, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(vocab_size, 24)
+        self.proj = nn.Sequential(nn.Linear(24, 32), nn.Tanh(), nn.Linear(32, dim))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        m = attention_mask.unsqueeze(-1).float()
+        pooled = (self.emb(input_ids) * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.proj(pooled)
+
+
+def write_tokenizer(path: Path) -> Path:
+    """A word-level `tokenizers` JSON with a lower-casing normalizer and right padding/truncation."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB_WORDS)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    tok.enable_truncation(max_length=12)
+    tok.save(str(path))
+    return Path(path)
+
+
+def _right_padded(rng: np.random.Generator, lengths: list[int], low: int, high: int) -> tuple[torch.Tensor, ...]:
+    width = max(lengths)
+    ids = np.zeros((len(lengths), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = rng.integers(low, high, size=n)
+        mask[r, :n] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _left_padded(vectors: np.ndarray, histories: list[np.ndarray], seq: int) -> tuple[torch.Tensor, ...]:
+    x = np.zeros((len(histories), seq, vectors.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(histories), seq), dtype=np.int64)
+    for r, h in enumerate(histories):
+        h = h[-seq:]
+        x[r, seq - len(h):] = vectors[h]
+        mask[r, seq - len(h):] = 1
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def _run(module: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([module(*b).numpy() for b in batches]).astype(np.float32)
+
+
+def tiny_bundle(kind: str, workdir: Path, num_items: int = 60, num_users: int = 25, seed: int = 0,
+                user_tower: str | None = None) -> ServingBundle:
+    """A consistent tiny bundle: item/user vectors are what the encoders compute, with a probe."""
+    rng = np.random.default_rng(seed)
+    histories = [np.sort(rng.choice(num_items, size=int(rng.integers(2, 8)), replace=False)) for _ in range(num_users)]
+    targets = [rng.choice(np.setdiff1d(np.arange(num_items), h), size=2, replace=False) for h in histories]
+    item_ids = [f"i{j}" for j in range(num_items)]
+    user_ids = [f"u{u}" for u in range(num_users)]
+    titles = [f"Item {j}" if j % 7 else "" for j in range(num_items)]
+    if kind == "cllm4rec":
+        words = 30
+        vocab = words + num_users + num_items + 1  # words, user tokens, item tokens, anonymous user
+        module = LastTokenLM(vocab, dim=32, seed=seed).eval()
+        item_vectors = module.lm.embed_tokens.weight.detach().numpy()[words + num_users: words + num_users + num_items]
+        item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+
+        def prompt(u: int) -> list[int]:
+            return [words + u, 5, 6] + [words + num_users + int(j) for j in histories[u]] + [7, words + u, 8]
+
+        def batch(rows: list[int]) -> tuple[torch.Tensor, ...]:
+            seqs = [prompt(u) for u in rows]
+            width = max(map(len, seqs))
+            ids = torch.zeros(len(rows), width, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            return ids, mask
+
+        user_batches = [batch(list(range(s, min(s + 8, num_users)))) for s in range(0, num_users, 8)]
+        user_vectors = _run(module, user_batches)
+        samples = [batch([0]), batch([1, 2, 3]), _right_padded(rng, [3, 9, 5, 12], 1, vocab),
+                   _right_padded(rng, [20], 1, vocab), _right_padded(rng, [1, 4], 1, vocab)]
+        encoders = {"user_encoder": EncoderExport(
+            module, ["input_ids", "attention_mask"], "user_vector",
+            {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+             "user_vector": {0: "batch"}}, samples)}
+        config = {"vocab_size": vocab, "user_token_offset": words, "item_token_offset": words + num_users,
+                  "anonymous_user_token": vocab - 1, "pad_token_id": 0, "max_history": 16,
+                  "template": [{"user": True}, {"ids": [5, 6]}, {"history": True, "separator_ids": []},
+                               {"ids": [7]}, {"user": True}, {"ids": [8]}], "padding_side": "right"}
+        probe = QualityProbe(user_batches, histories, targets, "recall@20")
+        return ServingBundle("cllm4rec", "lm", "id", 32, item_ids, item_vectors, titles, user_ids, user_vectors,
+                             histories, encoders, config, {}, probe)
+    if kind != "tcf":
+        raise ValueError(f"unknown kind {kind!r}; accepted: cllm4rec, tcf")
+    user_tower = user_tower or "sasrec"
+    dim, seq, text_len = 16, 8, 12
+    tok_path = write_tokenizer(Path(workdir) / "tokenizer.json")
+    text_enc = TinyTextEncoder(len(VOCAB_WORDS), dim, seed).eval()
+    item_batch = _right_padded(rng, [int(rng.integers(2, text_len)) for _ in range(num_items)], 2, len(VOCAB_WORDS))
+    item_vectors = _run(text_enc, [item_batch])
+    item_samples = [_right_padded(rng, [5], 2, len(VOCAB_WORDS)), _right_padded(rng, [3, 12, 7], 2, len(VOCAB_WORDS)),
+                    _right_padded(rng, [1, 2], 2, len(VOCAB_WORDS))]
+    ids_axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+                "item_vector": {0: "batch"}}
+    encoders = {"item_encoder": EncoderExport(text_enc, ["input_ids", "attention_mask"], "item_vector", ids_axes,
+                                              item_samples)}
+    probe = None
+    if user_tower == "sasrec":
+        sas = TinySASRec(dim, seq, seed).eval()
+        user_batches = [_left_padded(item_vectors, histories[s: s + 8], seq) for s in range(0, num_users, 8)]
+        user_vectors = _run(sas, user_batches)
+        samples = [_left_padded(item_vectors, [histories[0]], seq), _left_padded(item_vectors, histories[1:4], seq),
+                   _left_padded(item_vectors, [h[-2:] for h in histories[4:9]], 4),
+                   _left_padded(item_vectors, histories[9:11], 6)]
+        encoders["user_encoder"] = EncoderExport(
+            sas, ["item_vectors", "mask"], "user_vector",
+            {"item_vectors": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}, "user_vector": {0: "batch"}},
+            samples)
+        probe = QualityProbe(user_batches, histories, targets, "recall@20")
+    else:
+        user_vectors = rng.normal(size=(num_users, dim)).astype(np.float32)
+    config = {"max_seq_len": seq, "text_max_length": text_len, "tokenizer": "tokenizer.json", "pad_token_id": 0}
+    return ServingBundle("tcf", user_tower, "text", dim, item_ids, item_vectors, titles, user_ids, user_vectors,
+                         histories, encoders, config, {"tokenizer.json": tok_path}, probe)
