@@ -1,0 +1,99 @@
+"""TCF checkpoint -> ServingBundle (docs/model-repository.md, `tcf` section).
+
+The item encoder is the FULL text path (every LM layer, with the trained top layers, +
+pooling + MLP) so the server can encode a new item from raw text; the catalogue's item
+vectors are computed with that same path, and known users' vectors with the user encoder
+over those vectors, so stored and freshly encoded vectors agree.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.bundle import EncoderExport, QualityProbe, ServingBundle
+from models.tcf import text_encoder as te
+from models.tcf.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.tcf.data import left_pad
+from models.tcf.item_tower import FullTextItemEncoder
+from models.tcf.user_tower import SASRecUserEncoder
+
+PROBE_USERS = 200
+
+
+def full_item_encoder(ck: LoadedCheckpoint) -> FullTextItemEncoder:
+    assert ck.lm is not None and ck.text is not None
+    return FullTextItemEncoder(ck.lm, ck.text.pooling, ck.model.item_tower.mlp).eval()
+
+
+@torch.no_grad()
+def encode_texts(encoder: torch.nn.Module, tok, texts: list[str], batch: int = 64) -> np.ndarray:
+    outs = [encoder(*te.tokenize(tok, texts[s : s + batch])) for s in range(0, len(texts), batch)]
+    return torch.cat(outs).numpy().astype(np.float32)
+
+
+def _sasrec_inputs(item_vectors: np.ndarray, histories: list[np.ndarray], seq: int) -> tuple[torch.Tensor, ...]:
+    rows, mask = left_pad(histories, seq)
+    vecs = torch.from_numpy(item_vectors)[torch.from_numpy(rows)] * torch.from_numpy(mask).unsqueeze(-1)
+    return vecs.float(), torch.from_numpy(mask)
+
+
+def load_bundle(checkpoint_dir: Path, batch: int = 64) -> ServingBundle:
+    ck = load_checkpoint(Path(checkpoint_dir), need_full_lm=True)
+    cfg, model = ck.model.cfg, ck.model
+    encoders: dict[str, EncoderExport] = {}
+    assets: dict[str, Path] = {}
+    tcf_section: dict = {"max_seq_len": cfg.max_seq_len, "text_max_length": None, "tokenizer": None,
+                         "pad_token_id": 0}
+    if cfg.item_tower == "text":
+        assert ck.text is not None
+        folder = te.resolve_encoder_dir(ck.text.encoder)
+        tok = te.load_tokenizer(folder, ck.text.max_length, ck.text.lowercase)
+        tok_path = Path(tempfile.mkdtemp(prefix="tcf-bundle-")) / "tokenizer.json"
+        tok.save(str(tok_path))
+        assets["tokenizer.json"] = tok_path
+        enc = full_item_encoder(ck)
+        item_vectors = encode_texts(enc, tok, ck.item_texts, batch)
+        samples = [te.tokenize(tok, ck.item_texts[:1]), te.tokenize(tok, ck.item_texts[1:4]),
+                   te.tokenize(tok, ["a new item", "Another brand new movie (2030), genres: Drama"])]
+        encoders["item_encoder"] = EncoderExport(
+            enc, ["input_ids", "attention_mask"], "item_vector",
+            {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+             "item_vector": {0: "batch"}}, samples)
+        tcf_section.update(text_max_length=ck.text.max_length, tokenizer="tokenizer.json",
+                           pad_token_id=te.pad_token_id(folder, tok))
+    else:
+        item_vectors = model.all_item_vectors().numpy().astype(np.float32)
+    split = ck.split
+    histories = [np.concatenate([a, b, c]) for a, b, c in zip(split.train, split.valid, split.test, strict=True)]
+    probe = None
+    with torch.no_grad():
+        if cfg.user_tower == "sasrec":
+            user_enc = SASRecUserEncoder(model.user_tower).eval()
+            seq = cfg.max_seq_len
+            user_vectors = np.concatenate([
+                user_enc(*_sasrec_inputs(item_vectors, histories[s : s + batch], seq)).numpy()
+                for s in range(0, len(histories), batch)]).astype(np.float32)
+            samples = [_sasrec_inputs(item_vectors, histories[:1], seq),
+                       _sasrec_inputs(item_vectors, [h[-3:] for h in histories[1:5]], seq),
+                       _sasrec_inputs(item_vectors, [h[-5:] for h in histories[5:8]], 6)]
+            encoders["user_encoder"] = EncoderExport(
+                user_enc, ["item_vectors", "mask"], "user_vector",
+                {"item_vectors": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
+                 "user_vector": {0: "batch"}}, samples)
+            users = split.eval_users("test")[:PROBE_USERS]
+            seen = split.seen("test")
+            probe = QualityProbe(
+                [_sasrec_inputs(item_vectors, [seen[u] for u in users[s : s + batch]], seq)
+                 for s in range(0, len(users), batch)],
+                [seen[u] for u in users], [split.test[u] for u in users], "hr@10")
+        else:
+            user_vectors = model.user_tower.emb.weight.detach().numpy().astype(np.float32)
+    return ServingBundle(
+        kind="tcf", user_tower=cfg.user_tower, item_tower=cfg.item_tower, dim=cfg.dim, item_ids=list(ck.items.ids),
+        item_vectors=item_vectors, item_titles=list(ck.item_titles), user_ids=list(ck.users.ids),
+        user_vectors=user_vectors, user_histories=histories, encoders=encoders, model_config=tcf_section,
+        assets=assets, probe=probe)

@@ -1,0 +1,119 @@
+"""TCF data preparation and training batches (index arrays only; the model turns them into vectors).
+
+Preparation follows the paper: users with fewer than `min_interactions` interactions are
+dropped, and each remaining user keeps only their most recent `keep_last` interactions
+(S + 3 by default: S for the SASRec window, +1 for the next-item target, +2 for the
+leave-one-out validation and test items). Users stay in the IdMap (so ids never shift) but
+have no interactions, so the split counts them as too short and never evaluates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.data.dataset import InteractionData
+
+
+def prepare(data: InteractionData, min_interactions: int = 5, keep_last: int = 23) -> InteractionData:
+    order = data.order()
+    users = data.user[order]
+    bounds = np.searchsorted(users, np.arange(data.num_users + 1))
+    keep: list[np.ndarray] = []
+    for u in range(data.num_users):
+        lo, hi = bounds[u], bounds[u + 1]
+        if hi - lo < min_interactions:
+            continue
+        if keep_last > 0:
+            lo = max(lo, hi - keep_last)
+        keep.append(order[lo:hi])
+    idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+    return InteractionData(
+        name=data.name,
+        users=data.users,
+        items=data.items,
+        user=data.user[idx],
+        item=data.item[idx],
+        timestamp=None if data.timestamp is None else data.timestamp[idx],
+        item_text=data.item_text,
+        item_title=data.item_title,
+        review=None if data.review is None else [data.review[i] for i in idx],
+    )
+
+
+def log_popularity(train: list[np.ndarray], num_items: int) -> np.ndarray:
+    """log Q(item): add-one smoothed share of the item among training interactions (the sampling odds)."""
+    counts = np.bincount(np.concatenate(train).astype(np.int64), minlength=num_items).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+@dataclass
+class Batch:
+    rows: torch.Tensor  # [U] distinct item rows whose vectors the step needs
+    seq_idx: torch.Tensor  # [B, S] index into rows (SASRec input; 0 where padded)
+    seq_mask: torch.Tensor  # [B, S] 1 = real input item
+    query_pos: torch.Tensor  # [B, S] bool: positions with a next-item target
+    users: torch.Tensor  # [B] user rows (DSSM queries)
+    cand_idx: torch.Tensor  # [C] index into rows: the distinct positives of the batch
+    target: torch.Tensor  # [R] candidate column of each query's positive
+    own: torch.Tensor  # [R, C] bool: candidate is one of the query user's own training items
+    log_q: torch.Tensor  # [C]
+
+
+def _own(query_users: np.ndarray, cand: np.ndarray, user_items: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.isin(cand, user_items[u]) for u in query_users]) if len(query_users) else \
+        np.zeros((0, len(cand)), dtype=bool)
+
+
+def sasrec_batch(users: np.ndarray, train: list[np.ndarray], max_len: int, log_q: np.ndarray) -> Batch:
+    """Each user's last max_len + 1 training items: inputs = all but the last, targets = shifted by one."""
+    b = len(users)
+    inp = np.zeros((b, max_len), dtype=np.int64)
+    tgt = np.zeros((b, max_len), dtype=np.int64)
+    mask = np.zeros((b, max_len), dtype=np.int64)
+    for i, u in enumerate(users):
+        seq = train[u][-(max_len + 1):]
+        n = len(seq) - 1
+        if n <= 0:
+            continue
+        inp[i, max_len - n:] = seq[:-1]
+        tgt[i, max_len - n:] = seq[1:]
+        mask[i, max_len - n:] = 1
+    real = mask.astype(bool)
+    rows, inv = np.unique(np.concatenate([inp[real], tgt[real]]), return_inverse=True)
+    seq_idx = np.zeros_like(inp)
+    seq_idx[real] = inv[: real.sum()]
+    targets = tgt[real]
+    cand, tcol = np.unique(targets, return_inverse=True)
+    query_users = np.repeat(users, real.sum(1))
+    return Batch(
+        rows=torch.from_numpy(rows), seq_idx=torch.from_numpy(seq_idx), seq_mask=torch.from_numpy(mask),
+        query_pos=torch.from_numpy(real), users=torch.from_numpy(np.asarray(users, dtype=np.int64)),
+        cand_idx=torch.from_numpy(np.searchsorted(rows, cand)), target=torch.from_numpy(tcol.astype(np.int64)),
+        own=torch.from_numpy(_own(query_users, cand, train)), log_q=torch.from_numpy(log_q[cand]),
+    )
+
+
+def dssm_batch(pair_users: np.ndarray, pair_items: np.ndarray, train: list[np.ndarray], log_q: np.ndarray) -> Batch:
+    cand, tcol = np.unique(pair_items, return_inverse=True)
+    empty = torch.zeros((len(pair_users), 0), dtype=torch.long)
+    return Batch(
+        rows=torch.from_numpy(cand), seq_idx=empty, seq_mask=empty, query_pos=empty.bool(),
+        users=torch.from_numpy(pair_users.astype(np.int64)), cand_idx=torch.arange(len(cand)),
+        target=torch.from_numpy(tcol.astype(np.int64)), own=torch.from_numpy(_own(pair_users, cand, train)),
+        log_q=torch.from_numpy(log_q[cand]),
+    )
+
+
+def left_pad(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last max_len items of each history, left-padded: (rows [B, S], mask [B, S])."""
+    rows = np.zeros((len(histories), max_len), dtype=np.int64)
+    mask = np.zeros((len(histories), max_len), dtype=np.int64)
+    for i, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)[-max_len:]
+        if len(h):
+            rows[i, max_len - len(h):] = h
+            mask[i, max_len - len(h):] = 1
+    return rows, mask

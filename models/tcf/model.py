@@ -1,0 +1,95 @@
+"""The TCF model: an item tower and a user tower whose dot product scores items, plus its config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.tcf import text_encoder as te
+from models.tcf.data import Batch, left_pad
+from models.tcf.item_tower import IdItemTower, TextItemTower
+from models.tcf.loss import ibce_loss
+from models.tcf.preinfer import PreInferred
+from models.tcf.user_tower import DSSM, SASRec
+
+
+@dataclass
+class ModelConfig:
+    user_tower: Literal["sasrec", "dssm"] = "sasrec"
+    item_tower: Literal["text", "id"] = "text"
+    dim: int = 64  # D: item/user vector size (the paper uses 512; 64 keeps CPU training quick)
+    mlp_layers: int = 2
+    mlp_input_norm: bool = False  # LayerNorm on the pooled LM state before the MLP (beyond the paper)
+    max_seq_len: int = 20  # S: SASRec reads the user's last S items
+    blocks: int = 2
+    heads: int = 2
+    dropout: float = 0.1
+
+
+class TCFModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, item_tower: nn.Module, num_users: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_tower = item_tower
+        if cfg.user_tower == "sasrec":
+            self.user_tower: nn.Module = SASRec(cfg.dim, cfg.max_seq_len, cfg.blocks, cfg.heads, cfg.dropout)
+        elif cfg.user_tower == "dssm":
+            self.user_tower = DSSM(num_users, cfg.dim)
+        else:
+            raise ValueError(f"unknown user_tower {cfg.user_tower!r}; accepted: sasrec, dssm")
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The IBCE loss of one batch (a single forward, so DDP can synchronise its gradients)."""
+        vecs = self.item_tower(batch.rows)
+        if self.cfg.user_tower == "sasrec":
+            out = self.user_tower(vecs[batch.seq_idx], batch.seq_mask)
+            queries = out[batch.query_pos]
+        else:
+            queries = self.user_tower(batch.users)
+        return ibce_loss(queries, vecs[batch.cand_idx], batch.target, batch.log_q, batch.own)
+
+    @torch.no_grad()
+    def all_item_vectors(self, chunk: int = 256) -> torch.Tensor:
+        n = self.item_tower.num_items
+        return torch.cat([self.item_tower(torch.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)])
+
+    @torch.no_grad()
+    def user_vectors(self, users: np.ndarray, histories: list[np.ndarray], item_vecs: torch.Tensor) -> torch.Tensor:
+        if self.cfg.user_tower == "dssm":
+            return self.user_tower(torch.as_tensor(users, dtype=torch.long))
+        rows, mask = left_pad(histories, self.cfg.max_seq_len)
+        return self.user_tower(item_vecs[torch.from_numpy(rows)], torch.from_numpy(mask))[:, -1]
+
+
+def build_model(cfg: ModelConfig, text: te.TextEncoderConfig, num_users: int, num_items: int,
+                pre: PreInferred | None = None, lm: nn.Module | None = None) -> TCFModel:
+    """Builds the model; the text tower needs the pre-inferred table and (for N > 0) the LM to slice.
+
+    For N > 0 the text tower's `top` shares its modules with `lm`, so loading the checkpoint's
+    weights into the model also updates `lm`'s top layers (used by the serving item encoder).
+    """
+    if cfg.item_tower == "id":
+        tower: nn.Module = IdItemTower(num_items, cfg.dim)
+    elif cfg.item_tower == "text":
+        if pre is None:
+            raise ValueError("the text item tower needs the pre-inferred item table")
+        top = None
+        if text.unfreeze_last > 0:
+            if lm is None:
+                raise ValueError("unfreeze_last > 0 needs the LM to take the top layers from")
+            top = te.top_layers(lm, text.unfreeze_last)
+            top.train()
+            for p in top.parameters():
+                p.requires_grad_(True)
+        in_dim = (pre.pooled if pre.pooled is not None else pre.hidden).shape[-1]
+        tower = TextItemTower(in_dim, cfg.dim, cfg.mlp_layers, text.pooling, top, cfg.mlp_input_norm)
+        tower.set_table(pre)
+        if tower.num_items != num_items:
+            raise ValueError(f"pre-inferred table has {tower.num_items} items, the item map {num_items}")
+    else:
+        raise ValueError(f"unknown item_tower {cfg.item_tower!r}; accepted: text, id")
+    return TCFModel(cfg, tower, num_users)
