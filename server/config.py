@@ -35,8 +35,9 @@ class ServeConfig:
     """ONNX Runtime execution providers in preference order (e.g. CUDAExecutionProvider)"""
     max_batch_size: int = 16
     """largest user-encoder batch formed from concurrent history requests"""
-    max_wait_ms: float = 2.0
-    """how long the first request of a batch waits for company"""
+    max_wait_ms: float = 0.0
+    """how long the first request of a batch waits for company; 0 = greedy batching: a batch is whatever
+    queued while the encoder was busy, so a lone request never waits (see benchmarks/results/bench_grpc_*)"""
     queue_size: int = 256
     """pending encoder requests per model version; beyond it: RESOURCE_EXHAUSTED"""
     max_top_k: int = 1000
