@@ -1,0 +1,204 @@
+"""CLLM4Rec: ID tokens learned on a frozen causal LM, with three heads over one backbone.
+
+Only two ID tables are trained, each [I users + J items + 1 anonymous user, H]:
+collaborative z^l (collaborative LM + rec head) and content z^c (content LM). Ids < N go to
+the frozen vocabulary embedding, ids >= N to the chosen ID table (row id - N).
+
+Item scoring (collaborative LM and rec head) is h . (feature_scale * exp(log_scale) * z^l_item):
+the final hidden state of the backbone has a few huge dimensions, which make raw dot products
+saturate and let those dimensions dominate every update; `feature_scale` (a fixed per-dimension
+1/RMS measured once on real prompts, see `calibrate`) and a learnable temperature fix that.
+Both are folded into the exported item vectors, so serving still scores user_vector . item_vector
+with user_vector = the raw last hidden state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from models.cllm4rec.prompts import IGNORE
+
+TRAINED_KEYS = ("collab_embeddings", "content_embeddings", "feature_scale", "log_scale")
+
+
+@dataclass
+class ModelConfig:
+    num_users: int
+    num_items: int
+    vocab_size: int  # N: backbone tokenizer size incl. added specials
+    hidden_size: int
+    init_std: float = 0.02
+    mutual_reg: float = 1.0  # lambda of lambda * mean_rows ||z^l - sg(z^c)||^2 (and its mirror)
+    learn_scale: bool = True  # learnable score temperature exp(log_scale) on item scores
+
+
+class CLLM4Rec(nn.Module):
+    def __init__(self, cfg: ModelConfig, backbone: PreTrainedModel) -> None:
+        super().__init__()
+        emb = backbone.get_input_embeddings().weight
+        if emb.shape[0] < cfg.vocab_size or emb.shape[1] != cfg.hidden_size:
+            raise ValueError(
+                f"backbone embedding {tuple(emb.shape)} does not fit vocab_size={cfg.vocab_size}, "
+                f"hidden_size={cfg.hidden_size}"
+            )
+        if any(p.requires_grad for p in backbone.parameters()):
+            raise ValueError("the backbone must be frozen (load it with backbone.load_backbone)")
+        self.cfg = cfg
+        self.backbone = backbone
+        rows = cfg.num_users + cfg.num_items + 1
+        self.collab_embeddings = nn.Parameter(torch.randn(rows, cfg.hidden_size) * cfg.init_std)
+        self.content_embeddings = nn.Parameter(torch.randn(rows, cfg.hidden_size) * cfg.init_std)
+        self.register_buffer("feature_scale", torch.ones(cfg.hidden_size))
+        self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
+
+    # ---- embeddings and hidden states -------------------------------------------------------
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        return self.backbone.get_input_embeddings().weight.dtype
+
+    def embed(self, input_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Routes ids < N to the frozen vocabulary rows and ids >= N to `table` rows (id - N)."""
+        n = self.cfg.vocab_size
+        if int(input_ids.max()) >= n + table.shape[0] or int(input_ids.min()) < 0:
+            raise ValueError(f"token id out of range [0, {n + table.shape[0]})")
+        words = self.backbone.get_input_embeddings()(input_ids.clamp(max=n - 1)).float()
+        ids = F.embedding((input_ids - n).clamp(min=0), table)
+        return torch.where((input_ids >= n).unsqueeze(-1), ids, words)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        embeds = self.embed(input_ids, table).to(self.backbone_dtype)
+        out = self.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask)
+        return out.last_hidden_state.float()
+
+    @staticmethod
+    def last_real(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden state at each row's last real token (rows are right-padded)."""
+        last = (attention_mask.sum(1) - 1).clamp(min=0)
+        idx = last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return torch.gather(hidden, 1, idx).squeeze(1)
+
+    def item_matrix(self) -> torch.Tensor:
+        """[J, H] vectors whose dot product with a raw hidden state is the item score."""
+        u = self.cfg.num_users
+        items = self.collab_embeddings[u : u + self.cfg.num_items]
+        return items * self.feature_scale * self.log_scale.exp()
+
+    def user_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.last_real(self.hidden(input_ids, attention_mask, self.collab_embeddings), attention_mask)
+
+    def rec_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.user_vectors(input_ids, attention_mask) @ self.item_matrix().T
+
+    # ---- losses ------------------------------------------------------------------------------
+    def mutual_reg(self, input_ids: torch.Tensor, table: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """lambda * mean over the batch's ID rows of ||table - stopgrad(other)||^2."""
+        n = self.cfg.vocab_size
+        rows = torch.unique(input_ids[input_ids >= n]) - n
+        if self.cfg.mutual_reg == 0 or rows.numel() == 0:
+            return table.sum() * 0.0
+        diff = table[rows] - other[rows].detach()
+        return self.cfg.mutual_reg * diff.pow(2).sum(1).mean()
+
+    @staticmethod
+    def _next_token_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        return hidden[:, :-1][keep], targets[keep]
+
+    def collab_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, reg: bool = True
+    ) -> torch.Tensor:
+        """Next-item cross-entropy over the item space only (output tied to item embeddings)."""
+        h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
+        hs, targets = self._next_token_positions(h, labels)
+        loss = F.cross_entropy(hs @ self.item_matrix().T, targets)
+        if reg:
+            loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
+        return loss
+
+    def content_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, reg: bool = True
+    ) -> torch.Tensor:
+        """Next-word cross-entropy over the vocabulary through the frozen LM head."""
+        h = self.hidden(input_ids, attention_mask, self.content_embeddings)
+        hs, targets = self._next_token_positions(h, labels)
+        logits = self.backbone.get_output_embeddings()(hs.to(self.backbone_dtype)).float()
+        loss = F.cross_entropy(logits, targets)
+        if reg:
+            loss = loss + self.mutual_reg(input_ids, self.content_embeddings, self.collab_embeddings)
+        return loss
+
+    def rec_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        targets: torch.Tensor,
+        reg: bool = False,
+        labels: torch.Tensor | None = None,
+        collab_weight: float = 0.0,
+    ) -> torch.Tensor:
+        """Multinomial log-likelihood of the held-out items: -sum_j y_j log softmax(s)_j.
+
+        With `labels` (item index at each history position) and collab_weight > 0 the
+        collaborative-LM loss over the prompt's own history is added: it reuses the same
+        forward pass, so it is extra supervision for the item rows at almost no cost.
+        """
+        h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
+        items = self.item_matrix()
+        scores = self.last_real(h, attention_mask) @ items.T
+        loss = -(F.log_softmax(scores, dim=-1) * targets).sum(1).mean()
+        if labels is not None and collab_weight > 0:
+            hs, next_items = self._next_token_positions(h, labels)
+            if next_items.numel():
+                loss = loss + collab_weight * F.cross_entropy(hs @ items.T, next_items)
+        if reg:
+            loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
+        return loss
+
+    def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
+        """One entry point per task, so DistributedDataParallel can wrap the whole model."""
+        if task == "collab":
+            return self.collab_loss(**batch)
+        if task == "content":
+            return self.content_loss(**batch)
+        if task == "rec":
+            return self.rec_loss(**batch)
+        raise ValueError(f"unknown task {task!r}; accepted: collab, content, rec")
+
+    # ---- state -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        """feature_scale = 1 / per-dimension RMS of last hidden states on real rec prompts.
+
+        RMS, not std: several dimensions carry a large constant offset; dividing by their std
+        would blow them up and make the initial scores (and loss) huge.
+        """
+        hs = [self.user_vectors(b["input_ids"], b["attention_mask"]) for b in batches]
+        rms = torch.cat(hs).pow(2).mean(0).sqrt()
+        self.feature_scale.copy_(1.0 / (rms + 1e-3 * rms.mean() + 1e-8))
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The only tensors a checkpoint stores (the backbone is referenced, not copied)."""
+        return {k: getattr(self, k).detach().clone().contiguous() for k in TRAINED_KEYS}
+
+    def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Strict: every key present, nothing extra, every shape equal."""
+        missing = [k for k in TRAINED_KEYS if k not in tensors]
+        unexpected = [k for k in tensors if k not in TRAINED_KEYS]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint weights mismatch: missing {missing}, unexpected {unexpected}")
+        for k in TRAINED_KEYS:
+            cur = getattr(self, k)
+            if tuple(tensors[k].shape) != tuple(cur.shape):
+                raise ValueError(f"checkpoint weight {k!r} has shape {tuple(tensors[k].shape)}, expected {tuple(cur.shape)}")
+        with torch.no_grad():
+            for k in TRAINED_KEYS:
+                getattr(self, k).copy_(tensors[k].to(getattr(self, k).dtype))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.collab_embeddings, self.content_embeddings, self.log_scale) if p.requires_grad]

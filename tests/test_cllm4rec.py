@@ -1,0 +1,272 @@
+"""CLLM4Rec on tiny random backbones: tokens, routing, frozen backbone, losses, prompts,
+checkpoints, evaluation and the serving bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.cllm4rec import cli
+from models.cllm4rec.backbone import BackboneConfig, load_backbone, reference
+from models.cllm4rec.bundle import FoldedUserEncoder, load_bundle
+from models.cllm4rec.checkpoint import load_checkpoint
+from models.cllm4rec.model import CLLM4Rec, ModelConfig
+from models.cllm4rec.prompts import Template, collab_example, collate, content_example, movie_prefix
+from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
+from models.cllm4rec.tiny import tiny_backbone, tiny_ml_folder
+from models.cllm4rec.tokens import IdTokenizer
+from models.cllm4rec.train import TrainConfig, Trainer
+from models.data.loaders import load_ml100k
+from models.data.splits import make_split
+from models.metrics import mask_seen, top_k
+
+torch.set_num_threads(1)
+DEMO = "Hello, user_1! Have you seen item_2?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("cllm4rec")
+    return {"backbone": tiny_backbone(root / "lm"), "data": tiny_ml_folder(root / "ml"), "root": root}
+
+
+def build(tiny: dict, seed: int = 0) -> tuple[CLLM4Rec, IdTokenizer, Template]:
+    data = load_ml100k(tiny["data"])
+    backbone, hf_tok = load_backbone(BackboneConfig(path=tiny["backbone"]))
+    tok = IdTokenizer(hf_tok, data.num_users, data.num_items)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(data.num_users, data.num_items, tok.vocab.vocab_size, 32)
+    return CLLM4Rec(cfg, backbone), tok, Template.build(tok)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_demo_sentence_round_trip(tmp_path: Path, arch: str) -> None:
+    _, hf_tok = load_backbone(BackboneConfig(path=tiny_backbone(tmp_path / arch, arch)))
+    tok = IdTokenizer(hf_tok, num_users=5, num_items=7)
+    n = len(hf_tok)
+    ids = tok.encode(DEMO)
+    assert n + 1 in ids and n + 5 + 2 in ids
+    words = tok.tokens(ids)
+    assert words[words.index("user_1") + 1] == "!" and words[-2:] == ["item_2", "?"]
+    assert tok.decode(ids) == DEMO
+    assert tok.encode("user_4 has interacted with item_6")[0] == n + 4
+    with pytest.raises(ValueError, match="out of range"):
+        tok.encode("user_5")
+
+
+def test_routing_uses_vocab_rows_below_n_and_id_rows_above(tiny: dict) -> None:
+    model, tok, _ = build(tiny)
+    n = tok.vocab.vocab_size
+    ids = torch.tensor([[3, 10, n, n + 5, tok.vocab.anon_token]])
+    emb = model.embed(ids, model.collab_embeddings)
+    vocab = model.backbone.get_input_embeddings().weight
+    assert torch.equal(emb[0, :2], vocab[[3, 10]])
+    assert torch.equal(emb[0, 2:], model.collab_embeddings[[0, 5, tok.vocab.anon_token - n]])
+    assert torch.equal(model.embed(ids, model.content_embeddings)[0, 3], model.content_embeddings[5])
+
+
+def test_only_id_tables_learn_and_backbone_is_bit_identical(tiny: dict) -> None:
+    model, tok, tmpl = build(tiny)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    ids, lab = collab_example(tmpl, tok.vocab.user(0), np.array([1, 2, 3]), tok.vocab.item_offset)
+    loss = model.collab_loss(**collate([ids], tok.pad_token_id, [lab]))
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.collab_embeddings.grad is not None and model.collab_embeddings.grad.abs().sum() > 0
+    opt.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _fit_steps(model: CLLM4Rec, task: str, batch: dict, steps: int = 15) -> tuple[float, float]:
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
+    losses = []
+    for _ in range(steps):
+        loss = model(task, **batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses[0], losses[-1]
+
+
+def test_each_loss_decreases(tiny: dict) -> None:
+    model, tok, tmpl = build(tiny)
+    v = tok.vocab
+    rows, labels = zip(*[collab_example(tmpl, v.user(u), np.arange(u, u + 5), v.item_offset) for u in range(4)], strict=True)
+    first, last = _fit_steps(model, "collab", collate(list(rows), tok.pad_token_id, list(labels)))
+    assert last < first * 0.8
+    rows, labels = zip(*[content_example(movie_prefix(tmpl, v.item(j)), tok.words(f" Movie {j} (1995), genres: Drama"), 32)
+                         for j in range(4)], strict=True)
+    first, last = _fit_steps(model, "content", collate(list(rows), tok.pad_token_id, list(labels)))
+    assert last < first - 0.05  # only the item row can move; the words are the frozen LM's
+    prompts = PromptBuilder(tmpl, v, 8, tok.pad_token_id)
+    batch = collate([prompts.rec(u, np.arange(u, u + 3)) for u in range(4)], tok.pad_token_id)
+    y = torch.zeros(4, v.num_items)
+    y[torch.arange(4), torch.arange(4) + 10] = 1.0
+    batch["targets"] = y
+    first, last = _fit_steps(model, "rec", batch)
+    assert last < first * 0.8
+
+
+def test_truncation_drops_oldest_and_keeps_suffix(tiny: dict) -> None:
+    _, tok, tmpl = build(tiny)
+    v = tok.vocab
+    prompts = PromptBuilder(tmpl, v, max_history=3, pad_id=tok.pad_token_id)
+    ids = prompts.rec(2, np.array([5, 6, 7, 8, 9]))
+    suffix = [*tmpl.comma, v.user(2), *tmpl.will_interact]
+    assert ids[-len(suffix):] == suffix
+    items = [t - v.item_offset for t in ids if v.item_offset <= t < v.anon_token]
+    assert items == [7, 8, 9]
+    assert ids[: 1 + len(tmpl.has_interacted)] == [v.user(2), *tmpl.has_interacted]
+    assert tok.decode(prompts.rec(None, np.array([1]))).startswith("user_anon has interacted with item_1")
+
+
+def _train_tiny(tiny: dict, out: Path, **overrides) -> Trainer:
+    data = load_ml100k(tiny["data"])
+    split = make_split(data, "random_80_10_10", 0)
+    model, tok, tmpl = build(tiny)
+    kw = {"content_warmup_epochs": 1, "pretrain_rounds": 1, "finetune_epochs": 2, "batch_size": 4, "progress": False,
+          "rec_collab_weight": 0.5}
+    cfg = TrainConfig(**{**kw, **overrides})
+    extra = {"data": {"dataset": "ml-100k", "path": str(tiny["data"]), "items_path": None, "min_rating": None,
+                      "min_user_interactions": 0, "min_item_interactions": 0, "split_seed": 0},
+             "split": {"protocol": "random_80_10_10", "seed": 0}, "train": {}, "schedule": "custom"}
+    trainer = Trainer(model, tok, tmpl, data, split, cfg, out, reference(BackboneConfig(path=tiny["backbone"])), extra)
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tiny: dict) -> tuple[Trainer, Path]:
+    out = tiny["root"] / "ckpt"
+    return _train_tiny(tiny, out), out
+
+
+def test_checkpoint_round_trip_and_strict_loading(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+    trainer, out = trained
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["kind"] == "cllm4rec" and cfg["backbone"]["sha256"] and (out / "train_state.pt").is_file()
+    assert set(load_file(str(out / "weights.safetensors"))) == {
+        "collab_embeddings", "content_embeddings", "feature_scale", "log_scale"}
+    loaded = load_checkpoint(out)
+    users = np.arange(trainer.data.num_users)
+    a = trainer.scorer(users, trainer.split.train)
+    b = RecScorer(loaded.model, trainer.prompts, trainer.hist)(users, trainer.split.train)
+    np.testing.assert_array_equal(a, b)
+
+    for name, tamper in {
+        "extra": lambda t: {**t, "lm_head.bias": torch.zeros(3)},
+        "missing": lambda t: {k: v for k, v in t.items() if k != "log_scale"},
+        "shape": lambda t: {**t, "collab_embeddings": t["collab_embeddings"][:-1]},
+    }.items():
+        bad = tmp_path / name
+        bad.mkdir()
+        for f in out.iterdir():
+            if f.is_file():
+                (bad / f.name).write_bytes(f.read_bytes())
+        save_file(tamper(load_file(str(out / "weights.safetensors"))), str(bad / "weights.safetensors"))
+        with pytest.raises(ValueError, match=r"mismatch|shape"):
+            load_checkpoint(bad)
+
+
+def test_resume_continues_where_it_stopped(tiny: dict, trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+    _, out = trained
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["stage_a_done"] == 3 and state["stage_b_epoch"] >= 1
+    copy = tmp_path / "ckpt"
+    shutil.copytree(out, copy)
+    resumed = _train_tiny(tiny, copy, finetune_epochs=3)  # picks up train_state.pt, runs what is left
+    assert resumed.state["stage_b_epoch"] in (2, 3) and resumed.state["stage_a_done"] == 3
+
+
+def test_evaluation_excludes_train_items(trained: tuple[Trainer, Path]) -> None:
+    trainer, _ = trained
+    split = trainer.split
+    users = split.eval_users("test")
+    seen = split.seen("test")
+    scores = trainer.scorer(users, [seen[u] for u in users])
+    top = top_k(mask_seen(scores, [seen[u] for u in users]), 5)
+    for row, u in zip(top, users, strict=True):
+        assert not set(row.tolist()) & set(split.train[u].tolist())
+    # the prompt carries the history: changing it changes the scores
+    other = trainer.scorer(users[:1], [seen[users[1]]])
+    assert not np.allclose(other, scores[:1])
+
+
+def test_eval_cli_writes_report(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+    _, out = trained
+    assert cli.eval_main(["--checkpoint", str(out), "--no-baselines", "--results-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "quality_cllm4rec_ml100k.json").read_text())
+    assert 0.0 <= report["test"]["recall@20"] <= 1.0 and report["split_seed"] == 0
+    md = (tmp_path / "quality_cllm4rec_ml100k.md").read_text()
+    assert "recall@20" in md and "Training log" in md
+
+
+def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+    trainer, out = trained
+    bundle = load_bundle(out)
+    model = trainer.model
+    enc = bundle.encoders["user_encoder"]
+    assert bundle.dim == 32 and bundle.item_vectors.shape == (trainer.data.num_items, 32)
+    for ids, mask in enc.sample_inputs:
+        with torch.no_grad():
+            torch.testing.assert_close(enc.module(ids, mask), model.user_vectors(ids, mask), atol=1e-5, rtol=1e-5)
+    assert {s[0].shape[0] for s in enc.sample_inputs} >= {1, 4}
+    users = np.arange(trainer.data.num_users)
+    expected = trainer.scorer(users, trainer.split.train)
+    np.testing.assert_allclose(bundle.user_vectors @ bundle.item_vectors.T, expected, atol=1e-4, rtol=1e-4)
+    mc = bundle.model_config
+    assert mc["vocab_size"] == enc.module.embed.weight.shape[0] and mc["anonymous_user_token"] == mc["vocab_size"] - 1
+    assert bundle.probe is not None and len(bundle.probe.targets) == len(bundle.probe.exclude)
+
+    import onnxruntime as ort
+
+    path = tmp_path / "user_encoder.onnx"
+    torch.onnx.export(enc.module, enc.sample_inputs[-1], str(path), input_names=enc.input_names,
+                      output_names=[enc.output_name], dynamic_axes=enc.dynamic_axes, opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for ids, mask in enc.sample_inputs:
+        got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        np.testing.assert_allclose(got, enc.module(ids, mask).detach().numpy(), atol=1e-4)
+
+
+def test_folded_encoder_routes_like_the_model(tiny: dict) -> None:
+    model, tok, tmpl = build(tiny)
+    prompts = PromptBuilder(tmpl, tok.vocab, 8, tok.pad_token_id)
+    batch = collate([prompts.rec(0, np.array([1, 2])), prompts.rec(None, np.array([3, 4, 5, 6]))], tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(FoldedUserEncoder(model)(**batch), model.user_vectors(**batch))
+    assert History.build(load_ml100k(tiny["data"])).ordered(0, np.array([]) ).size == 0
+
+
+def test_rec_examples_hold_out_targets_and_label_the_history(trained: tuple[Trainer, Path]) -> None:
+    trainer, _ = trained
+    v = trainer.tok.vocab
+    rows, targets, labels = trainer.rec_examples()
+    for row, tgt, lab in zip(rows, targets, labels, strict=True):
+        shown = [t - v.item_offset for t in row if v.item_offset <= t < v.anon_token]
+        assert len(tgt) >= 1 and not set(shown) & set(tgt.tolist())
+        assert [x for x in lab if x >= 0] == shown and len(lab) == len(row)
+    batch = collate(rows[:4], trainer.tok.pad_token_id)
+    batch["targets"] = torch.zeros(4, v.num_items)
+    for b in range(4):
+        batch["targets"][b, torch.as_tensor(targets[b])] = 1.0
+    lab = collate(rows[:4], 0, labels[:4])["labels"]
+    with torch.no_grad():
+        plain = trainer.model.rec_loss(**batch)
+        joint = trainer.model.rec_loss(**batch, labels=lab, collab_weight=1.0)
+    assert joint > plain
+
+
+def test_time_budget_stops_before_a_new_epoch(tiny: dict, tmp_path: Path) -> None:
+    trainer = _train_tiny(tiny, tmp_path / "ckpt", time_budget_min=1e-9)
+    assert trainer.state["stage_a_done"] == 0 and trainer.state["stage_b_epoch"] == 0
+    assert trainer.state["log"][-1]["stopped"] == "time_budget"
