@@ -6,7 +6,9 @@ import torch: the serving image does not have it.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
+import shlex
 import sys
 
 # command words -> "module:function"; each function takes the remaining argv and returns an exit code.
@@ -22,6 +24,16 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench",): ("benchmarks.cli:main", "latency / throughput / quality / scale benchmarks"),
     ("demo",): ("llmrec.demo:main", "the README's main job: data -> train -> export -> serve -> answers"),
 }
+
+
+# The llmrec command line being run (set per dispatch, so a report written by a subcommand that the demo
+# calls records that subcommand, not `llmrec demo`).
+_current: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("llmrec_command", default=None)
+
+
+def current_command() -> str | None:
+    argv = _current.get()
+    return None if argv is None else " ".join(shlex.quote(a) for a in ["llmrec", *argv])
 
 
 def _usage() -> str:
@@ -59,4 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmrec: '{' '.join(argv[:2])}' is not yet available in this build ({exc})", file=sys.stderr)
             return 2
         raise
-    return int(getattr(module, func_name)(rest) or 0)
+    token = _current.set(argv)
+    try:
+        return int(getattr(module, func_name)(rest) or 0)
+    finally:
+        _current.reset(token)

@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     _step("2/5 CLLM4Rec on SmolLM2-135M (short schedule)")
     cllm = ckpts / "cllm4rec"
     _train("CLLM4Rec", cllm, ["train", "cllm4rec", "--schedule", "short", "--out", str(cllm),
-                              "--train.threads", threads], cfg.retrain)
+                              "--backbone.threads", threads], cfg.retrain)
 
     _step("3/5 TCF: MiniLM text item tower + SASRec user tower (short schedule)")
     tcf = ckpts / "tcf"

@@ -14,6 +14,10 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 def invoking_command() -> str:
     """The command line that produced a report, as a user would retype it."""
+    from llmrec.cli import current_command
+
+    if (dispatched := current_command()) is not None:
+        return dispatched
     argv = list(sys.argv)
     if argv and argv[0].endswith(("llmrec", "__main__.py")):
         argv[0] = "llmrec"
