@@ -23,9 +23,6 @@ from models.cllm4rec.checkpoint import Loaded, load_checkpoint
 from models.cllm4rec.model import CLLM4Rec
 from models.cllm4rec.prompts import collate
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
-from models.data.config import DataConfig
-from models.data.loaders import load_data
-from models.data.splits import make_split
 
 PROBE_USERS = 200
 PROBE_BATCH = 16
@@ -81,12 +78,7 @@ def load_bundle(checkpoint_dir: Path, batch_size: int = 32) -> ServingBundle:
     loaded = load_checkpoint(Path(checkpoint_dir))
     model = loaded.model
     model.backbone.float()
-    cfg = loaded.config
-    dcfg = DataConfig(**{k: (Path(v) if k in ("path", "items_path") and v else v) for k, v in cfg["data"].items()})
-    data = load_data(dcfg)
-    if data.users.ids != loaded.users.ids or data.items.ids != loaded.items.ids:
-        raise ValueError("the data set's user/item ids differ from the checkpoint's id maps")
-    split = make_split(data, cfg["split"]["protocol"], cfg["split"]["seed"])
+    data, split = loaded.training_data()
     hist = History.build(data)
     prompts = PromptBuilder(loaded.template, loaded.tokenizer.vocab, loaded.max_history, loaded.tokenizer.pad_token_id)
     scorer = RecScorer(model, prompts, hist, batch_size)

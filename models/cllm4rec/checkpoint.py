@@ -23,11 +23,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmrec.config import from_dict
 from models.cllm4rec.backbone import BackboneConfig, load_backbone, weights_fingerprint
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.tokens import IdTokenizer
+from models.data.config import DataConfig
 from models.data.dataset import IdMap, InteractionData
+from models.data.loaders import load_data
+from models.data.splits import Split, make_split
 
 KIND = "cllm4rec"
 FORMAT_VERSION = 1
@@ -48,6 +52,13 @@ class Loaded:
     @property
     def max_history(self) -> int:
         return int(self.config["max_history"])
+
+    def training_data(self) -> tuple[InteractionData, Split]:
+        """Reloads the data and split the checkpoint was trained on, refusing data whose ids differ."""
+        data = load_data(from_dict(DataConfig, self.config["data"]))
+        if data.users.ids != self.users.ids or data.items.ids != self.items.ids:
+            raise ValueError("the data set's user/item ids differ from the checkpoint's id maps: not the training data")
+        return data, make_split(data, self.config["split"]["protocol"], self.config["split"]["seed"])
 
 
 def _atomic_write(path: Path, text: str) -> None:

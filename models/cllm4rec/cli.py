@@ -140,11 +140,7 @@ def eval_main(argv: list[str]) -> int:
     cli = parse(EvalCli, argv, prog="llmrec eval cllm4rec", description="test metrics of a CLLM4Rec checkpoint")
     loaded = load_checkpoint(cli.checkpoint, cli.backbone_path, cli.threads)
     cfg = loaded.config
-    dcfg = DataConfig(**{k: (Path(v) if k in ("path", "items_path") and v else v) for k, v in cfg["data"].items()})
-    data = load_data(dcfg)
-    if data.users.ids != loaded.users.ids or data.items.ids != loaded.items.ids:
-        raise ValueError("the data set's user/item ids differ from the checkpoint's id maps: not the training data")
-    split = make_split(data, cfg["split"]["protocol"], cfg["split"]["seed"])
+    data, split = loaded.training_data()
     metrics = PROTOCOL_METRICS[split.protocol]
     prompts = PromptBuilder(loaded.template, loaded.tokenizer.vocab, loaded.max_history, loaded.tokenizer.pad_token_id)
     scorer = RecScorer(loaded.model, prompts, History.build(data), cli.batch_size)
