@@ -35,6 +35,9 @@ class GrpcBenchConfig:
     top_k: int = 20
     history_len: int = 20
     baseline_requests: int = 40
+    # Also serve with --max-batch-size 1 and rerun the history workload at the highest concurrency, so the
+    # gain of dynamic batching is measured in the same run.
+    compare_unbatched: bool = True
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
 
 
@@ -184,6 +187,14 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
             ]
     finally:
         stop_server(proc)
+    if cfg.compare_unbatched and "history" in workloads:
+        proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", *cfg.server_args, "--max-batch-size", "1"])
+        try:
+            c = max(cfg.concurrency)
+            result["server_unbatched"] = {"history": [_drive(target, workloads["history"], c, cfg.seconds,
+                                                             cfg.max_requests)]}
+        finally:
+            stop_server(proc)
     if cfg.checkpoint is not None:
         n = min(cfg.baseline_requests, len(users))
         result["pytorch_eager"] = _torch_baseline(
@@ -205,6 +216,9 @@ def markdown(result: dict) -> str:
                 f"| gRPC server | {name} | {r['concurrency']} | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
                 f"{r['p99_ms']:.2f} | {sum(r['errors'].values())} |"
             )
+    for r in result.get("server_unbatched", {}).get("history", []):
+        lines.append(f"| gRPC server, --max-batch-size 1 | history | {r['concurrency']} | {r['qps']:.1f} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {sum(r['errors'].values())} |")
     base = result.get("pytorch_eager")
     if base and "qps" in base:
         lines.append(
@@ -217,4 +231,9 @@ def markdown(result: dict) -> str:
             "",
             f"Best server QPS on the {workload} workload / PyTorch eager QPS: {best / base['qps']:.2f}x.",
         ]
+    unbatched = result.get("server_unbatched", {}).get("history")
+    if unbatched:
+        batched = next(r for r in result["server"]["history"] if r["concurrency"] == unbatched[0]["concurrency"])
+        lines += ["", f"Dynamic batching gain on the history workload at concurrency {batched['concurrency']}: "
+                      f"{batched['qps'] / unbatched[0]['qps']:.2f}x QPS."]
     return "\n".join(lines) + "\n"
