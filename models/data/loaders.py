@@ -414,41 +414,40 @@ def load_tcf(path: Path, items_path: Path | None = None) -> InteractionData:
     path = Path(path)
     builder = _Builder(path.parent.name or path.stem)
     position: dict[str, int] = {}
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2 or not fields[0].strip() or not fields[1].split():
-                raise ValueError(
-                    f"{path}:{lineno}: expected 'user<TAB>item item ...' (a user id, one tab, "
-                    f"space-separated item ids), got {len(fields)} tab-separated field(s)"
-                )
-            user = fields[0].strip()
-            start = position.get(user, 0)
-            items = fields[1].split()
-            for k, item in enumerate(items):
-                builder.add(user, item, float(start + k))
-            position[user] = start + len(items)
+    for lineno, fields in _tab_lines(path):
+        if len(fields) != 2 or not fields[0].strip() or not fields[1].split():
+            raise ValueError(
+                f"{path}:{lineno}: expected 'user<TAB>item item ...' (a user id, one tab, "
+                f"space-separated item ids), got {len(fields)} tab-separated field(s)"
+            )
+        user = fields[0].strip()
+        start = position.get(user, 0)
+        items = fields[1].split()
+        for k, item in enumerate(items):
+            builder.add(user, item, float(start + k))
+        position[user] = start + len(items)
     text: dict[str, str] = {}
     if items_path:
         items_path = Path(items_path)
-        with _open_text(items_path) as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                fields = line.split("\t")
-                if len(fields) < 2 or not fields[0].strip():
-                    raise ValueError(
-                        f"{items_path}:{lineno}: expected 'item<TAB>text', got {len(fields)} field(s)"
-                    )
-                text[fields[0].strip()] = " ".join(" ".join(fields[1:]).split())
+        for lineno, fields in _tab_lines(items_path):
+            if len(fields) < 2 or not fields[0].strip():
+                raise ValueError(
+                    f"{items_path}:{lineno}: expected 'item<TAB>text', got {len(fields)} field(s)"
+                )
+            text[fields[0].strip()] = " ".join(" ".join(fields[1:]).split())
     return builder.build(text)
 
 
 # --------------------------------------------------------------------------- Amazon reviews
+
+
+def _tab_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Tab-separated fields of each non-blank line, with 1-based line numbers for error messages."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line.split("\t")
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
