@@ -225,12 +225,10 @@ def markdown(result: dict) -> str:
             f"| PyTorch eager, in process (encode + score all + topk) | history and user_id | 1 | "
             f"{base['qps']:.1f} | {base['p50_ms']:.2f} | {base['p99_ms']:.2f} | 0 |"
         )
-        workload = "history" if "history" in result["server"] else "user_id"
-        best = max(r["qps"] for r in result["server"][workload])
-        lines += [
-            "",
-            f"Best server QPS on the {workload} workload / PyTorch eager QPS: {best / base['qps']:.2f}x.",
-        ]
+        lines.append("")
+        for workload, rows in result["server"].items():
+            best = max(r["qps"] for r in rows)
+            lines.append(f"Best server QPS on the {workload} workload / PyTorch eager QPS: {best / base['qps']:.2f}x.")
     unbatched = result.get("server_unbatched", {}).get("history")
     if unbatched:
         batched = next(r for r in result["server"]["history"] if r["concurrency"] == unbatched[0]["concurrency"])
