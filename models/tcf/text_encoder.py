@@ -43,14 +43,9 @@ def smollm2_hf_dir() -> Path:
     GGUF loading de-quantizes for ~30 s each time; models.cllm4rec.backbone converts it once to
     work/cache/backbones/<name-size-mtime>/ and we share that folder rather than keep a second copy.
     """
-    from models.cllm4rec.backbone import _convert_gguf, _gguf_cache_folder
+    from models.cllm4rec.backbone import plain_hf_folder
 
-    src, gguf = assets.smollm2_dir(), assets.SMOLLM2_GGUF
-    folder = _gguf_cache_folder(src, gguf, None)
-    if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(src, gguf, folder)
-    return folder
+    return plain_hf_folder(assets.smollm2_dir(), assets.SMOLLM2_GGUF)
 
 
 def resolve_encoder_dir(encoder: str) -> Path:
