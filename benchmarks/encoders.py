@@ -90,7 +90,7 @@ def run_encoders(cfg: EncoderBenchConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     faiss.omp_set_num_threads(cfg.threads)
     manifest = json.loads((cfg.version / "manifest.json").read_text())
-    bundle = load_bundle(cfg.checkpoint)
+    bundle = load_bundle(cfg.checkpoint, known_users=False)
     index = faiss.read_index(str(cfg.version / "items.faiss"))
     items_t = torch.from_numpy(np.ascontiguousarray(bundle.item_vectors, dtype=np.float32))
     k = min(cfg.k, len(bundle.item_ids))

@@ -116,7 +116,7 @@ def _torch_baseline(
     from server.models_runtime import ModelVersion
     from server.repository import load_files
 
-    bundle = load_bundle(checkpoint)
+    bundle = load_bundle(checkpoint, known_users=False)
     enc = bundle.encoders.get("user_encoder")
     if enc is None:
         return {"skipped": "model has no history encoder (DSSM)"}

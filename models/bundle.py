@@ -78,6 +78,8 @@ def checkpoint_kind(checkpoint_dir: Path) -> str:
     return kind
 
 
-def load_bundle(checkpoint_dir: Path) -> ServingBundle:
+def load_bundle(checkpoint_dir: Path, known_users: bool = True) -> ServingBundle:
+    """known_users=False leaves `user_vectors` empty: benchmarks need only the encoders and item
+    vectors, and precomputing every known user costs minutes for an LM user encoder."""
     module = importlib.import_module(BUNDLE_LOADERS[checkpoint_kind(checkpoint_dir)])
-    return module.load_bundle(Path(checkpoint_dir))
+    return module.load_bundle(Path(checkpoint_dir), known_users=known_users)

@@ -36,12 +36,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"backbone": tiny_backbone(root / "lm"), "data": tiny_ml_folder(root / "ml"), "root": root}
 
 
-def build(tiny: dict, seed: int = 0) -> tuple[CLLM4Rec, IdTokenizer, Template]:
+def build(tiny: dict, seed: int = 0, item_bias: bool = False) -> tuple[CLLM4Rec, IdTokenizer, Template]:
     data = load_ml100k(tiny["data"])
     backbone, hf_tok = load_backbone(BackboneConfig(path=tiny["backbone"]))
     tok = IdTokenizer(hf_tok, data.num_users, data.num_items)
     torch.manual_seed(seed)
-    cfg = ModelConfig(data.num_users, data.num_items, tok.vocab.vocab_size, 32)
+    cfg = ModelConfig(data.num_users, data.num_items, tok.vocab.vocab_size, 32, item_bias=item_bias)
     return CLLM4Rec(cfg, backbone), tok, Template.build(tok)
 
 
@@ -132,7 +132,8 @@ def test_truncation_drops_oldest_and_keeps_suffix(tiny: dict) -> None:
 def _train_tiny(tiny: dict, out: Path, **overrides) -> Trainer:
     data = load_ml100k(tiny["data"])
     split = make_split(data, "random_80_10_10", 0)
-    model, tok, tmpl = build(tiny)
+    model, tok, tmpl = build(tiny, item_bias=True)  # the trained fixture covers the bias + title-init path
+    model.init_items_from_text([tok.words(" " + t) for t in data.item_title])
     kw = {"content_warmup_epochs": 1, "pretrain_rounds": 1, "finetune_epochs": 2, "batch_size": 4, "progress": False,
           "rec_collab_weight": 0.5}
     cfg = TrainConfig(**{**kw, **overrides})
@@ -155,7 +156,7 @@ def test_checkpoint_round_trip_and_strict_loading(trained: tuple[Trainer, Path],
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["kind"] == "cllm4rec" and cfg["backbone"]["sha256"] and (out / "train_state.pt").is_file()
     assert set(load_file(str(out / "weights.safetensors"))) == {
-        "collab_embeddings", "content_embeddings", "feature_scale", "log_scale"}
+        "collab_embeddings", "content_embeddings", "feature_scale", "log_scale", "item_bias"}
     loaded = load_checkpoint(out)
     users = np.arange(trainer.data.num_users)
     a = trainer.scorer(users, trainer.split.train)
@@ -165,6 +166,7 @@ def test_checkpoint_round_trip_and_strict_loading(trained: tuple[Trainer, Path],
     for name, tamper in {
         "extra": lambda t: {**t, "lm_head.bias": torch.zeros(3)},
         "missing": lambda t: {k: v for k, v in t.items() if k != "log_scale"},
+        "no_bias": lambda t: {k: v for k, v in t.items() if k != "item_bias"},
         "shape": lambda t: {**t, "collab_embeddings": t["collab_embeddings"][:-1]},
     }.items():
         bad = tmp_path / name
@@ -215,7 +217,11 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[Trainer, Path],
     bundle = load_bundle(out)
     model = trainer.model
     enc = bundle.encoders["user_encoder"]
-    assert bundle.dim == 32 and bundle.item_vectors.shape == (trainer.data.num_items, 32)
+    # the item bias rides as a 33rd dimension: constant 1 on the user side, the bias on the item side
+    assert bundle.dim == 33 and bundle.item_vectors.shape == (trainer.data.num_items, 33)
+    np.testing.assert_array_equal(bundle.user_vectors[:, -1], 1.0)
+    np.testing.assert_allclose(bundle.item_vectors[:, -1], model.item_bias.detach().numpy())
+    assert np.abs(bundle.item_vectors[:, -1]).max() > 0  # the bias trained
     for ids, mask in enc.sample_inputs:
         with torch.no_grad():
             torch.testing.assert_close(enc.module(ids, mask), model.user_vectors(ids, mask), atol=1e-5, rtol=1e-5)
@@ -226,6 +232,9 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[Trainer, Path],
     mc = bundle.model_config
     assert mc["vocab_size"] == enc.module.embed.weight.shape[0] and mc["anonymous_user_token"] == mc["vocab_size"] - 1
     assert bundle.probe is not None and len(bundle.probe.targets) == len(bundle.probe.exclude)
+    lean = load_bundle(out, known_users=False)  # what the benchmarks load: no known-user pass
+    assert lean.user_vectors.shape == (0, 33) and lean.user_ids == []
+    np.testing.assert_array_equal(lean.item_vectors, bundle.item_vectors)
 
     import onnxruntime as ort
 
@@ -236,6 +245,44 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[Trainer, Path],
     for ids, mask in enc.sample_inputs:
         got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         np.testing.assert_allclose(got, enc.module(ids, mask).detach().numpy(), atol=1e-4)
+
+
+def test_title_init_and_calibrated_temperature(tiny: dict) -> None:
+    model, tok, _ = build(tiny, item_bias=True)
+    data = load_ml100k(tiny["data"])
+    texts = [tok.words(" " + t) for t in data.item_title]
+    texts[1] = []  # an item without a title keeps its random row
+    before = model.collab_embeddings.detach().clone()
+    assert model.init_items_from_text(texts) == data.num_items - 1
+    vocab = model.backbone.get_input_embeddings().weight
+    u = data.num_users
+    torch.testing.assert_close(model.collab_embeddings[u], vocab[torch.tensor(texts[0])].mean(0))
+    torch.testing.assert_close(model.content_embeddings[u + 2], vocab[torch.tensor(texts[2])].mean(0))
+    assert torch.equal(model.collab_embeddings[u + 1], before[u + 1]) and torch.equal(model.collab_embeddings[:u], before[:u])
+    with pytest.raises(ValueError, match="item texts"):
+        model.init_items_from_text(texts[:-1])
+    prompts = PromptBuilder(Template.build(tok), tok.vocab, 8, tok.pad_token_id)
+    batch = collate([prompts.rec(k, np.array([1, 2, k + 3])) for k in range(6)], tok.pad_token_id)
+    model.calibrate([batch])
+    with torch.no_grad():
+        scores = model.rec_scores(batch["input_ids"], batch["attention_mask"])
+    assert abs(float(scores.std()) - 1.0) < 0.05  # bias is 0 without counts: the spread is the temperature's
+    counts = torch.arange(data.num_items)
+    model.calibrate([batch], counts)
+    prior = torch.log1p(counts.float())
+    torch.testing.assert_close(model.item_bias.detach(), prior - prior.mean())
+
+
+def test_cosine_lr_decays_to_its_floor_and_head_has_its_own_rate(trained: tuple[Trainer, Path]) -> None:
+    trainer, _ = trained
+    floor = trainer.cfg.lr_min_frac
+    factors = [trainer._stage_b_lr_factor(p) for p in np.linspace(0, 1, 11)]
+    assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(floor)
+    assert np.all(np.diff(factors) < 0)
+    assert trainer._stage_b_lr_factor(2.0) == pytest.approx(floor)
+    groups = trainer._ensure_optimizer("B").param_groups
+    assert [g["base_lr"] for g in groups] == [trainer.cfg.lr_finetune, trainer.cfg.lr_head]
+    assert groups[1]["params"][0] is trainer.model.log_scale and groups[1]["params"][1] is trainer.model.item_bias
 
 
 def test_folded_encoder_routes_like_the_model(tiny: dict) -> None:
@@ -270,3 +317,14 @@ def test_time_budget_stops_before_a_new_epoch(tiny: dict, tmp_path: Path) -> Non
     trainer = _train_tiny(tiny, tmp_path / "ckpt", time_budget_min=1e-9)
     assert trainer.state["stage_a_done"] == 0 and trainer.state["stage_b_epoch"] == 0
     assert trainer.state["log"][-1]["stopped"] == "time_budget"
+
+
+def test_schedules_fill_defaults_and_explicit_flags_win() -> None:
+    cfg = cli.parse(cli.TrainCli, ["--train.batch-size", "8"]).train
+    assert cli.TrainCli().schedule == "default"
+    default = cli.apply_schedule(cfg, "default")
+    assert default.batch_size == 8 and default.rec_collab_weight == 1.0 and default.max_history == 128
+    assert default.content_warmup_epochs == 0 and default.pretrain_rounds == 0 and default.finetune_epochs == 12
+    full = cli.apply_schedule(TrainConfig(), "full")
+    assert full.content_warmup_epochs == 1 and full.pretrain_rounds == 2 and full.finetune_epochs == 20
+    assert cli.apply_schedule(TrainConfig(), "custom") == TrainConfig()

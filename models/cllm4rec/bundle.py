@@ -4,9 +4,9 @@ The user encoder folds the trained collaborative ID rows into ONE embedding tabl
 then users, items, the anonymous user), so the ONNX graph is a plain LM with no id routing; it
 returns the raw last hidden state at the last real token (right padding, torch.gather).
 Everything the rec head does beyond that (per-dimension feature scale, learned temperature) is
-folded into the item vectors, so score = user_vector . item_vector exactly. (The model has no
-item bias; one would be folded by appending a constant-1 dimension to the user vector and the
-bias to the item vectors.)
+folded into the item vectors, so score = user_vector . item_vector exactly. With an item bias
+the graph appends a constant 1 to the user vector and the item vectors carry the bias as their
+last dimension, so the server still does one inner-product search.
 """
 
 from __future__ import annotations
@@ -38,10 +38,14 @@ class FoldedUserEncoder(nn.Module):
         table = torch.cat([vocab, model.collab_embeddings.detach().float()])
         self.embed = nn.Embedding.from_pretrained(table, freeze=True)
         self.base = model.backbone.base_model
+        self.bias_dim = model.cfg.item_bias
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask).last_hidden_state
-        return CLLM4Rec.last_real(hidden.float(), attention_mask)
+        user = CLLM4Rec.last_real(hidden.float(), attention_mask)
+        if self.bias_dim:
+            user = torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
+        return user
 
 
 def manifest_section(loaded: Loaded) -> dict[str, Any]:
@@ -74,7 +78,7 @@ def _sample_inputs(prompts: PromptBuilder, users: list[int], histories: list[np.
     return out
 
 
-def load_bundle(checkpoint_dir: Path, batch_size: int = 32) -> ServingBundle:
+def load_bundle(checkpoint_dir: Path, batch_size: int = 32, known_users: bool = True) -> ServingBundle:
     loaded = load_checkpoint(Path(checkpoint_dir))
     model = loaded.model
     model.backbone.float()
@@ -86,7 +90,10 @@ def load_bundle(checkpoint_dir: Path, batch_size: int = 32) -> ServingBundle:
     histories = [hist.ordered(int(u), split.train[u]) for u in users]
     with torch.no_grad():
         item_vectors = model.item_matrix().detach().numpy().astype(np.float32)
-        user_vectors = scorer.user_vectors(users, split.train).astype(np.float32)
+        if known_users:
+            user_vectors = scorer.user_vectors(users, split.train).astype(np.float32)
+        else:
+            user_vectors = np.zeros((0, model.vector_dim), np.float32)
     encoder = FoldedUserEncoder(model).eval()
     sample_users = [int(u) for u in users if len(histories[u])]
     samples = _sample_inputs(prompts, sample_users, [histories[u] for u in sample_users])
@@ -116,11 +123,11 @@ def load_bundle(checkpoint_dir: Path, batch_size: int = 32) -> ServingBundle:
         kind="cllm4rec",
         user_tower="lm",
         item_tower="id",
-        dim=model.cfg.hidden_size,
+        dim=model.vector_dim,
         item_ids=list(loaded.items.ids),
         item_vectors=item_vectors,
         item_titles=list(loaded.item_title),
-        user_ids=list(loaded.users.ids),
+        user_ids=list(loaded.users.ids) if known_users else [],
         user_vectors=user_vectors,
         user_histories=histories,
         encoders={"user_encoder": export},

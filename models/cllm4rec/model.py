@@ -9,7 +9,9 @@ the final hidden state of the backbone has a few huge dimensions, which make raw
 saturate and let those dimensions dominate every update; `feature_scale` (a fixed per-dimension
 1/RMS measured once on real prompts, see `calibrate`) and a learnable temperature fix that.
 Both are folded into the exported item vectors, so serving still scores user_vector . item_vector
-with user_vector = the raw last hidden state.
+with user_vector = the raw last hidden state. An optional item bias (the popularity prior a
+softmax over items otherwise has to spend hidden dimensions on) rides along as one more
+dimension: the user vector gets a constant 1 appended and the item vector its bias.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from transformers import PreTrainedModel
 from models.cllm4rec.prompts import IGNORE
 
 TRAINED_KEYS = ("collab_embeddings", "content_embeddings", "feature_scale", "log_scale")
+BIAS_KEY = "item_bias"
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ModelConfig:
     init_std: float = 0.02
     mutual_reg: float = 1.0  # lambda of lambda * mean_rows ||z^l - sg(z^c)||^2 (and its mirror)
     learn_scale: bool = True  # learnable score temperature exp(log_scale) on item scores
+    item_bias: bool = False  # learnable per-item bias on item scores (False keeps older checkpoints loadable)
 
 
 class CLLM4Rec(nn.Module):
@@ -55,6 +59,7 @@ class CLLM4Rec(nn.Module):
         self.content_embeddings = nn.Parameter(torch.randn(rows, cfg.hidden_size) * cfg.init_std)
         self.register_buffer("feature_scale", torch.ones(cfg.hidden_size))
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
+        self.item_bias = nn.Parameter(torch.zeros(cfg.num_items), requires_grad=cfg.item_bias)
 
     # ---- embeddings and hidden states -------------------------------------------------------
     @property
@@ -82,14 +87,28 @@ class CLLM4Rec(nn.Module):
         idx = last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         return torch.gather(hidden, 1, idx).squeeze(1)
 
+    @property
+    def vector_dim(self) -> int:
+        """Width of user and item vectors in score space (hidden size, +1 with the item bias)."""
+        return self.cfg.hidden_size + int(self.cfg.item_bias)
+
+    def score_space(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw hidden states -> user vectors: a constant 1 appended when items carry a bias."""
+        if not self.cfg.item_bias:
+            return hidden
+        return torch.cat([hidden, hidden.new_ones(*hidden.shape[:-1], 1)], dim=-1)
+
     def item_matrix(self) -> torch.Tensor:
-        """[J, H] vectors whose dot product with a raw hidden state is the item score."""
+        """[J, vector_dim] vectors whose dot product with a user vector is the item score."""
         u = self.cfg.num_users
-        items = self.collab_embeddings[u : u + self.cfg.num_items]
-        return items * self.feature_scale * self.log_scale.exp()
+        items = self.collab_embeddings[u : u + self.cfg.num_items] * self.feature_scale * self.log_scale.exp()
+        if not self.cfg.item_bias:
+            return items
+        return torch.cat([items, self.item_bias.unsqueeze(1)], dim=1)
 
     def user_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.last_real(self.hidden(input_ids, attention_mask, self.collab_embeddings), attention_mask)
+        h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
+        return self.score_space(self.last_real(h, attention_mask))
 
     def rec_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.user_vectors(input_ids, attention_mask) @ self.item_matrix().T
@@ -116,7 +135,7 @@ class CLLM4Rec(nn.Module):
         """Next-item cross-entropy over the item space only (output tied to item embeddings)."""
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
         hs, targets = self._next_token_positions(h, labels)
-        loss = F.cross_entropy(hs @ self.item_matrix().T, targets)
+        loss = F.cross_entropy(self.score_space(hs) @ self.item_matrix().T, targets)
         if reg:
             loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
         return loss
@@ -150,12 +169,12 @@ class CLLM4Rec(nn.Module):
         """
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
         items = self.item_matrix()
-        scores = self.last_real(h, attention_mask) @ items.T
+        scores = self.score_space(self.last_real(h, attention_mask)) @ items.T
         loss = -(F.log_softmax(scores, dim=-1) * targets).sum(1).mean()
         if labels is not None and collab_weight > 0:
             hs, next_items = self._next_token_positions(h, labels)
             if next_items.numel():
-                loss = loss + collab_weight * F.cross_entropy(hs @ items.T, next_items)
+                loss = loss + collab_weight * F.cross_entropy(self.score_space(hs) @ items.T, next_items)
         if reg:
             loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
         return loss
@@ -172,33 +191,81 @@ class CLLM4Rec(nn.Module):
 
     # ---- state -------------------------------------------------------------------------------
     @torch.no_grad()
-    def calibrate(self, batches: list[dict[str, torch.Tensor]]) -> None:
+    def calibrate(self, batches: list[dict[str, torch.Tensor]], item_counts: torch.Tensor | None = None) -> None:
         """feature_scale = 1 / per-dimension RMS of last hidden states on real rec prompts.
+
+        With `item_counts` (train interactions per item) and an item bias, the bias starts at the
+        centred log(1 + count): the multinomial's own popularity prior, so the first steps start
+        from most-popular instead of from uniform.
 
         RMS, not std: several dimensions carry a large constant offset; dividing by their std
         would blow them up and make the initial scores (and loss) huge.
         """
-        hs = [self.user_vectors(b["input_ids"], b["attention_mask"]) for b in batches]
-        rms = torch.cat(hs).pow(2).mean(0).sqrt()
+        hs = torch.cat([
+            self.last_real(self.hidden(b["input_ids"], b["attention_mask"], self.collab_embeddings), b["attention_mask"])
+            for b in batches
+        ])
+        rms = hs.pow(2).mean(0).sqrt()
         self.feature_scale.copy_(1.0 / (rms + 1e-3 * rms.mean() + 1e-8))
+        # Temperature: initial item scores of unit spread, whatever the item rows' scale (random
+        # N(0, 0.02^2) rows and title-initialised rows differ by ~4x).
+        self.log_scale.zero_()
+        spread = float((hs @ self.item_matrix()[:, : self.cfg.hidden_size].T).std())
+        if spread > 0:
+            self.log_scale.fill_(-torch.log(torch.tensor(spread)).item())
+        if self.cfg.item_bias and item_counts is not None:
+            prior = torch.log1p(item_counts.float())
+            self.item_bias.copy_(prior - prior.mean())
+
+    @torch.no_grad()
+    def init_items_from_text(self, token_ids: list[list[int]]) -> int:
+        """Item rows of both tables = the mean frozen vocabulary embedding of the item's text.
+
+        An item then starts where the backbone already reads its title, instead of at noise the
+        LM has never seen; returns how many items had text.
+        """
+        if len(token_ids) != self.cfg.num_items:
+            raise ValueError(f"{len(token_ids)} item texts for {self.cfg.num_items} items")
+        vocab = self.backbone.get_input_embeddings().weight
+        u, done = self.cfg.num_users, 0
+        for j, ids in enumerate(token_ids):
+            if ids:
+                row = vocab[torch.as_tensor(ids)].float().mean(0)
+                self.collab_embeddings[u + j] = row
+                self.content_embeddings[u + j] = row
+                done += 1
+        return done
+
+    def trained_keys(self) -> tuple[str, ...]:
+        return TRAINED_KEYS + ((BIAS_KEY,) if self.cfg.item_bias else ())
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The only tensors a checkpoint stores (the backbone is referenced, not copied)."""
-        return {k: getattr(self, k).detach().clone().contiguous() for k in TRAINED_KEYS}
+        return {k: getattr(self, k).detach().clone().contiguous() for k in self.trained_keys()}
 
     def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Strict: every key present, nothing extra, every shape equal."""
-        missing = [k for k in TRAINED_KEYS if k not in tensors]
-        unexpected = [k for k in tensors if k not in TRAINED_KEYS]
+        keys = self.trained_keys()
+        missing = [k for k in keys if k not in tensors]
+        unexpected = [k for k in tensors if k not in keys]
         if missing or unexpected:
             raise ValueError(f"checkpoint weights mismatch: missing {missing}, unexpected {unexpected}")
-        for k in TRAINED_KEYS:
+        for k in keys:
             cur = getattr(self, k)
             if tuple(tensors[k].shape) != tuple(cur.shape):
                 raise ValueError(f"checkpoint weight {k!r} has shape {tuple(tensors[k].shape)}, expected {tuple(cur.shape)}")
         with torch.no_grad():
-            for k in TRAINED_KEYS:
+            for k in keys:
                 getattr(self, k).copy_(tensors[k].to(getattr(self, k).dtype))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in (self.collab_embeddings, self.content_embeddings, self.log_scale) if p.requires_grad]
+        return [p for p in (*self.id_parameters(), *self.head_parameters()) if p.requires_grad]
+
+    def id_parameters(self) -> list[nn.Parameter]:
+        return [self.collab_embeddings, self.content_embeddings]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Temperature and item bias: a handful of scalars that must move by whole units (the
+        softmax over items needs a spread of several nats), far beyond what an embedding-sized
+        learning rate lets them travel in a few hundred steps; they get their own rate."""
+        return [p for p in (self.log_scale, self.item_bias) if p.requires_grad]

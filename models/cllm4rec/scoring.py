@@ -73,7 +73,7 @@ class RecScorer:
     def user_vectors(self, users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
         self.model.eval()
         rows = [self.prompts.rec(int(u), self.hist.ordered(int(u), h)) for u, h in zip(users, history, strict=True)]
-        out = np.zeros((len(rows), self.model.cfg.hidden_size), dtype=np.float32)
+        out = np.zeros((len(rows), self.model.vector_dim), dtype=np.float32)
         for idx, batch in self.prompts.batches(rows, self.batch_size):
             out[idx] = self.model.user_vectors(batch["input_ids"], batch["attention_mask"]).numpy()
         return out

@@ -9,11 +9,12 @@ rank 0 writes. Gloo works on CPU.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +57,11 @@ class TrainConfig:
     batch_size: int = 16
     lr_pretrain: float = 1e-3
     lr_finetune: float = 1e-3
+    lr_head: float = 5e-2  # temperature and item bias (see CLLM4Rec.head_parameters)
+    # Stage B learning rate: "cosine" decays from lr_finetune to lr_min_frac * lr_finetune over
+    # finetune_epochs (set per step from the epoch counter, so a resumed run continues the curve).
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_min_frac: float = 0.1
     max_history: int = 128  # most recent items kept in a prompt
     max_text_tokens: int = 48
     holdout_frac: float = 0.2  # share of a user's train items hidden from the prompt as rec targets
@@ -192,9 +198,19 @@ class Trainer:
     def _ensure_optimizer(self, stage: str) -> torch.optim.Optimizer:
         if self.optimizer is None or self.opt_stage != stage:
             lr = self.cfg.lr_pretrain if stage == "A" else self.cfg.lr_finetune
-            self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=lr)
+            groups = [{"params": self.model.id_parameters(), "base_lr": lr}]
+            if self.model.head_parameters():
+                groups.append({"params": self.model.head_parameters(), "base_lr": self.cfg.lr_head})
+            self.optimizer = torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups])
             self.opt_stage = stage
         return self.optimizer
+
+    def _stage_b_lr_factor(self, progress: float) -> float:
+        """Multiplier of each group's base rate; progress in [0, 1] = share of stage B done."""
+        if self.cfg.lr_schedule == "constant":
+            return 1.0
+        floor = self.cfg.lr_min_frac
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     def run_epoch(self, task: str, stage: str) -> float:
         opt = self._ensure_optimizer(stage)
@@ -206,7 +222,12 @@ class Trainer:
         self.model.train()
         total, steps = 0.0, 0
         bar = tqdm(batches, desc=f"{stage}:{task}", disable=not (self.cfg.progress and self.dist.main), leave=False)
-        for idx in bar:
+        for step, idx in enumerate(bar):
+            if stage == "B":
+                done = self.state["stage_b_epoch"] + step / len(batches)
+                factor = self._stage_b_lr_factor(done / max(self.cfg.finetune_epochs, 1))
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * factor
             if task == "rec":
                 batch = collate([rows[i] for i in idx], self.tok.pad_token_id)
                 y = torch.zeros(len(idx), self.model.cfg.num_items)
@@ -303,7 +324,8 @@ class Trainer:
         pick = np.random.default_rng(self.cfg.seed).choice(users, min(self.cfg.calibrate_users, len(users)), replace=False)
         prompts = [self.prompts.rec(int(u), self.train_hist[u]) for u in pick]
         batches = [collate(prompts[i : i + 16], self.tok.pad_token_id) for i in range(0, len(prompts), 16)]
-        self.model.calibrate(batches)
+        counts = np.bincount(np.concatenate([t for t in self.split.train if len(t)]), minlength=self.data.num_items)
+        self.model.calibrate(batches, torch.from_numpy(counts))
 
     # ---- the schedule ------------------------------------------------------------------------
     def _out_of_time(self) -> bool:

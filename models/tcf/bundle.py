@@ -41,7 +41,7 @@ def _sasrec_inputs(item_vectors: np.ndarray, histories: list[np.ndarray], seq: i
     return vecs.float(), torch.from_numpy(mask)
 
 
-def load_bundle(checkpoint_dir: Path, batch: int = 64) -> ServingBundle:
+def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True) -> ServingBundle:
     ck = load_checkpoint(Path(checkpoint_dir), need_full_lm=True)
     cfg, model = ck.model.cfg, ck.model
     encoders: dict[str, EncoderExport] = {}
@@ -92,8 +92,11 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64) -> ServingBundle:
                 [seen[u] for u in users], [split.test[u] for u in users], "hr@10")
         else:
             user_vectors = model.user_tower.emb.weight.detach().numpy().astype(np.float32)
+    user_ids = list(ck.users.ids)
+    if not known_users:  # cheap here, but benchmarks ask both kinds the same way
+        user_ids, user_vectors = [], user_vectors[:0]
     return ServingBundle(
         kind="tcf", user_tower=cfg.user_tower, item_tower=cfg.item_tower, dim=cfg.dim, item_ids=list(ck.items.ids),
-        item_vectors=item_vectors, item_titles=list(ck.item_titles), user_ids=list(ck.users.ids),
+        item_vectors=item_vectors, item_titles=list(ck.item_titles), user_ids=user_ids,
         user_vectors=user_vectors, user_histories=histories, encoders=encoders, model_config=tcf_section,
         assets=assets, probe=probe)
