@@ -76,14 +76,14 @@ def main(argv: list[str]) -> int:
 
     from export.parity import ParityError
     from export.repository import VersionError
-    from export.writer import BundleError
+    from export.writer import BundleError, IndexRecallError
     from models.bundle import load_bundle
 
     torch.set_num_threads(cfg.threads)
     try:
         bundle = load_bundle(Path(cfg.checkpoint))
         version_dir = export_bundle(bundle, Path(cfg.repository), cfg.name, cfg, source_checkpoint=Path(cfg.checkpoint))
-    except (ParityError, BundleError, VersionError, FileNotFoundError, ValueError) as exc:
+    except (ParityError, BundleError, IndexRecallError, VersionError, FileNotFoundError, ValueError) as exc:
         print(f"llmrec export: refused: {exc}", file=sys.stderr)
         return 1
     manifest = json.loads((version_dir / "manifest.json").read_text())

@@ -24,6 +24,9 @@ class ExportConfig:
     pq_nbits: int = 8
     recall_k: int = 100  # recall@K of approximate indexes vs exact search (clamped to num_items)
     recall_users: int = 1000  # real user vectors sampled for that measurement
+    # An approximate index below this recall@recall_k vs exact search is refused (the export fails and
+    # nothing is written): HNSW over inner products degrades badly when item norms vary. 0 accepts any.
+    min_index_recall: float = 0.9
     quantize: Literal["none", "int8"] = "none"
     quantize_min_overlap: float = 0.95  # refuse int8 below this top-20 overlap with fp32
     quantize_max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative)

@@ -46,6 +46,10 @@ from models.bundle import EncoderExport, ServingBundle
 log = logs.get(__name__)
 
 
+class IndexRecallError(RuntimeError):
+    """The approximate index misses too many of the exact top-K: serving it would lose quality."""
+
+
 class BundleError(ValueError):
     """The bundle handed to the exporter is inconsistent; the message says what and what is expected."""
 
@@ -204,6 +208,13 @@ def export_bundle(
             q = queries[sample_rows(len(queries), cfg.recall_users, cfg.seed)]
             index_entry["recall_vs_exact"] = {**recall_vs_exact(index, item_vectors, q, cfg.recall_k), "queries": source}
             log.info("index recall", **index_entry["recall_vs_exact"])
+            recall = index_entry["recall_vs_exact"]["recall"]
+            if recall is not None and recall < cfg.min_index_recall:
+                raise IndexRecallError(
+                    f"{params.type} index recall@{cfg.recall_k} vs exact search is {recall:.3f} < "
+                    f"min_index_recall {cfg.min_index_recall}: nothing written; use --index flat, a larger "
+                    f"--ef-search / --nprobe, or lower --min-index-recall"
+                )
 
         np.save(tmp / M.ITEM_VECTORS, item_vectors)
         np.save(tmp / M.USER_VECTORS, user_vectors)

@@ -201,7 +201,7 @@ def test_verify_version_detects_a_tampered_export(dssm_bundle, tmp_path):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_approximate_index_recall_recorded(kind, dssm_bundle, tmp_path):
-    cfg = ExportConfig(index=kind, nlist=4, nprobe=4, pq_m=4, pq_nbits=4, ort_optimize="none")
+    cfg = ExportConfig(index=kind, nlist=4, nprobe=4, pq_m=4, pq_nbits=4, ort_optimize="none", min_index_recall=0.0)
     m = verify_version(W.export_bundle(dssm_bundle, tmp_path / "repo", "m", cfg))
     rec = m["index"]["recall_vs_exact"]
     assert rec["k"] == len(dssm_bundle.item_ids) and rec["users"] == len(dssm_bundle.user_ids)
@@ -209,6 +209,13 @@ def test_approximate_index_recall_recorded(kind, dssm_bundle, tmp_path):
     if kind != "ivfpq":  # nprobe = nlist: exhaustive; HNSW on 60 items: exact in practice
         assert rec["recall"] > 0.95
     assert m["index"]["params"]["nlist" if kind != "hnsw" else "M"] == (4 if kind != "hnsw" else 32)
+
+
+def test_index_below_min_recall_is_refused_and_nothing_written(dssm_bundle, tmp_path):
+    cfg = ExportConfig(index="ivfpq", nlist=4, nprobe=1, pq_m=4, pq_nbits=2, ort_optimize="none", min_index_recall=0.99)
+    with pytest.raises(W.IndexRecallError, match=r"ivfpq index recall@\d+ vs exact search is 0\.\d+ < min_index_recall 0\.99"):
+        W.export_bundle(dssm_bundle, tmp_path / "repo", "m", cfg)
+    assert not (tmp_path / "repo" / "m").exists() or not any((tmp_path / "repo" / "m").iterdir())
 
 
 def test_int8_quantization_recorded_refused_and_accepted(tcf_bundle, tmp_path):
