@@ -30,7 +30,8 @@ class ExportConfig:
     quantize: Literal["none", "int8"] = "none"
     quantize_min_overlap: float = 0.95  # refuse int8 below this top-20 overlap with fp32
     quantize_max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative)
-    parity_atol: float = 1e-4  # max abs error ONNX Runtime vs PyTorch (fp32)
+    parity_atol: float = 1e-4  # ONNX Runtime vs PyTorch (fp32): max abs error <= atol + rtol * max |output|
+    parity_rtol: float = 1e-5
     parity_k: int = 20  # top-K lists that must be identical
     ort_optimize: Literal["none", "basic", "extended"] = "basic"  # offline ORT graph optimization, kept if parity holds
     opset: int = 17

@@ -1,4 +1,8 @@
-"""ONNX Runtime vs PyTorch on every sample input: values within atol AND the same top-K items.
+"""ONNX Runtime vs PyTorch on every sample input: values within tolerance AND the same top-K items.
+
+Tolerance per case = atol + rtol * max |reference output|: LM hidden states carry outlier
+dimensions of tens to hundreds, where fp32 kernels that merely sum in another order differ by
+more than any fixed atol that is still meaningful for small outputs.
 
 Values alone are not enough (a tiny error on an outlier dimension can reorder items) and rankings
 alone are not enough (a constant shift keeps the order), so both are checked. Rankings are compared
@@ -26,6 +30,7 @@ class ParityError(RuntimeError):
 class ParityCase:
     shapes: dict[str, list[int]]
     max_abs_err: float
+    tolerance: float
     rows: int
     rows_identical: int
     rows_ties_only: int  # rows whose top-K differ only by swaps the measured error can explain
@@ -78,6 +83,7 @@ def check_parity(
     refs: list[np.ndarray],
     atol: float = 1e-4,
     k: int = 20,
+    rtol: float = 1e-5,
     label: str = "encoder",
 ) -> dict[str, Any]:
     """The manifest `parity` entry for this graph; raises ParityError naming the worst case."""
@@ -94,13 +100,16 @@ def check_parity(
             raise ParityError(f"{label}: ONNX output shape {list(got.shape)} != torch {list(ref.shape)} for inputs {shapes}")
         err = float(np.abs(got.astype(np.float64) - ref).max()) if np.isfinite(got).all() else float("inf")
         ident, ties = compare_rankings(ref, got, item_vectors, k, err)
-        cases.append(ParityCase(shapes, err, len(ref), ident, ties))
+        tol = atol + rtol * float(np.abs(ref).max())
+        cases.append(ParityCase(shapes, err, tol, len(ref), ident, ties))
     max_err = max(c.max_abs_err for c in cases)
     scale = max(float(np.abs(r).max()) for r in refs)
     ties_only = all(c.rows_ties_only == c.rows for c in cases)
     result = {
         "max_abs_err": max_err,
         "atol": atol,
+        "rtol": rtol,
+        "tolerance": max(c.tolerance for c in cases),
         "max_abs_output": scale,  # LM hidden states have outlier dims in the hundreds: context for max_abs_err
         "cases": len(cases),
         "k": int(min(k, len(item_vectors))),
@@ -108,14 +117,15 @@ def check_parity(
         "topk_identical_up_to_ties": ties_only,
         "shapes": [c.shapes for c in cases],
     }
-    if max_err > atol or not ties_only:
-        bad = [c for c in cases if c.max_abs_err > atol or c.rows_ties_only < c.rows]
+    within = all(c.max_abs_err <= c.tolerance for c in cases)
+    if not within or not ties_only:
+        bad = [c for c in cases if c.max_abs_err > c.tolerance or c.rows_ties_only < c.rows]
         bad_rank = [c for c in cases if c.rows_ties_only < c.rows]
         worst = max(bad_rank or cases, key=lambda c: c.max_abs_err)
         raise ParityError(
             f"{label}: ONNX graph {Path(graph).name} disagrees with PyTorch on {len(bad)}/{len(cases)} sample "
-            f"cases; worst case inputs {worst.shapes}: max abs error {worst.max_abs_err:.3g} (atol {atol:g}, "
-            f"outputs up to {scale:.3g}), top-{result['k']} lists differ in {worst.rows - worst.rows_ties_only}"
+            f"cases; worst case inputs {worst.shapes}: max abs error {worst.max_abs_err:.3g} (tolerance "
+            f"{worst.tolerance:.3g} = atol {atol:g} + rtol {rtol:g} * outputs up to {scale:.3g}), top-{result['k']} lists differ in {worst.rows - worst.rows_ties_only}"
             f"/{worst.rows} rows. Nothing was written."
         )
     return result

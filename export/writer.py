@@ -126,7 +126,8 @@ def export_encoder(
     item_vectors = np.asarray(bundle.item_vectors, dtype=np.float32)
 
     def parity(graph: Path) -> dict[str, Any]:
-        return check_parity(enc, graph, item_vectors, refs, atol=cfg.parity_atol, k=cfg.parity_k, label=name)
+        return check_parity(enc, graph, item_vectors, refs, atol=cfg.parity_atol, k=cfg.parity_k, rtol=cfg.parity_rtol,
+                            label=name)
 
     chosen, level, note, par = plain, "none", None, None
     if cfg.ort_optimize != "none":

@@ -322,3 +322,25 @@ def test_cli_refuses_a_corrupt_checkpoint(tmp_path, capsys):
     rc = main(["--checkpoint", str(tmp_path / "ckpt"), "--repository", str(tmp_path / "repo"), "--name", "m"])
     assert rc == 1 and "config.json is missing" in capsys.readouterr().err
     assert main(["--repository", str(tmp_path / "repo")]) == 2
+
+
+def test_parity_tolerance_scales_with_output_magnitude(monkeypatch, tmp_path):
+    """An fp32 reordering error of 1.5e-4 on outputs of magnitude ~100 is noise (tolerance = atol +
+    rtol * max |output|); the same error is refused when rtol is 0."""
+    from export import parity
+
+    ids = torch.randint(1, 50, (2, 5))
+    enc = EncoderExport(TraceDependent(), ["input_ids", "attention_mask"], "user_vector", {}, [(ids, torch.ones_like(ids))])
+    ref = np.full((2, 8), 100.0, dtype=np.float32)
+    ref[:, 0] = 120.0  # one clear winner, so the ranking is stable under the error
+
+    class Noisy:
+        def run(self, names, feed):
+            return [ref + np.float32(1.5e-4)]
+
+    monkeypatch.setattr(parity, "session", lambda graph: Noisy())
+    items = np.eye(8, dtype=np.float32)
+    ok = parity.check_parity(enc, tmp_path / "g.onnx", items, [ref], atol=1e-4, k=3, rtol=1e-5)
+    assert ok["max_abs_err"] == pytest.approx(1.5e-4, rel=0.05) and ok["tolerance"] == pytest.approx(1e-4 + 1.2e-3)
+    with pytest.raises(ParityError, match=r"tolerance 0\.0001 = atol 0\.0001 \+ rtol 0 \* outputs up to 120"):
+        parity.check_parity(enc, tmp_path / "g.onnx", items, [ref], atol=1e-4, k=3, rtol=0.0)
