@@ -194,12 +194,12 @@ class CLLM4Rec(nn.Module):
     def calibrate(self, batches: list[dict[str, torch.Tensor]], item_counts: torch.Tensor | None = None) -> None:
         """feature_scale = 1 / per-dimension RMS of last hidden states on real rec prompts.
 
+        RMS, not std: several dimensions carry a large constant offset; dividing by their std
+        would blow them up and make the initial scores (and loss) huge.
+
         With `item_counts` (train interactions per item) and an item bias, the bias starts at the
         centred log(1 + count): the multinomial's own popularity prior, so the first steps start
         from most-popular instead of from uniform.
-
-        RMS, not std: several dimensions carry a large constant offset; dividing by their std
-        would blow them up and make the initial scores (and loss) huge.
         """
         hs = torch.cat([
             self.last_real(self.hidden(b["input_ids"], b["attention_mask"], self.collab_embeddings), b["attention_mask"])
