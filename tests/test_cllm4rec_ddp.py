@@ -17,9 +17,10 @@ from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.tiny import tiny_backbone, tiny_ml_folder
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import TrainConfig, Trainer, init_distributed
+from models.cllm4rec.train import TrainConfig, Trainer
 from models.data.loaders import load_ml100k
 from models.data.splits import make_split
+from models.distributed import init_distributed
 
 
 def _free_port() -> int:

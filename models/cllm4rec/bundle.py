@@ -20,7 +20,7 @@ from torch import nn
 
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
 from models.cllm4rec.checkpoint import Loaded, load_checkpoint
-from models.cllm4rec.model import CLLM4Rec
+from models.cllm4rec.model import CLLM4Rec, score_space
 from models.cllm4rec.prompts import collate
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
 
@@ -38,14 +38,11 @@ class FoldedUserEncoder(nn.Module):
         table = torch.cat([vocab, model.collab_embeddings.detach().float()])
         self.embed = nn.Embedding.from_pretrained(table, freeze=True)
         self.base = model.backbone.base_model
-        self.bias_dim = model.cfg.item_bias
+        self.item_bias = model.cfg.item_bias
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask).last_hidden_state
-        user = CLLM4Rec.last_real(hidden.float(), attention_mask)
-        if self.bias_dim:
-            user = torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
-        return user
+        return score_space(CLLM4Rec.last_real(hidden.float(), attention_mask), self.item_bias)
 
 
 def manifest_section(loaded: Loaded) -> dict[str, Any]:

@@ -31,10 +31,11 @@ from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import TrainConfig, Trainer, init_distributed
+from models.cllm4rec.train import TrainConfig, Trainer
 from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import make_split
+from models.distributed import init_distributed
 from models.metrics import PROTOCOL_METRICS, evaluate
 from models.reports import invoking_command, markdown_table, write_report
 

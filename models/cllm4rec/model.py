@@ -29,6 +29,14 @@ TRAINED_KEYS = ("collab_embeddings", "content_embeddings", "feature_scale", "log
 BIAS_KEY = "item_bias"
 
 
+def score_space(hidden: torch.Tensor, item_bias: bool) -> torch.Tensor:
+    """Raw hidden states -> user vectors: a constant 1 appended when items carry a bias (shared
+    with the exported user encoder, so training and serving build the same vector)."""
+    if not item_bias:
+        return hidden
+    return torch.cat([hidden, hidden.new_ones(*hidden.shape[:-1], 1)], dim=-1)
+
+
 @dataclass
 class ModelConfig:
     num_users: int
@@ -93,10 +101,7 @@ class CLLM4Rec(nn.Module):
         return self.cfg.hidden_size + int(self.cfg.item_bias)
 
     def score_space(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Raw hidden states -> user vectors: a constant 1 appended when items carry a bias."""
-        if not self.cfg.item_bias:
-            return hidden
-        return torch.cat([hidden, hidden.new_ones(*hidden.shape[:-1], 1)], dim=-1)
+        return score_space(hidden, self.cfg.item_bias)
 
     def item_matrix(self) -> torch.Tensor:
         """[J, vector_dim] vectors whose dot product with a user vector is the item score."""

@@ -10,7 +10,6 @@ rank 0 writes. Gloo works on CPU.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
 from models.cllm4rec.tokens import IdTokenizer
 from models.data.dataset import InteractionData
 from models.data.splits import Split
+from models.distributed import DistInfo
 from models.metrics import evaluate
 
 log = logs.get(__name__)
@@ -75,26 +75,6 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True  # continue from <out>/train_state.pt when present
     progress: bool = True
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """torchrun sets WORLD_SIZE/RANK; without them this is a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
 @dataclass

@@ -11,7 +11,6 @@ rank 0 writes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from models.data.config import DataConfig
 from models.data.dataset import InteractionData
 from models.data.loaders import load_data
 from models.data.splits import Split, make_split
+from models.distributed import init_distributed
 from models.metrics import evaluate
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import save_checkpoint
@@ -128,13 +128,6 @@ def epoch_batches(cfg: TrainConfig, split: Split, rng: np.random.Generator, rank
     return batches[rank::world][:per_rank]
 
 
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def record_final(out: Path, final: dict) -> None:
     """Adds the whole run's facts (the checkpoint itself is the best epoch's) to config.json."""
     path = out / "config.json"
@@ -145,7 +138,8 @@ def record_final(out: Path, final: dict) -> None:
 
 def train(cfg: TrainConfig, data: InteractionData | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
-    rank, world = _dist()
+    info = init_distributed()
+    rank, world = info.rank, info.world
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     data = data if data is not None else load_data(cfg.data)
