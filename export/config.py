@@ -37,6 +37,9 @@ class ExportConfig:
     opset: int = 17
     threads: int = 1  # torch / ORT threads while exporting
     seed: int = 0
+    # Fold the model's item journal (<repository>/<name>/items.journal: items added while serving) into
+    # this version's catalogue, encoded by the new item tower; servers then replay only newer records.
+    fold_journal: bool = False
     report: bool = True  # also write benchmarks/results/export-<name>.json/.md
 
     def index_params(self) -> IndexParams:

@@ -19,6 +19,8 @@ import onnx
 from export import manifest as M
 from export.config import ExportConfig
 from export.index import build_index, recall_vs_exact, sample_rows, save_index
+from export.journal import JOURNAL
+from export.journal_fold import fold_journal
 from export.onnx_graphs import (
     check_graph,
     consolidate_external_data,
@@ -196,6 +198,17 @@ def export_bundle(
                 files += written
         shutil.rmtree(work)
 
+        item_ids = [str(i) for i in bundle.item_ids]
+        item_titles = [t or "" for t in bundle.item_titles]
+        journal_entry = None
+        if cfg.fold_journal:
+            has_text = "item_encoder" in encoders and M.TOKENIZER in bundle.assets
+            item_ids, item_vectors, item_titles, journal_entry = fold_journal(
+                model_dir / JOURNAL, tmp / "item_encoder.onnx" if has_text else None,
+                bundle.assets.get(M.TOKENIZER), bundle.model_config, encoders.get("item_encoder"), item_ids,
+                item_vectors, item_titles)
+            log.info("item journal folded", **journal_entry)
+
         params = cfg.index_params()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -219,8 +232,8 @@ def export_bundle(
 
         np.save(tmp / M.ITEM_VECTORS, item_vectors)
         np.save(tmp / M.USER_VECTORS, user_vectors)
-        write_json(tmp / M.ITEM_IDS, [str(i) for i in bundle.item_ids])
-        write_json(tmp / M.ITEM_TITLES, [t or "" for t in bundle.item_titles])
+        write_json(tmp / M.ITEM_IDS, item_ids)
+        write_json(tmp / M.ITEM_TITLES, item_titles)
         write_json(tmp / M.USER_IDS, [str(u) for u in bundle.user_ids])
         write_user_history(tmp / M.USER_HISTORY, bundle.user_histories)
         files += [M.ITEMS_INDEX, M.ITEM_VECTORS, M.USER_VECTORS, M.ITEM_IDS, M.ITEM_TITLES, M.USER_IDS, M.USER_HISTORY]
@@ -241,7 +254,7 @@ def export_bundle(
             "item_tower": bundle.item_tower,
             "dim": int(bundle.dim),
             "metric": M.METRIC,
-            "num_items": len(bundle.item_ids),
+            "num_items": len(item_ids),
             "num_users": len(bundle.user_ids),
             "capabilities": {
                 "user_id": len(bundle.user_ids) > 0,
@@ -258,6 +271,8 @@ def export_bundle(
             "package_versions": package_versions(),
             "opset": cfg.opset,
         }
+        if journal_entry is not None:
+            manifest["journal"] = journal_entry
         version_dir = publish(tmp, model_dir, manifest)
     log.info("version written", path=str(version_dir), version=manifest["version"])
     return version_dir

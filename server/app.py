@@ -1,77 +1,126 @@
-"""Assembles one server instance: gRPC (Recommender + health + reflection), /metrics, the reloader.
-Several instances can live in one process (tests): nothing here is global except FAISS's thread count."""
+"""Assembles one server instance: grpc.aio (Recommender + health + reflection) on its own event-loop
+thread, /metrics, the reloader, the item-journal tail and the encoder watchdog.
+
+The public API is synchronous (start / wait_ready / stop / wait) so the CLI and tests drive it like
+any object; the event loop lives on a daemon thread. Several instances can live in one process
+(tests): nothing here is global except FAISS's thread count.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
 import time
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from llmrec import logs
-from recsys.v1 import recommender_pb2 as pb
-from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.config import ServeConfig
+from server.item_journal import ItemJournals
 from server.metrics import Metrics
 from server.registry import Registry
 from server.reload import Reloader
-from server.service import RecommenderService
+from server.service import SERVICE_NAME, ReceivedCounter, RecommenderService
+from server.watchdog import Watchdog
 
 log = logs.get("server.app")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "recsys.v1.Recommender"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class RecommenderServer:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        # One FAISS thread per query: concurrency comes from gRPC threads (performance-notes.md).
+        # One FAISS thread per query: concurrency comes from requests (performance-notes in docs/).
         faiss.omp_set_num_threads(1)
         self.metrics = Metrics()
         self.registry = Registry()
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.reloader = Reloader(cfg, self.registry, self.metrics, self._on_health)
-        self.service = RecommenderService(cfg, self.registry, self.reloader, self.metrics)
-        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="rpc"),
-                                       options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_RecommenderServicer_to_server(self.service, self.grpc_server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.grpc_server)
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.executor = ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="blocking")
+        self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.journal_poll_seconds)
+        self.reloader = Reloader(cfg, self.registry, self.journals, self.metrics, self.refresh_health)
+        self.watchdog = Watchdog(self.registry.loaded, self.metrics, self.refresh_health, cfg.watchdog_seconds,
+                                 cfg.encoder_stall_seconds)
+        self.service = RecommenderService(cfg, self.registry, self.reloader, self.journals, self.metrics,
+                                          self.executor)
+        self.health: HealthServicer | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
         self.port = 0
         self.metrics_port = -1
-        self._stopped = False
+        self._stopping = False
+        self._stopped = threading.Event()
 
-    def _on_health(self, name: str, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        if self._stopped:
-            return
-        self.health.set(name, status)
-        if name == "":
-            self.health.set(SERVICE_NAME, status)
-
-    def start(self) -> RecommenderServer:
-        address = f"{self.cfg.host}:{self.cfg.port}"
-        if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
-            creds = grpc.ssl_server_credentials([(self.cfg.tls_key.read_bytes(), self.cfg.tls_cert.read_bytes())])
-            self.port = self.grpc_server.add_secure_port(address, creds)
+    # ---- health ----
+    def refresh_health(self, name: str) -> None:
+        """Recomputes the grpc.health status of a model (SERVING while it has loaded versions and every
+        encoder worker is up) or, for "", of the whole server (SERVING while any model is loaded)."""
+        loaded = self.registry.loaded()
+        if name:
+            versions = loaded.get(name, {})
+            serving = bool(versions) and all(v.healthy for v in versions.values())
+            names = [name]
         else:
-            self.port = self.grpc_server.add_insecure_port(address)
-        if self.port == 0:
-            raise RuntimeError(f"cannot bind gRPC to {address}")
-        self.grpc_server.start()
+            serving = bool(loaded)
+            names = ["", SERVICE_NAME]
+        self.metrics.model_serving.labels(model=name).set(1 if serving else 0)
+        if self._stopping or self.health is None:
+            return
+        for n in names:  # waits, so that whoever changed the state can rely on health reflecting it
+            fut = asyncio.run_coroutine_threadsafe(self.health.set(n, _SERVING if serving else _NOT_SERVING),
+                                                   self._loop)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                fut.result(timeout=2.0)
+
+    # ---- lifecycle ----
+    def start(self) -> RecommenderServer:
+        self._loop_thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result(timeout=30)
+        except Exception:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
         if self.cfg.metrics_port >= 0:
             self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port, self.cfg.host)
         log.info("server listening", grpc_port=self.port, metrics_port=self.metrics_port,
                  repository=str(self.cfg.repository), tls=self.cfg.tls_cert is not None)
         self.reloader.start()
+        self.journals.start()
+        self.watchdog.start()
         return self
+
+    async def _start_grpc(self) -> None:
+        self.health = HealthServicer()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, _NOT_SERVING)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[ReceivedCounter(self.metrics)])
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        address = f"{self.cfg.host}:{self.cfg.port}"
+        try:
+            if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
+                creds = grpc.ssl_server_credentials([(self.cfg.tls_key.read_bytes(), self.cfg.tls_cert.read_bytes())])
+                self.port = server.add_secure_port(address, creds)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}: the port is in use or the address is not local; "
+                          "pick another --port (0 = any free port)")
+        await server.start()
+        self.grpc_server = server
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
         """True once the first repository scan is done (whatever it found)."""
@@ -83,16 +132,34 @@ class RecommenderServer:
         return False
 
     def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING first (load balancers stop sending), then drain in-flight RPCs."""
-        if self._stopped:
+        """Health NOT_SERVING first (load balancers stop sending), then drain in-flight RPCs for at most
+        `grace` seconds (then they are cancelled). Never waits on a stuck encoder or a load in progress."""
+        if self._stopping:
+            self._stopped.wait()
             return
-        self.health.enter_graceful_shutdown()
-        self._stopped = True
-        self.reloader.stop()
-        self.grpc_server.stop(self.cfg.grace_seconds if grace is None else grace).wait()
-        self.registry.close_all()
-        self.metrics.stop_http()
-        log.info("server stopped")
+        grace = self.cfg.grace_seconds if grace is None else grace
+        self._stopping = True
+        self.metrics.model_serving.clear()
+        try:
+            if self.health is not None:
+                asyncio.run_coroutine_threadsafe(self.health.enter_graceful_shutdown(), self._loop).result(2)
+            self.reloader.stop(timeout=1.0)
+            self.journals.stop(timeout=1.0)
+            self.watchdog.stop(timeout=1.0)
+            if self.grpc_server is not None:
+                fut = asyncio.run_coroutine_threadsafe(self.grpc_server.stop(grace), self._loop)
+                try:
+                    fut.result(timeout=grace + 2.0)
+                except concurrent.futures.TimeoutError:
+                    log.error("gRPC server did not stop within the grace period; leaving it")
+            self.registry.close_all()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.metrics.stop_http()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=2.0)
+            self._stopped.set()
+            log.info("server stopped")
 
     def wait(self) -> None:
-        self.grpc_server.wait_for_termination()
+        self._stopped.wait()

@@ -1,17 +1,28 @@
-"""Dynamic batching of user-encoder calls: concurrent history requests for one model version are
-run as one ONNX batch (up to max_batch_size, waiting at most max_wait_ms for company).
+"""Dynamic batching of user-encoder calls: concurrent history requests for one model version run as
+one ONNX batch (up to max_batch_size; greedy by default: a batch is what queued while the encoder
+was busy, so a lone request never waits).
 
-The queue is bounded so overload is refused at once (RESOURCE_EXHAUSTED) instead of growing latency
-without limit, and requests whose deadline has already passed are dropped before any compute.
+What keeps it from wedging:
+- Every transition of a job's future goes through `_settle`, which tolerates a future that was
+  cancelled or settled meanwhile (a client that gave up, a watchdog restart): one job can never
+  raise out of the worker loop.
+- A job whose caller gives up (deadline, cancellation) leaves the queue at once; a job found expired
+  when its batch forms is answered DEADLINE_EXCEEDED without compute.
+- Admission sheds load early: a request is refused with RESOURCE_EXHAUSTED when the queue is full,
+  or when the expected wait (queued work x measured time per request) exceeds what it can wait (its
+  deadline, or max_queue_wait), instead of timing out after holding a slot.
+- `check`/`restart` let a watchdog replace a worker thread that died or stopped making progress;
+  the jobs it held and the queued ones get UNAVAILABLE, the new thread starts from an empty queue,
+  and results of an abandoned thread that wakes up later are dropped (generation counter).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +33,10 @@ from server import errors
 
 log = logs.get("server.batching")
 
+_EWMA = 0.2  # weight of the newest batch in the time-per-request estimate
 
-@dataclass
+
+@dataclass(eq=False)
 class _Job:
     payload: Any
     deadline: float | None  # time.monotonic() seconds
@@ -31,92 +44,211 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+def _settle(fut: Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Sets a result or exception unless the future was cancelled or settled meanwhile."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except (InvalidStateError, RuntimeError):
+        pass
+
+
 class DynamicBatcher:
     """One worker thread per model version; `submit` returns a Future of one output row."""
 
     def __init__(self, name: str, run_batch: Callable[[Sequence[Any]], np.ndarray], max_batch_size: int,
-                 max_wait_ms: float, queue_size: int, metrics: Any = None) -> None:
+                 max_wait_ms: float, queue_size: int, metrics: Any = None, max_queue_wait_s: float = 0.0) -> None:
         self.name = name
         self._run = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.max_queue_wait = max_queue_wait_s  # 0 = no cap beyond the request's own deadline
         self._metrics = metrics
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._generation = 0
+        self._running: list[_Job] = []
+        self._busy_since: float | None = None
+        self._seconds_per_request = 0.0  # EWMA; 0 until measured
+        self._unavailable: str | None = None  # why requests are refused while a restart is probed
+        self.restarts = 0
+        self._thread = self._start_worker()
 
-    def submit(self, payload: Any, deadline: float | None = None) -> Future:
-        if self._closed:
-            raise errors.unavailable(f"model {self.name} is being unloaded; retry")
-        job = _Job(payload, deadline)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise errors.exhausted(
-                f"model {self.name}: encoder queue is full ({self._queue.maxsize} pending requests); "
-                "retry later or raise --queue-size") from None
-        self._gauge()
+    # ---- callers ----
+    def submit(self, payload: Any, deadline: float | None = None, *, probe: bool = False) -> Future:
+        now = time.monotonic()
+        with self._cond:
+            if self._closed:
+                raise errors.unavailable(f"model {self.name} is being unloaded; retry")
+            if self._unavailable and not probe:
+                raise errors.unavailable(f"model {self.name}: its encoder worker is being restarted "
+                                         f"({self._unavailable}); retry shortly")
+            if len(self._queue) >= self.queue_size:
+                raise errors.exhausted(
+                    f"model {self.name}: encoder queue is full ({self.queue_size} pending requests); "
+                    "retry later or raise --queue-size")
+            expected = self._expected_wait(now)
+            for limit, what in ((None if deadline is None else deadline - now, "the request's remaining deadline"),
+                                (self.max_queue_wait or None, "--max-queue-wait-ms")):
+                if limit is not None and expected > limit:
+                    raise errors.exhausted(
+                        f"model {self.name}: expected wait {expected * 1000:.0f} ms ({len(self._queue)} queued) "
+                        f"exceeds {what} ({max(limit, 0) * 1000:.0f} ms); retry later or allow more time")
+            job = _Job(payload, deadline)
+            self._queue.append(job)
+            self._cond.notify()
+            depth = len(self._queue)
+        job.future.add_done_callback(lambda f, job=job: self._discard(job) if f.cancelled() else None)
+        self._gauge(depth)
         return job.future
 
+    def _expected_wait(self, now: float) -> float:
+        """Seconds until a new request's result: the rest of the running batch + everything queued
+        ahead of it + itself, at the measured time per request (0 until a batch was measured)."""
+        per = self._seconds_per_request
+        running = 0.0
+        if self._busy_since is not None:
+            running = max(0.0, per * len(self._running) - (now - self._busy_since))
+        return running + per * (len(self._queue) + 1)
+
+    def _discard(self, job: _Job) -> None:
+        """A cancelled job leaves the queue at once (its slot is free for someone who still waits)."""
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return
+            depth = len(self._queue)
+        self._gauge(depth)
+
+    def observe(self, seconds: float, size: int) -> None:
+        """Feeds a measured batch (e.g. the warm-up) into the time-per-request estimate."""
+        with self._cond:
+            self._observe(seconds, size)
+
+    def _observe(self, seconds: float, size: int) -> None:
+        per = seconds / max(size, 1)
+        self._seconds_per_request = per if self._seconds_per_request == 0 else (
+            (1 - _EWMA) * self._seconds_per_request + _EWMA * per)
+
     def close(self) -> None:
-        """Finishes what is queued, then stops the worker."""
-        if not self._closed:
+        """Stops taking requests; the worker finishes what is queued, then exits."""
+        with self._cond:
             self._closed = True
-            self._queue.put(None)
+            self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _gauge(self) -> None:
+    # ---- supervision ----
+    def check(self, stall_seconds: float) -> str | None:
+        """Why the worker needs a restart ("died", "stalled"), or None while it is fine."""
+        with self._cond:
+            if self._closed and not self._queue:
+                return None
+            if not self._thread.is_alive():
+                return "died"
+            if self._busy_since is not None and time.monotonic() - self._busy_since > stall_seconds:
+                return "stalled"
+        return None
+
+    def restart(self, reason: str) -> None:
+        """Abandons the current worker thread (it may be stuck in native code: it cannot be killed, and
+        whatever it returns later is dropped), fails its jobs and the queued ones with UNAVAILABLE,
+        and starts a new worker. Requests stay refused until `mark_available` (after a probe)."""
+        with self._cond:
+            self._generation += 1
+            self.restarts += 1
+            failed = [*self._running, *self._queue]
+            self._running, self._busy_since = [], None
+            self._queue.clear()
+            self._unavailable = reason
+            self._thread = self._start_worker()
+        err = errors.unavailable(f"model {self.name}: its encoder worker {reason} and was restarted; "
+                                 "the request was not run, retry")
+        for job in failed:
+            _settle(job.future, exc=err)
+        self._gauge(0)
+        log.error("encoder worker restarted", model=self.name, reason=reason, failed_requests=len(failed))
+
+    def mark_unavailable(self, reason: str) -> None:
+        """New requests are refused with UNAVAILABLE (before a restart, so health can change first)."""
+        with self._cond:
+            self._unavailable = reason
+
+    def mark_available(self) -> None:
+        with self._cond:
+            self._unavailable = None
+
+    @property
+    def available(self) -> bool:
+        return self._unavailable is None
+
+    # ---- worker ----
+    def _start_worker(self) -> threading.Thread:
+        t = threading.Thread(target=self._loop, args=(self._generation,), name=f"batcher-{self.name}", daemon=True)
+        t.start()
+        return t
+
+    def _gauge(self, depth: int) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(model=self.name).set(self._queue.qsize())
+            self._metrics.queue_depth.labels(model=self.name).set(depth)
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        jobs, stop = [first], False
-        end = time.monotonic() + self.max_wait
-        while len(jobs) < self.max_batch_size:
-            remaining = end - time.monotonic()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                stop = True
-                break
-            jobs.append(job)
-        return jobs, stop
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs, stop = self._collect(first)
-            self._gauge()
-            self._process(jobs)
-            if stop:
-                # Drain anything submitted before close() was called.
-                rest: list[_Job] = []
-                while True:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
+    def _next_batch(self, generation: int) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed and generation == self._generation:
+                self._cond.wait()
+            if generation != self._generation or not self._queue:
+                return None  # replaced by a restart, or closed with nothing left
+            if self.max_wait > 0:
+                end = time.monotonic() + self.max_wait
+                while len(self._queue) < self.max_batch_size and not self._closed:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0 or generation != self._generation:
                         break
-                    if job is not None:
-                        rest.append(job)
-                for i in range(0, len(rest), self.max_batch_size):
-                    self._process(rest[i:i + self.max_batch_size])
-                return
+                    self._cond.wait(remaining)
+                if generation != self._generation:
+                    return None
+            jobs = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            self._running, self._busy_since = jobs, time.monotonic()
+            depth = len(self._queue)
+        self._gauge(depth)
+        return jobs
 
-    def _process(self, jobs: list[_Job]) -> None:
+    def _loop(self, generation: int) -> None:
+        while True:
+            jobs = self._next_batch(generation)
+            if jobs is None:
+                return
+            try:
+                self._process(jobs, generation)
+            except Exception as exc:  # a bug here must fail this batch, never the worker
+                log.exception("batch processing failed", model=self.name)
+                for job in jobs:
+                    _settle(job.future, exc=exc)
+            # Not in a `finally`: if something worse than an Exception kills this thread, its jobs stay
+            # recorded as running, and the watchdog's restart answers them.
+            with self._cond:
+                if generation == self._generation:
+                    self._running, self._busy_since = [], None
+
+    def _process(self, jobs: list[_Job], generation: int) -> None:
         now = time.monotonic()
         live = []
         for job in jobs:
+            try:
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # cancelled by its caller while queued
+            except RuntimeError:
+                continue  # settled by a restart
             if job.deadline is not None and job.deadline <= now:
-                job.future.set_exception(errors.deadline(
+                _settle(job.future, exc=errors.deadline(
                     f"model {self.name}: the request's deadline passed while it waited for the encoder"))
-            elif job.future.set_running_or_notify_cancel():
+            else:
                 live.append(job)
         if not live:
             return
@@ -127,12 +259,19 @@ class DynamicBatcher:
         t0 = time.perf_counter()
         try:
             out = self._run([job.payload for job in live])
+            if len(out) != len(live):
+                raise RuntimeError(f"encoder returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
             log.exception("encoder batch failed", model=self.name, batch=len(live))
             for job in live:
-                job.future.set_exception(exc)
+                _settle(job.future, exc=exc)
             return
+        seconds = time.perf_counter() - t0
+        with self._cond:
+            if generation != self._generation:
+                return  # abandoned by a restart: its jobs were already answered UNAVAILABLE
+            self._observe(seconds, len(live))
         if self._metrics is not None:
-            self._metrics.stage.labels(stage="encode", model=self.name).observe(time.perf_counter() - t0)
+            self._metrics.stage.labels(stage="encode", model=self.name).observe(seconds)
         for i, job in enumerate(live):
-            job.future.set_result(out[i])
+            _settle(job.future, out[i])

@@ -83,6 +83,10 @@ class RecommenderClient:
         return self.stub.UpsertItems(pb.UpsertItemsRequest(model=model, version=version, items=msgs),
                                      metadata=self._admin_md(), timeout=self.timeout)
 
+    def delete_items(self, model: str, item_ids: Sequence[str], version: int = 0) -> pb.DeleteItemsResponse:
+        return self.stub.DeleteItems(pb.DeleteItemsRequest(model=model, version=version, item_ids=list(item_ids)),
+                                     metadata=self._admin_md(), timeout=self.timeout)
+
     def reload(self) -> pb.ReloadModelsResponse:
         return self.stub.ReloadModels(pb.ReloadModelsRequest(), metadata=self._admin_md(), timeout=self.timeout)
 

@@ -27,8 +27,9 @@ class ServeConfig:
     """gRPC port (0 = pick a free one)"""
     metrics_port: int = 9095
     """Prometheus /metrics HTTP port (0 = pick a free one, -1 = off)"""
-    threads: int = 16
-    """gRPC worker threads (requests in flight at once)"""
+    threads: int = 4
+    """threads for blocking work (searches over large catalogues, admin calls); requests waiting for an
+    encoder hold no thread (asyncio server)"""
     ort_threads: int = 1
     """ONNX Runtime intra-op threads per session"""
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -40,14 +41,27 @@ class ServeConfig:
     queued while the encoder was busy, so a lone request never waits (see benchmarks/results/bench_grpc_*)"""
     queue_size: int = 256
     """pending encoder requests per model version; beyond it: RESOURCE_EXHAUSTED"""
+    max_queue_wait_ms: float = 5000.0
+    """refuse a history request (RESOURCE_EXHAUSTED) when its expected wait for the encoder exceeds this,
+    or its own deadline, whichever is shorter (0 = only the deadline)"""
+    encoder_stall_seconds: float = 30.0
+    """an encoder batch running longer than this counts as stuck: the worker is replaced"""
+    watchdog_seconds: float = 1.0
+    """how often encoder workers are checked (0 = never)"""
     max_top_k: int = 1000
     max_history_len: int = 1000
     """longest history accepted (the encoders keep only their most recent max_history/max_seq_len)"""
     max_id_len: int = 256
     max_batch_requests: int = 256
     """most requests in one RecommendBatch call"""
+    max_upsert_items: int = 1000
+    """most items in one UpsertItems or DeleteItems call"""
+    max_text_len: int = 10000
+    """longest item text accepted by UpsertItems, in characters"""
     poll_seconds: float = 10.0
     """rescan the repository this often (0 = only on ReloadModels)"""
+    journal_poll_seconds: float = 1.0
+    """read item changes other replicas appended to the item journals this often (0 = never)"""
     admin_token: str = ""
     """token for UpsertItems/ReloadModels (metadata `authorization: Bearer <token>`); empty = admin off"""
     tls_cert: Path | None = None
@@ -62,11 +76,16 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len"):
+        for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
+                     "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.max_wait_ms < 0 or self.poll_seconds < 0:
-            problems.append("max_wait_ms and poll_seconds must be >= 0")
+        for name in ("max_wait_ms", "poll_seconds", "journal_poll_seconds", "max_queue_wait_ms", "watchdog_seconds",
+                     "grace_seconds"):
+            if float(getattr(self, name)) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.encoder_stall_seconds <= 0:
+            problems.append(f"encoder_stall_seconds must be > 0 (got {self.encoder_stall_seconds})")
         if (self.tls_cert is None) != (self.tls_key is None):
             problems.append("TLS needs both tls_cert and tls_key")
         for pin in self.pins:
@@ -93,10 +112,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         default = getattr(ServeConfig, f.name, None)
         if isinstance(default, bool):
             values[f.name] = raw.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            values[f.name] = int(raw)
-        elif isinstance(default, float):
-            values[f.name] = float(raw)
+        elif isinstance(default, int | float):
+            try:
+                values[f.name] = type(default)(raw)
+            except ValueError:
+                kind = "an integer" if isinstance(default, int) else "a number"
+                raise ValueError(f"RECSYS_{f.name.upper()}={raw!r} is not {kind}") from None
         elif isinstance(default, tuple):
             values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
         elif f.name in ("repository", "tls_cert", "tls_key"):

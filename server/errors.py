@@ -38,3 +38,7 @@ def deadline(msg: str) -> ServingError:
 
 def unavailable(msg: str) -> ServingError:
     return ServingError(grpc.StatusCode.UNAVAILABLE, msg)
+
+
+def internal(msg: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INTERNAL, msg)

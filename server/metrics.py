@@ -16,6 +16,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter("recsys_requests", "RPCs by method, model and status code",
                                 ["method", "model", "code"], registry=r)
+        self.received = Counter("recsys_rpcs_received", "RPCs handed over by the transport, before their message "
+                                "is read (any service); minus recsys_requests = dropped before the servicer ran",
+                                ["method"], registry=r)
         self.latency = Histogram("recsys_request_latency_seconds", "RPC latency", ["method", "model"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("recsys_stage_seconds", "time per serving stage (queue, encode, search)",
@@ -29,6 +32,17 @@ class Metrics:
                                ["model", "result"], registry=r)
         self.upserted = Counter("recsys_upserted_items", "items added or replaced by UpsertItems", ["model"],
                                 registry=r)
+        self.deleted = Counter("recsys_deleted_items", "items hidden by DeleteItems", ["model"], registry=r)
+        self.worker_restarts = Counter("recsys_worker_restarts", "encoder workers replaced by the watchdog, by "
+                                       "reason (died/stalled)", ["model", "reason"], registry=r)
+        self.model_serving = Gauge("recsys_model_serving", "1 while a model's grpc.health status is SERVING "
+                                   "(model \"\" = the whole server)", ["model"], registry=r)
+        self.journal_seq = Gauge("recsys_journal_seq", "last item-journal sequence number read", ["model"],
+                                 registry=r)
+        self.journal_corrupt = Counter("recsys_journal_corrupt_records", "item-journal records skipped as corrupt",
+                                       ["model"], registry=r)
+        self.journal_apply_failures = Counter("recsys_journal_apply_failures", "journal records that could not be "
+                                              "applied to a loaded version (retried)", ["model"], registry=r)
         self._http = None
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:

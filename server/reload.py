@@ -1,7 +1,10 @@
 """Hot reload: scan the repository (every poll_seconds and on ReloadModels), load + warm up each new
-complete version off the request path, then swap it in. A version that fails (hash, ONNX, warm-up)
-is refused, logged and counted, and is not retried until its manifest changes; the old version keeps
-serving. Pinned versions (name:version) stay loaded beside the newest."""
+complete version off the request path, bring it up to date with the model's item journal, then swap
+it in. A version that fails (hash, ONNX, warm-up) is refused, logged and counted while the old
+version keeps serving; it is tried again when any of its files changes (a copy that was still in
+progress when it was first seen), and on every ReloadModels. Pinned versions (name:version) stay
+loaded beside the newest.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 from llmrec import logs
 from server import repository
 from server.config import ServeConfig
+from server.item_journal import ItemJournals
 from server.models_runtime import ModelVersion
 from server.registry import Registry
 
@@ -30,14 +34,15 @@ class ReloadResult:
 
 
 class Reloader:
-    def __init__(self, cfg: ServeConfig, registry: Registry, metrics: Any,
-                 on_health: Callable[[str, bool], None]) -> None:
+    def __init__(self, cfg: ServeConfig, registry: Registry, journals: ItemJournals, metrics: Any,
+                 on_health: Callable[[str], None]) -> None:
         self.cfg = cfg
         self.registry = registry
+        self.journals = journals
         self.metrics = metrics
-        self.on_health = on_health  # (service name, serving?)
+        self.on_health = on_health  # recompute the health of a model ("" = the whole server)
         self._lock = threading.Lock()
-        self._refused: dict[tuple[str, int], float] = {}  # -> manifest mtime when refused
+        self._refused: dict[tuple[str, int], tuple] = {}  # -> fingerprint of the folder when refused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,14 +51,17 @@ class Reloader:
         self._thread = threading.Thread(target=self._run, name="reloader", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Does not wait for a load in progress beyond `timeout`: shutdown must not hang on it."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         try:
-            self.reload_now()
+            if not self.reload_now().serving:
+                log.warning("no model version could be loaded: nothing is served until one is exported into the "
+                            "repository (see docs/model-repository.md)", repository=str(self.cfg.repository))
         except Exception:
             log.exception("initial repository scan failed")
         self.registry.ready = True
@@ -65,12 +73,8 @@ class Reloader:
 
     def _try_load(self, name: str, version: int, pinned: bool, result: ReloadResult) -> ModelVersion | None:
         path = Path(self.cfg.repository) / name / str(version)
-        manifest = path / "manifest.json"
-        try:
-            mtime = manifest.stat().st_mtime
-        except OSError:
-            return None
-        if self._refused.get((name, version)) == mtime:
+        fingerprint = _fingerprint(path)
+        if not fingerprint or self._refused.get((name, version)) == fingerprint:
             return None
         try:
             files = repository.load_files(path, self.cfg.ort_threads, self.cfg.ort_providers)
@@ -81,21 +85,16 @@ class Reloader:
                 mv.retire()
                 raise
         except Exception as exc:
-            self._refused[(name, version)] = mtime
             reason = str(exc) if isinstance(exc, repository.VersionError) else f"{type(exc).__name__}: {exc}"
-            log.error("version refused", model=name, version=version, reason=reason)
-            self.metrics.reloads.labels(model=name, result="failure").inc()
-            result.refused.append(f"{name}:{version}: {reason}")
+            self._refuse(name, version, fingerprint, reason, result)
             return None
         self._refused.pop((name, version), None)
-        self.metrics.reloads.labels(model=name, result="success").inc()
-        log.info("version loaded", model=name, version=version, kind=mv.kind, items=len(mv.catalogue.item_ids),
-                 users=len(mv.user_ids), pinned=pinned)
-        result.loaded.append(f"{name}:{version}")
         return mv
 
-    def reload_now(self) -> ReloadResult:
+    def reload_now(self, retry_refused: bool = False) -> ReloadResult:
         with self._lock:
+            if retry_refused:
+                self._refused.clear()
             return self._scan()
 
     def _scan(self) -> ReloadResult:
@@ -111,9 +110,7 @@ class Reloader:
                     default = v
                     break
                 mv = self._try_load(name, v, v in pins.get(name, set()), result)
-                if mv is not None:
-                    self.registry.install(mv, make_default=True)
-                    self._set_loaded(name, v, True)
+                if mv is not None and self._install(mv, True, result):
                     default = v
                     break
             keep = {default} if default is not None else set()
@@ -121,8 +118,7 @@ class Reloader:
                 if v not in have and v != default:
                     mv = self._try_load(name, v, True, result)
                     if mv is not None:
-                        self.registry.install(mv, make_default=False)
-                        self._set_loaded(name, v, True)
+                        self._install(mv, False, result)
                 keep.add(v)
             if default is not None:
                 self.registry.set_default(name, default)
@@ -132,17 +128,39 @@ class Reloader:
                     self._set_loaded(name, v, False)
                     result.unloaded.append(f"{name}:{v}")
                     log.info("version unloaded", model=name, version=v)
-            self.on_health(name, bool(self.registry.loaded().get(name)))
+            self.on_health(name)
         for name in set(loaded) - set(found):  # model folder removed
             for v in loaded[name]:
                 self.registry.remove(name, v)
                 self._set_loaded(name, v, False)
                 result.unloaded.append(f"{name}:{v}")
-            self.on_health(name, False)
+            self.on_health(name)
         now = self.registry.loaded()
         result.serving = [f"{n}:{v}" for n in sorted(now) for v in sorted(now[n])]
-        self.on_health("", bool(now))
+        self.on_health("")
         return result
+
+    def _install(self, mv: ModelVersion, make_default: bool, result: ReloadResult) -> bool:
+        """Swaps mv in once it holds every journalled item change; refuses it if it cannot."""
+        try:
+            with self.journals.up_to_date(mv):
+                self.registry.install(mv, make_default=make_default)
+        except Exception as exc:
+            mv.retire()
+            self._refuse(mv.name, mv.version, _fingerprint(mv.path), f"item journal replay failed: {exc}", result)
+            return False
+        self._set_loaded(mv.name, mv.version, True)
+        self.metrics.reloads.labels(model=mv.name, result="success").inc()
+        log.info("version loaded", model=mv.name, version=mv.version, kind=mv.kind, items=mv.catalogue.num_items,
+                 users=len(mv.user_ids), pinned=mv.pinned, journal_seq=mv.applied_seq)
+        result.loaded.append(f"{mv.name}:{mv.version}")
+        return True
+
+    def _refuse(self, name: str, version: int, fingerprint: tuple, reason: str, result: ReloadResult) -> None:
+        self._refused[(name, version)] = fingerprint
+        log.error("version refused", model=name, version=version, reason=reason)
+        self.metrics.reloads.labels(model=name, result="failure").inc()
+        result.refused.append(f"{name}:{version}: {reason}")
 
     def _set_loaded(self, name: str, version: int, on: bool) -> None:
         if on:
@@ -150,3 +168,14 @@ class Reloader:
         else:
             with contextlib.suppress(KeyError):
                 self.metrics.loaded.remove(name, str(version))
+
+
+def _fingerprint(path: Path) -> tuple:
+    """(name, size, mtime) of every file in a version folder; () when it has no manifest yet."""
+    if not (path / "manifest.json").is_file():
+        return ()
+    try:
+        return tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in path.rglob("*") if p.is_file()))
+    except OSError:  # a file vanished while we looked: something is still writing
+        return ()

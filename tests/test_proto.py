@@ -26,6 +26,7 @@ def test_contract_has_the_documented_rpcs_and_fields() -> None:
         "RecommendBatch",
         "ListModels",
         "UpsertItems",
+        "DeleteItems",
         "ReloadModels",
     }
     fields = set(pb.RecommendRequest.DESCRIPTOR.fields_by_name)

@@ -124,8 +124,9 @@ def test_resource_exhausted_and_deadline(env) -> None:
             code, msg = _code(c.recommend, "tiny-cllm", history=["i3"], top_k=2)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in msg
             futs[1].result()
+            # the measured 0.4 s per request cannot fit a 0.1 s deadline: shed at once, not timed out later
             code, msg = _code(c.recommend, "tiny-cllm", history=["i3"], top_k=2, timeout=0.1)
-            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "expected wait" in msg, msg
     finally:
         batcher._run = original
     assert c.recommend("tiny-cllm", history=["i1"], top_k=2).items  # still serving

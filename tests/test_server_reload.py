@@ -100,8 +100,10 @@ def test_broken_versions_are_refused_and_old_one_serves(tmp_path) -> None:
         assert client.recommend("m", history=["t1"], top_k=3).version == 1
         assert client.health("m") == "SERVING"
         get = srv.metrics.registry.get_sample_value
-        assert get("recsys_reloads_total", {"model": "m", "result": "failure"}) == 3
-        assert not client.reload().refused  # not retried until the manifest changes
+        # v2 was refused by both ReloadModels calls (each retries every refused version)
+        assert get("recsys_reloads_total", {"model": "m", "result": "failure"}) == 4
+        assert not srv.reloader.reload_now().refused  # a poll retries a refused version only when it changed
+        assert len(client.reload().refused) == 3
         write_tcf(tmp_path, name="m", version=5, seed=8)
         assert list(client.reload().loaded) == ["m:5"]
         assert client.recommend("m", history=["t1"], top_k=3).version == 5

@@ -77,7 +77,7 @@ class Capabilities(_message.Message):
     def __init__(self, user_id: _Optional[bool] = ..., history: _Optional[bool] = ..., upsert_items: _Optional[bool] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("version", "kind", "user_tower", "item_tower", "dim", "num_items", "num_users", "index_type", "capabilities", "loaded_at", "is_default", "pinned")
+    __slots__ = ("version", "kind", "user_tower", "item_tower", "dim", "num_items", "num_users", "index_type", "capabilities", "loaded_at", "is_default", "pinned", "journal_seq", "deleted_items", "serving")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     USER_TOWER_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,9 @@ class ModelVersionInfo(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DELETED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: str
     user_tower: str
@@ -102,7 +105,10 @@ class ModelVersionInfo(_message.Message):
     loaded_at: str
     is_default: bool
     pinned: bool
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., user_tower: _Optional[str] = ..., item_tower: _Optional[str] = ..., dim: _Optional[int] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., index_type: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., loaded_at: _Optional[str] = ..., is_default: _Optional[bool] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    journal_seq: int
+    deleted_items: int
+    serving: bool
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., user_tower: _Optional[str] = ..., item_tower: _Optional[str] = ..., dim: _Optional[int] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., index_type: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., loaded_at: _Optional[str] = ..., is_default: _Optional[bool] = ..., pinned: _Optional[bool] = ..., journal_seq: _Optional[int] = ..., deleted_items: _Optional[int] = ..., serving: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "default_version", "versions")
@@ -141,18 +147,46 @@ class UpsertItemsRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[ItemText, _Mapping]]] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
-    __slots__ = ("model", "version", "added", "replaced", "num_items")
+    __slots__ = ("model", "version", "added", "replaced", "num_items", "journal_seq")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ADDED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     added: int
     replaced: int
     num_items: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., added: _Optional[int] = ..., replaced: _Optional[int] = ..., num_items: _Optional[int] = ...) -> None: ...
+    journal_seq: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., added: _Optional[int] = ..., replaced: _Optional[int] = ..., num_items: _Optional[int] = ..., journal_seq: _Optional[int] = ...) -> None: ...
+
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("model", "version", "item_ids")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteItemsResponse(_message.Message):
+    __slots__ = ("model", "version", "deleted", "already_deleted", "num_items", "journal_seq")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_DELETED_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    deleted: int
+    already_deleted: int
+    num_items: int
+    journal_seq: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., deleted: _Optional[int] = ..., already_deleted: _Optional[int] = ..., num_items: _Optional[int] = ..., journal_seq: _Optional[int] = ...) -> None: ...
 
 class ReloadModelsRequest(_message.Message):
     __slots__ = ()

@@ -54,6 +54,11 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
                 _registered_method=True)
+        self.DeleteItems = channel.unary_unary(
+                '/recsys.v1.Recommender/DeleteItems',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
+                _registered_method=True)
         self.ReloadModels = channel.unary_unary(
                 '/recsys.v1.Recommender/ReloadModels',
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.ReloadModelsRequest.SerializeToString,
@@ -87,7 +92,19 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpsertItems(self, request, context):
-        """Admin (needs `authorization: Bearer <token>`): add or replace items by text (TCF models).
+        """Admin (needs `authorization: Bearer <token>`): add or replace items by text (TCF models with a
+        text item tower). The change is written to the model's item journal in the repository (fsynced)
+        before the answer, applied to every loaded version of the model, replayed into new versions,
+        and read by every replica on the same repository within its journal poll interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteItems(self, request, context):
+        """Admin (needs `authorization: Bearer <token>`): stop recommending items (any model kind), durably
+        and on every replica, as UpsertItems. Deleted items stay valid in histories; an upsert brings
+        one back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +139,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.UpsertItems,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.UpsertItemsRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'DeleteItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItems,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.DeleteItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.DeleteItemsResponse.SerializeToString,
             ),
             'ReloadModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadModels,
@@ -237,6 +259,33 @@ class Recommender:
             '/recsys.v1.Recommender/UpsertItems',
             recsys_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/DeleteItems',
+            recsys_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,61 @@
+"""Folding a model's item journal into the version being exported.
+
+Items added while serving (UpsertItems) otherwise live only in the journal and are re-encoded by
+every replica at every load. Folding puts them into the new version's catalogue, encoded by the
+new version's own ONNX item encoder with the server's own text path (export/item_text.py), so a
+folded item has exactly the vector a server would have given it. The manifest records the last
+sequence number folded; servers replay only newer upserts. Deletions are not folded: the exported
+rows stay (deleted items remain valid in histories) and servers re-apply every deletion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import journal
+from export.item_text import configure_tokenizer, encode_texts
+
+
+class FoldError(ValueError):
+    """The journal cannot be folded into this model (e.g. it has no text item encoder)."""
+
+
+def fold_journal(journal_path: Path, item_encoder: Path | None, tokenizer: Path | None, tcf: dict[str, Any],
+                 encoder_entry: dict[str, Any] | None, item_ids: list[str], item_vectors: np.ndarray,
+                 item_titles: list[str]) -> tuple[list[str], np.ndarray, list[str], dict[str, Any]]:
+    """(item ids, vectors, titles) with the journal's live upserts folded in, and the manifest entry."""
+    state, last = journal.read_state(journal_path)
+    upserts = [r for r in state.values() if r.op == "upsert"]
+    entry = {"file": journal.JOURNAL, "folded_through": last, "folded_upserts": len(upserts)}
+    if not upserts:
+        return item_ids, item_vectors, item_titles, entry
+    if item_encoder is None or tokenizer is None or encoder_entry is None:
+        raise FoldError(f"{journal_path} holds {len(upserts)} upserted items but this model has no text item "
+                        "encoder to encode them; export without --fold-journal")
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    max_length = int(tcf.get("text_max_length") or 32)
+    session = ort.InferenceSession(str(item_encoder), providers=["CPUExecutionProvider"])
+    tok = configure_tokenizer(Tokenizer.from_file(str(tokenizer)), max_length)
+    vectors = encode_texts(session, tok, [r.text for r in upserts], max_length, int(tcf.get("pad_token_id", 0)),
+                           [i["name"] for i in encoder_entry["inputs"]], encoder_entry["output"]["name"])
+    ids, titles, vecs = list(item_ids), list(item_titles), np.array(item_vectors, dtype=np.float32, copy=True)
+    rows = {x: i for i, x in enumerate(ids)}
+    new = []
+    for rec, vec in zip(upserts, vectors, strict=True):
+        row = rows.get(rec.item_id)
+        if row is None:
+            rows[rec.item_id] = len(ids)
+            ids.append(rec.item_id)
+            titles.append(rec.title)
+            new.append(vec)
+        else:
+            vecs[row] = vec
+            titles[row] = rec.title or titles[row]
+    if new:
+        vecs = np.concatenate([vecs, np.stack(new)])
+    return ids, np.ascontiguousarray(vecs, dtype=np.float32), titles, entry
