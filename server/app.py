@@ -53,6 +53,7 @@ class RecommenderServer:
         if self._stopped:
             return
         self.health.set(name, status)
+        self.metrics.serving.labels(model=name).set(int(serving))
         if name == "":
             self.health.set(SERVICE_NAME, status)
 
