@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from deploy_kit import ROOT
+from deploy_kit import http_get as get
 from repo_fixtures import running_server, write_tcf
 
 from server.metrics import Metrics
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """(HTTP status, body) of a GET on the loopback metrics port."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def probe(target: str, *args: str) -> subprocess.CompletedProcess[str]:
