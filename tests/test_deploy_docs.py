@@ -40,3 +40,11 @@ def test_images_built_are_images_run() -> None:
         run |= set(re.findall(r"image: (llmrec[\w-]*:[\w.]+)", text))
         run |= {f"{n}:{t}" for n, t in re.findall(r"newName: (\S+)\s+newTag: \"([\w.]+)\"", text)}
     assert run == built == {f"llmrec-serve:{version}", f"llmrec-train:{version}", f"llmrec-serve-gpu:{version}"}
+
+
+def test_compose_and_kubernetes_export_the_same_way() -> None:
+    """The compose `export` service and the Kubernetes Job are one example: same image, same commands."""
+    compose = load_yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["export"]
+    job = load_yaml_docs(DEPLOY / "kubernetes" / "export-job.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert compose["image"] == job["image"]
+    assert compose["entrypoint"] == job["command"] and compose["command"] == job["args"]
