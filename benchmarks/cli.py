@@ -1,4 +1,4 @@
-"""`llmrec bench scale|encoders|grpc`: each writes benchmarks/results/bench_<what>[_<tag>].json + .md."""
+"""`llmrec bench scale|encoders|grpc|resilience`: each writes benchmarks/results/<report>[_<tag>].json + .md."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.encoders import EncoderBenchConfig
 from benchmarks.grpc_load import GrpcBenchConfig
+from benchmarks.resilience import ResilienceConfig
 from benchmarks.scale import ScaleConfig
 from llmrec import config as cfgmod
 from models.reports import write_report
@@ -37,6 +38,13 @@ class GrpcArgs:
     bench: GrpcBenchConfig
     results_dir: Path | None = None
     tag: str = ""
+
+
+@dataclass
+class ResilienceArgs:
+    bench: ResilienceConfig = field(default_factory=ResilienceConfig)
+    results_dir: Path | None = None
+    tag: str = "ml100k"
 
 
 def _machine() -> dict[str, Any]:
@@ -84,7 +92,18 @@ def _grpc(argv: list[str]) -> int:
     return _report(name, "gRPC server under concurrent load", result, markdown(result), args.results_dir)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc}
+def _resilience(argv: list[str]) -> int:
+    from benchmarks.resilience import markdown, run_resilience
+
+    args = cfgmod.parse(ResilienceArgs, argv, prog="llmrec bench resilience")
+    result = run_resilience(args.bench)
+    name = "serving_resilience" + (f"_{args.tag}" if args.tag else "")
+    title = "Serving resilience: deadline storm, flooded model, swaps, replicas, kill -9"
+    return _report(name, title, result, markdown(result), args.results_dir)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc,
+                                                       "resilience": _resilience}
 
 
 def main(argv: list[str]) -> int:

@@ -129,8 +129,8 @@ def _torch_baseline(
     t_start = time.perf_counter()
     for user, hist in zip(users, histories, strict=True):
         t0 = time.perf_counter()
-        payload = mv.history_payload(mv.user_rows.get(user), [cat.rows[i] for i in hist], cat)
-        feeds = mv.encoder_feeds([payload])
+        payload = mv.history_payload(mv.user_rows.get(user), [cat.row(i) for i in hist], cat)
+        feeds = mv.user_encoder.feeds([payload])
         with torch.inference_mode():
             v = enc.module(*(torch.from_numpy(feeds[n]) for n in enc.input_names))
             torch.topk(v @ items_t.T, k)

@@ -18,8 +18,10 @@ What keeps it from wedging:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -53,6 +55,12 @@ def _settle(fut: Future, result: Any = None, exc: BaseException | None = None) -
             fut.set_result(result)
     except (InvalidStateError, RuntimeError):
         pass
+
+
+def _discard_if_cancelled(batcher: weakref.ref[DynamicBatcher], fut: Future) -> None:
+    b = batcher()
+    if b is not None and fut.cancelled():
+        b._discard(fut)
 
 
 class DynamicBatcher:
@@ -102,7 +110,9 @@ class DynamicBatcher:
             self._queue.append(job)
             self._cond.notify()
             depth = len(self._queue)
-        job.future.add_done_callback(lambda f, job=job: self._discard(job) if f.cancelled() else None)
+        # Weakly: a future outlives its request in places we do not control (callback lists are never
+        # cleared), and a strong reference from it would keep a retired version's batcher and encoder alive.
+        job.future.add_done_callback(functools.partial(_discard_if_cancelled, weakref.ref(self)))
         self._gauge(depth)
         return job.future
 
@@ -115,13 +125,13 @@ class DynamicBatcher:
             running = max(0.0, per * len(self._running) - (now - self._busy_since))
         return running + per * (len(self._queue) + 1)
 
-    def _discard(self, job: _Job) -> None:
+    def _discard(self, fut: Future) -> None:
         """A cancelled job leaves the queue at once (its slot is free for someone who still waits)."""
         with self._cond:
-            try:
-                self._queue.remove(job)
-            except ValueError:
+            job = next((j for j in self._queue if j.future is fut), None)
+            if job is None:
                 return
+            self._queue.remove(job)
             depth = len(self._queue)
         self._gauge(depth)
 

@@ -19,6 +19,7 @@ from llmrec import logs
 from server import repository
 from server.config import ServeConfig
 from server.item_journal import ItemJournals
+from server.memory import release_later
 from server.models_runtime import ModelVersion
 from server.registry import Registry
 
@@ -137,6 +138,8 @@ class Reloader:
             self.on_health(name)
         now = self.registry.loaded()
         result.serving = [f"{n}:{v}" for n in sorted(now) for v in sorted(now[n])]
+        if result.loaded or result.unloaded:  # something was retired: give its memory back
+            release_later()
         self.on_health("")
         return result
 

@@ -230,15 +230,16 @@ def test_swapped_out_versions_are_freed_without_garbage_collection(tmp_path: Pat
         gc.disable()
         try:
             for v in range(2, 22):
-                with srv.registry.use("m") as mv:
-                    refs.append(weakref.ref(mv))
+                with srv.registry.use("m") as mv:  # the version and what holds its ONNX sessions
+                    refs += [weakref.ref(mv), weakref.ref(mv.batcher), weakref.ref(mv.user_encoder)]
                     del mv
                 assert c.recommend("m", history=["t1", "new-item"], top_k=3).items
                 assert c.recommend("m", user_id="u1", top_k=3).items
                 write_tcf(tmp_path, name="m", version=v, seed=v)
                 assert f"m:{v}" in c.reload().loaded
+            time.sleep(0.2)  # the retired versions' worker threads exit
             alive = [r() for r in refs if r() is not None]
-            assert not alive, [f"v{mv.version}" for mv in alive]
+            assert not alive, [type(x).__name__ for x in alive]
         finally:
             gc.enable()
         with srv.registry.use("m") as mv:

@@ -1,0 +1,380 @@
+"""The serving core under the abuse a production server meets, on real exported models (issue 11's
+targets): a storm of expired deadlines, one slow model flooded beside a cheap one, memory across
+version swaps and large upserts, and item changes shared by two replicas and surviving kill -9.
+
+Every phase runs real `llmrec serve` processes on loopback against a scratch copy of the repository
+(hard links: versions are read-only), with clients in this process or in child processes so the
+measuring client is not starved by the flooding ones. Figures are measured in one run; the targets
+are ratios or counts, not absolute times, since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from recsys.v1 import recommender_pb2 as pb
+from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from server.client import RecommenderClient
+from server.spawn import spawn_server, stop_server
+
+TOKEN = "bench-admin"
+
+
+@dataclass
+class ResilienceConfig:
+    repository: Path = Path("work/demo/model-repository")
+    slow_model: str = "ml100k-cllm4rec"  # the LM history path
+    cheap_model: str = "ml100k-tcf"  # known users; also the text model for upserts
+    work: Path = Path("work/bench-resilience")  # scratch repository (hard links), removed first
+    storm_requests: int = 10_000
+    storm_clients: int = 8
+    storm_deadline_ms: tuple[float, float] = (1.0, 50.0)
+    flood_clients: int = 32
+    flood_processes: int = 4
+    cheap_deadline_ms: float = 50.0
+    cheap_requests: int = 500
+    swaps: int = 20
+    upsert_batch: int = 1000
+    single_upserts: int = 100
+    journal_poll_seconds: float = 1.0
+    server_args: list[str] = field(default_factory=list)
+
+
+# ---- process facts ----
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_mb(pid: int) -> float:
+    return _status(pid, "VmRSS") / 1024.0
+
+
+def threads(pid: int) -> int:
+    return _status(pid, "Threads")
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+# ---- scratch repository ----
+def _link_version(src: Path, dst_model: Path, version: int) -> None:
+    """A new version folder sharing the files of `src` (hard links), with its own manifest."""
+    dst = dst_model / str(version)
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name != "manifest.json":
+            os.link(f, dst / f.name)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["version"] = version
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _scratch(cfg: ResilienceConfig) -> Path:
+    repo = cfg.work / "repository"
+    if cfg.work.exists():
+        shutil.rmtree(cfg.work)
+    for model in (cfg.slow_model, cfg.cheap_model):
+        versions = sorted(int(p.name) for p in (cfg.repository / model).iterdir() if p.name.isdigit())
+        if not versions:
+            raise FileNotFoundError(f"no version of {model} under {cfg.repository}: run `make demo` first")
+        _link_version(cfg.repository / model / str(versions[-1]), repo / model, 1)
+    return repo
+
+
+def _requests(version_dir: Path, n: int = 200, length: int = 20) -> tuple[list[str], list[list[str]]]:
+    users = json.loads((version_dir / "user_ids.json").read_text())
+    items = json.loads((version_dir / "item_ids.json").read_text())
+    with np.load(version_dir / "user_history.npz") as h:
+        indptr, indices = h["indptr"], h["indices"]
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(users), size=min(n, len(users)), replace=False)
+    return ([users[u] for u in rows],
+            [[items[r] for r in indices[indptr[u]:indptr[u + 1]][-length:]] for u in rows])
+
+
+def _serve(repo: Path, cfg: ResilienceConfig, *extra: str) -> tuple[Any, str]:
+    args = ["--metrics-port", "-1", "--poll-seconds", "0", "--journal-poll-seconds", str(cfg.journal_poll_seconds),
+            *cfg.server_args, *extra]
+    return spawn_server(repo, args, env={"RECSYS_ADMIN_TOKEN": TOKEN})
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    try:
+        fn()
+        code = "OK"
+    except grpc.RpcError as exc:
+        code = exc.code().name
+    return code, (time.perf_counter() - t0) * 1000.0
+
+
+def _cheap_probe(target: str, cfg: ResilienceConfig, users: list[str]) -> dict[str, Any]:
+    codes: dict[str, int] = {}
+    lat: list[float] = []
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        for i in range(cfg.cheap_requests):
+            req = pb.RecommendRequest(model=cfg.cheap_model, user_id=users[i % len(users)], top_k=20)
+            code, ms = _timed(lambda req=req: stub.Recommend(req, timeout=cfg.cheap_deadline_ms / 1000.0))
+            codes[code] = codes.get(code, 0) + 1
+            if code == "OK":
+                lat.append(ms)
+    return {"requests": cfg.cheap_requests, "codes": codes, "success": codes.get("OK", 0) / cfg.cheap_requests,
+            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+
+
+# ---- phase 1: deadline storm ----
+def _storm(target: str, pid: int, cfg: ResilienceConfig, histories: list[list[str]]) -> dict[str, Any]:
+    before = threads(pid)
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+    per_client = cfg.storm_requests // cfg.storm_clients
+    lo, hi = cfg.storm_deadline_ms
+
+    def client(j: int) -> None:
+        rng = random.Random(j)
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            for i in range(per_client):
+                req = pb.RecommendRequest(model=cfg.slow_model, history=histories[(j + i) % len(histories)], top_k=20)
+                code, _ = _timed(lambda req=req: stub.Recommend(req, timeout=rng.uniform(lo, hi) / 1000.0))
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(j,)) for j in range(cfg.storm_clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - t0
+    time.sleep(1.0)  # let the server finish what it still holds
+    with RecommenderClient(target, timeout=60) as c:
+        after_ok = all(c.recommend(cfg.slow_model, history=h, top_k=20).items for h in histories[:5])
+        health = c.health(cfg.slow_model)
+    after = threads(pid)
+    return {"requests": per_client * cfg.storm_clients, "clients": cfg.storm_clients, "deadline_ms": [lo, hi],
+            "seconds": seconds, "codes": codes, "served_normally_after": after_ok, "health_after": health,
+            "server_threads_before": before, "server_threads_after": after, "stuck_threads": max(0, after - before)}
+
+
+# ---- phase 2: one slow model flooded beside a cheap one ----
+def _flood_worker(target: str, model: str, histories: list[list[str]], clients: int, stop: Any,
+                  counts: Any) -> None:
+    def one(j: int) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            i = 0
+            while not stop.is_set():
+                req = pb.RecommendRequest(model=model, history=histories[(j + i) % len(histories)], top_k=20)
+                code, _ = _timed(lambda req=req: stub.Recommend(req, timeout=30))
+                with counts.get_lock():
+                    counts[0 if code == "OK" else 1] += 1
+                i += 1
+
+    ts = [threading.Thread(target=one, args=(j,)) for j in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def _flood(target: str, cfg: ResilienceConfig, users: list[str], histories: list[list[str]]) -> dict[str, Any]:
+    idle = _cheap_probe(target, cfg, users)
+    ctx = mp.get_context("spawn")
+    stop, counts = ctx.Event(), ctx.Array("l", 2)
+    per = cfg.flood_clients // cfg.flood_processes
+    procs = [ctx.Process(target=_flood_worker, args=(target, cfg.slow_model, histories, per, stop, counts))
+             for _ in range(cfg.flood_processes)]
+    for p in procs:
+        p.start()
+    time.sleep(5.0)  # the flood reaches its steady state (queue full of LM requests)
+    loaded = _cheap_probe(target, cfg, users)
+    stop.set()
+    for p in procs:
+        p.join(120)
+    return {"flood_clients": per * cfg.flood_processes, "flood_ok": counts[0], "flood_failed": counts[1],
+            "cheap_idle": idle, "cheap_under_flood": loaded,
+            "p99_ratio": loaded["p99_ms"] / idle["p99_ms"] if idle["p99_ms"] else float("nan")}
+
+
+# ---- phase 3: memory across swaps and large upserts ----
+def _memory(repo: Path, cfg: ResilienceConfig, users: list[str], histories: list[list[str]]) -> dict[str, Any]:
+    proc, target = _serve(repo, cfg)
+    try:
+        with RecommenderClient(target, admin_token=TOKEN, timeout=300) as c:
+            def exercise() -> None:
+                for h, u in zip(histories[:3], users[:3], strict=True):
+                    c.recommend(cfg.slow_model, history=h, top_k=20)
+                    c.recommend(cfg.cheap_model, history=h, top_k=20)
+                    c.recommend(cfg.cheap_model, user_id=u, top_k=20)
+
+            exercise()
+            first = rss_mb(proc.pid)
+            timeline = []
+            for i in range(cfg.swaps):
+                model = (cfg.cheap_model, cfg.slow_model)[i % 2]
+                versions = sorted(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit())
+                _link_version(repo / model / str(versions[-1]), repo / model, versions[-1] + 1)
+                t0 = time.perf_counter()
+                loaded = list(c.reload().loaded)
+                exercise()
+                timeline.append({"swap": i + 1, "model": model, "loaded": loaded,
+                                 "seconds": time.perf_counter() - t0, "rss_mb": rss_mb(proc.pid)})
+            time.sleep(2.0)  # the server trims freed memory ~1 s after a swap
+            after = rss_mb(proc.pid)
+            texts = [f"Benchmark movie number {i} (2031), genres: Drama|Comedy" for i in range(cfg.upsert_batch)]
+            before_upsert = rss_mb(proc.pid)
+            t0 = time.perf_counter()
+            c.upsert_items(cfg.cheap_model, [(f"bench-{i}", t, "") for i, t in enumerate(texts)])
+            upsert_seconds = time.perf_counter() - t0
+            after_upsert = rss_mb(proc.pid)
+    finally:
+        stop_server(proc)
+    return {"swaps": cfg.swaps, "rss_first_load_mb": first, "rss_after_swaps_mb": after,
+            "rss_ratio": after / first, "timeline": timeline,
+            "upsert": {"items": cfg.upsert_batch, "seconds": upsert_seconds, "rss_before_mb": before_upsert,
+                       "rss_after_mb": after_upsert, "rss_growth_mb": after_upsert - before_upsert}}
+
+
+# ---- phase 4: two replicas, kill -9 ----
+def _replicas(repo: Path, cfg: ResilienceConfig) -> dict[str, Any]:
+    a, target_a = _serve(repo, cfg)
+    b, target_b = _serve(repo, cfg)
+    out: dict[str, Any] = {"journal_poll_seconds": cfg.journal_poll_seconds}
+    try:
+        with RecommenderClient(target_a, admin_token=TOKEN) as ca, RecommenderClient(target_b, admin_token=TOKEN) as cb:
+            upsert_ms, seen_s = [], []
+            for i in range(cfg.single_upserts):
+                item = f"replica-{i}"
+                t0 = time.perf_counter()
+                ca.upsert_items(cfg.cheap_model, [(item, f"A brand new film {i} (2032), genres: Thriller", "")])
+                acked = time.perf_counter()
+                upsert_ms.append((acked - t0) * 1000.0)
+                if i % 10 == 0:  # how long until the other replica serves it
+                    while not _knows(cb, cfg.cheap_model, item):
+                        time.sleep(0.01)
+                        if time.perf_counter() - acked > 30:
+                            break
+                    seen_s.append(time.perf_counter() - acked)
+            d0 = time.perf_counter()
+            cb.delete_items(cfg.cheap_model, ["replica-0"])
+            while _deleted(ca, cfg.cheap_model) < 1 and time.perf_counter() - d0 < 30:
+                time.sleep(0.01)
+            out.update(upsert_p50_ms=_pct(upsert_ms, 50), upsert_p99_ms=_pct(upsert_ms, 99),
+                       replica_sees_upsert_s={"max": max(seen_s), "median": _pct(seen_s, 50), "n": len(seen_s)},
+                       replica_sees_delete_s=time.perf_counter() - d0)
+            ack = ca.upsert_items(cfg.cheap_model, [("after-kill", "A film acknowledged right before a crash", "")])
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait(30)
+        a, target_a = _serve(repo, cfg)
+        with RecommenderClient(target_a) as ca:
+            out["kill9"] = {"acknowledged_seq": ack.journal_seq, "served_after_restart": _knows(ca, cfg.cheap_model,
+                                                                                              "after-kill")}
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                stop_server(p)
+    return out
+
+
+def _deleted(c: RecommenderClient, model: str) -> int:
+    return next(m.versions[0].deleted_items for m in c.list_models().models if m.name == model)
+
+
+def _knows(c: RecommenderClient, model: str, item: str) -> bool:
+    try:
+        return bool(c.recommend(model, history=[item], top_k=1, timeout=5).items)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+
+
+def run_resilience(cfg: ResilienceConfig) -> dict[str, Any]:
+    repo = _scratch(cfg)
+    users, _ = _requests(repo / cfg.cheap_model / "1")
+    _, histories = _requests(repo / cfg.slow_model / "1")
+    result: dict[str, Any] = {"models": {"slow": cfg.slow_model, "cheap": cfg.cheap_model},
+                              "repository": str(cfg.repository), "config": asdict(cfg)}
+    proc, target = _serve(repo, cfg)
+    try:
+        result["storm"] = _storm(target, proc.pid, cfg, histories)
+        result["flood"] = _flood(target, cfg, users, histories)
+    finally:
+        stop_server(proc)
+    result["memory"] = _memory(repo, cfg, users, histories)
+    result["replicas"] = _replicas(repo, cfg)
+    shutil.rmtree(cfg.work, ignore_errors=True)
+    s, f, m, r = result["storm"], result["flood"], result["memory"], result["replicas"]
+    result["targets"] = {
+        "no dead batcher, no stuck thread after the storm": s["served_normally_after"] and s["stuck_threads"] == 0
+        and s["health_after"] == "SERVING",
+        "cheap requests >= 99% OK under the flood": f["cheap_under_flood"]["success"] >= 0.99,
+        "cheap p99 under the flood <= 5x idle p99": f["p99_ratio"] <= 5.0,
+        "RSS after swaps <= 1.2x first load": m["rss_ratio"] <= 1.2,
+        "second replica serves an upsert within one journal poll + 1 s":
+            r["replica_sees_upsert_s"]["max"] <= cfg.journal_poll_seconds + 1.0,
+        "acknowledged upsert survives kill -9": r["kill9"]["served_after_restart"],
+    }
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s, f, m, r = result["storm"], result["flood"], result["memory"], result["replicas"]
+    idle, loaded = f["cheap_idle"], f["cheap_under_flood"]
+    lines = [
+        f"Models: slow = {result['models']['slow']} (LM history path), cheap = {result['models']['cheap']} "
+        "(known users). Real `llmrec serve` processes on loopback.",
+        "",
+        "| target | met |", "|---|---|",
+        *[f"| {k} | {'yes' if v else '**no**'} |" for k, v in result["targets"].items()],
+        "",
+        f"**Deadline storm**: {s['requests']} history requests from {s['clients']} clients, deadlines "
+        f"{s['deadline_ms'][0]:.0f}-{s['deadline_ms'][1]:.0f} ms, in {s['seconds']:.1f} s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(s["codes"].items()))
+        + f". Afterwards: normal requests served = {s['served_normally_after']}, health {s['health_after']}, "
+        f"server threads {s['server_threads_before']} -> {s['server_threads_after']}.",
+        "",
+        f"**Flood**: {f['flood_clients']} clients of {result['models']['slow']} history requests "
+        f"({f['flood_ok']} OK, {f['flood_failed']} refused or failed while it ran). Cheap known-user requests with a "
+        f"{result['config']['cheap_deadline_ms']:.0f} ms deadline:",
+        "",
+        "| cheap requests | OK | p50 ms | p99 ms |", "|---|---|---|---|",
+        f"| idle | {idle['success']:.1%} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
+        f"| under the flood | {loaded['success']:.1%} | {loaded['p50_ms']:.2f} | {loaded['p99_ms']:.2f} |",
+        "",
+        f"p99 under the flood / idle p99: {f['p99_ratio']:.2f}x.",
+        "",
+        f"**Memory**: RSS {m['rss_first_load_mb']:.0f} MB after the first load, {m['rss_after_swaps_mb']:.0f} MB "
+        f"after {m['swaps']} swaps (alternating models): {m['rss_ratio']:.2f}x. One UpsertItems of "
+        f"{m['upsert']['items']} items took {m['upsert']['seconds']:.1f} s and grew RSS by "
+        f"{m['upsert']['rss_growth_mb']:.0f} MB.",
+        "",
+        f"**Replicas** (journal poll {r['journal_poll_seconds']:.1f} s): single-item UpsertItems p50 "
+        f"{r['upsert_p50_ms']:.1f} ms, p99 {r['upsert_p99_ms']:.1f} ms (encode + fsynced journal append + apply); "
+        f"the second replica served a new item after {r['replica_sees_upsert_s']['median']:.2f} s median, "
+        f"{r['replica_sees_upsert_s']['max']:.2f} s max (n={r['replica_sees_upsert_s']['n']}); a delete on the "
+        f"second replica reached the first after {r['replica_sees_delete_s']:.2f} s. kill -9 right after an "
+        f"acknowledged upsert (journal seq {r['kill9']['acknowledged_seq']}): served after restart = "
+        f"{r['kill9']['served_after_restart']}.",
+    ]
+    return "\n".join(lines) + "\n"
