@@ -158,12 +158,12 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
     users, histories = _load_requests(version_dir, 500, cfg.history_len)
     workloads = {
         "user_id": lambda i: pb.RecommendRequest(
-            model=cfg.model, user_id=users[i % len(users)], top_k=cfg.top_k, exclude_history=True
+            model=cfg.model, user_id=users[i % len(users)], top_k=cfg.top_k
         )
     }
     if manifest["capabilities"].get("history"):
         workloads["history"] = lambda i: pb.RecommendRequest(
-            model=cfg.model, history=histories[i % len(histories)], top_k=cfg.top_k, exclude_history=True
+            model=cfg.model, history=histories[i % len(histories)], top_k=cfg.top_k
         )
     result: dict = {
         "model": cfg.model,

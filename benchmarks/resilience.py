@@ -26,9 +26,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from llmrec.client import RecommenderClient
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
-from server.client import RecommenderClient
 from server.spawn import spawn_server, stop_server
 
 TOKEN = "bench-admin"

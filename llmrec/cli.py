@@ -7,20 +7,28 @@ import torch: the serving image does not have it.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import importlib
 import shlex
 import sys
+
+from llmrec import __version__
 
 # command words -> "module:function"; each function takes the remaining argv and returns an exit code.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "cllm4rec"): ("models.cllm4rec.cli:train_main", "train CLLM4Rec (ID tokens on a frozen causal LM)"),
     ("train", "tcf"): ("models.tcf.cli:train_main", "train TCF (text item tower + SASRec/DSSM user tower)"),
-    ("eval", "baselines"): ("models.baselines.cli:eval_main", "evaluate most-popular / ALS / BPR on both protocols"),
+    ("eval", "baselines"): ("models.baselines.cli:eval_main",
+                            "evaluate most-popular / BPR / ALS / EASE on both protocols"),
     ("eval", "cllm4rec"): ("models.cllm4rec.cli:eval_main", "evaluate a CLLM4Rec checkpoint on the test split"),
     ("eval", "tcf"): ("models.tcf.cli:eval_main", "evaluate a TCF checkpoint on the test split"),
     ("export",): ("export.cli:main", "checkpoint -> new version in a model repository (ONNX + FAISS)"),
     ("serve",): ("server.cli:main", "serve a model repository over gRPC"),
-    ("recommend",): ("server.client_cli:main", "ask a running server for recommendations"),
+    ("recommend",): ("llmrec.client_cli:recommend_main", "ask a running server for recommendations"),
+    ("models",): ("llmrec.client_cli:models_main", "list a running server's models and versions"),
+    ("upsert",): ("llmrec.client_cli:upsert_main", "add or replace items by text from a CSV/JSONL file (admin)"),
+    ("delete",): ("llmrec.client_cli:delete_main", "stop recommending items, on every replica (admin)"),
+    ("reload",): ("llmrec.client_cli:reload_main", "make a running server rescan its repository now (admin)"),
     ("bench",): ("benchmarks.cli:main", "latency / throughput / quality / scale benchmarks"),
     ("demo",): ("llmrec.demo:main", "the README's main job: data -> train -> export -> serve -> answers"),
 }
@@ -43,6 +51,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _suggestion(argv: list[str]) -> str:
+    """ "did you mean ..." for a mistyped command word (`llmrec trian`, `llmrec train tfc`)."""
+    names = [" ".join(w) for w in COMMANDS]
+    group = [n for n in names if n.split()[0] == argv[0]]
+    if group:  # the first word is right, the second is not
+        return f" (did you mean one of: {', '.join(group)})"
+    words = sorted({w[0] for w in COMMANDS})
+    close = difflib.get_close_matches(argv[0], words, n=3, cutoff=0.6)
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
 def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
     for n in (2, 1):
         key = tuple(argv[:n])
@@ -56,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"llmrec {__version__}")
+        return 0
     resolved = _resolve(argv)
     if resolved is None:
-        groups = sorted({w[0] for w in COMMANDS if len(w) == 2 and w[0] == argv[0]})
-        hint = f" (did you mean one of: {', '.join(' '.join(w) for w in COMMANDS if w[0] == argv[0])})" if groups else ""
-        print(f"llmrec: unknown command {' '.join(argv[:2])!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        print(f"llmrec: unknown command {' '.join(argv[:2])!r}{_suggestion(argv)}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, rest = resolved
     module_name, func_name = target.split(":")

@@ -68,7 +68,7 @@ def _show(title: str, rec) -> None:
 
 
 def _ask(target: str, token: str, cfg: DemoConfig) -> None:
-    from server.client import RecommenderClient
+    from llmrec.client import RecommenderClient
 
     with RecommenderClient(target, admin_token=token) as client:
         for m in client.list_models().models:
@@ -77,15 +77,15 @@ def _ask(target: str, token: str, cfg: DemoConfig) -> None:
                   f"dim {v.dim}, {v.num_items} items, {v.num_users} users, index {v.index_type}")
         for model in (CLLM_MODEL, TCF_MODEL):
             _show(f"[{model}] known user {cfg.user}, seen items excluded",
-                  client.recommend(model, user_id=cfg.user, top_k=cfg.top_k, exclude_history=True))
+                  client.recommend(model, user_id=cfg.user, top_k=cfg.top_k))
             _show(f"[{model}] anonymous history {STAR_WARS_FANS}",
-                  client.recommend(model, history=STAR_WARS_FANS, top_k=cfg.top_k, exclude_history=True))
+                  client.recommend(model, history=STAR_WARS_FANS, top_k=cfg.top_k))
         new_item = ("new-1", "Star Wars: The Force Awakens (2015), genres: Action, Adventure, Sci-Fi",
                     "Star Wars: The Force Awakens")
         up = client.upsert_items(TCF_MODEL, [new_item])
         print(f"\nUpsertItems into {TCF_MODEL}: added {up.added}, catalogue now {up.num_items} items")
         _show(f"[{TCF_MODEL}] same history, after adding a new item by its text",
-              client.recommend(TCF_MODEL, history=STAR_WARS_FANS, top_k=cfg.top_k, exclude_history=True))
+              client.recommend(TCF_MODEL, history=STAR_WARS_FANS, top_k=cfg.top_k))
         try:
             client.upsert_items(CLLM_MODEL, [new_item])
         except grpc.RpcError as exc:

@@ -61,7 +61,7 @@ class ServingBundle:
     item_titles: list[str]
     user_ids: list[str]
     user_vectors: np.ndarray  # float32 [num_users, dim], the vector each known user is served with
-    user_histories: list[np.ndarray]  # per known user: item rows they have seen (for exclude_history)
+    user_histories: list[np.ndarray]  # per known user: item rows they have seen (excluded from their recommendations)
     encoders: dict[str, EncoderExport]  # "user_encoder" and/or "item_encoder"
     model_config: dict[str, Any]  # kind-specific manifest section ("cllm4rec" or "tcf" in the manifest)
     assets: dict[str, Path] = field(default_factory=dict)  # extra files copied as-is, e.g. tokenizer.json

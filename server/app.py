@@ -28,6 +28,7 @@ from server.item_journal import ItemJournals
 from server.metrics import Metrics
 from server.registry import Registry
 from server.reload import Reloader
+from server.request_log import RequestLog
 from server.service import SERVICE_NAME, ReceivedCounter, RecommenderService
 from server.watchdog import Watchdog
 
@@ -49,8 +50,11 @@ class RecommenderServer:
         self.reloader = Reloader(cfg, self.registry, self.journals, self.metrics, self.refresh_health)
         self.watchdog = Watchdog(self.registry.loaded, self.metrics, self.refresh_health, cfg.watchdog_seconds,
                                  cfg.encoder_stall_seconds)
+        self.request_log = None if cfg.request_log is None else RequestLog(
+            cfg.request_log, cfg.request_log_sample, cfg.request_log_max_mb, cfg.request_log_backups,
+            cfg.request_log_user_ids, cfg.request_log_salt)
         self.service = RecommenderService(cfg, self.registry, self.reloader, self.journals, self.metrics,
-                                          self.executor)
+                                          self.executor, self.request_log)
         self.health: HealthServicer | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self._loop = asyncio.new_event_loop()
@@ -160,6 +164,8 @@ class RecommenderServer:
             self.registry.close_all()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.metrics.stop_http()
+            if self.request_log is not None:
+                self.request_log.close()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(timeout=2.0)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tyro
 
@@ -71,6 +71,18 @@ class ServeConfig:
     grace_seconds: float = 10.0
     """on SIGTERM/SIGINT: how long in-flight requests may take to finish"""
     warmup_users: int = 3
+    request_log: Path | None = None
+    """write served Recommend requests as JSON lines to this file (off when unset; docs: README, privacy)"""
+    request_log_sample: float = 1.0
+    """share of requests logged, 0..1"""
+    request_log_max_mb: float = 100.0
+    """rotate the request log at this size"""
+    request_log_backups: int = 5
+    """rotated request-log files kept"""
+    request_log_user_ids: Literal["hash", "plain", "omit"] = "hash"
+    """user ids in the request log: hash (salted SHA-256 prefix), plain, or omit"""
+    request_log_salt: str = ""
+    """salt of the hashed user ids (also RECSYS_REQUEST_LOG_SALT); keep it secret and stable"""
     log_json: bool = False
     """JSON-lines logs (also RECSYS_LOG_JSON=1)"""
 
@@ -84,6 +96,8 @@ class ServeConfig:
                      "grace_seconds"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0.0 <= self.request_log_sample <= 1.0:
+            problems.append(f"request_log_sample must be in [0, 1] (got {self.request_log_sample})")
         if self.encoder_stall_seconds <= 0:
             problems.append(f"encoder_stall_seconds must be > 0 (got {self.encoder_stall_seconds})")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -120,7 +134,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 raise ValueError(f"RECSYS_{f.name.upper()}={raw!r} is not {kind}") from None
         elif isinstance(default, tuple):
             values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
-        elif f.name in ("repository", "tls_cert", "tls_key"):
+        elif f.name in ("repository", "tls_cert", "tls_key", "request_log"):
             values[f.name] = Path(raw)
         else:
             values[f.name] = raw

@@ -33,6 +33,7 @@ class UserEncoder:
     def __init__(self, path: Path, manifest: dict[str, Any], session: Any) -> None:
         self.kind: str = manifest["kind"]
         self._session = session
+        self.engine = f"onnxruntime/{session.get_providers()[0]}"
         self._inputs, self._output = io_names(manifest, "user_encoder", session)
         section = manifest.get(self.kind)
         if not isinstance(section, dict):

@@ -13,7 +13,7 @@ import sys
 
 import grpc
 
-from server.client import RecommenderClient
+from llmrec.client import RecommenderClient
 
 
 def main(argv: list[str] | None = None) -> int:

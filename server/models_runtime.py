@@ -71,9 +71,11 @@ class ModelVersion:
         self.item_encoder = (ItemTextEncoder(m, files.sessions["item_encoder"], files.tokenizer)
                              if self.can_upsert else None)
         self.user_encoder: UserEncoder | None = None
+        self.engine: str | None = None  # what runs the user encoder (request log, ListModels)
         self.batcher: DynamicBatcher | None = None
         if self.can_history:
             self.user_encoder = UserEncoder(self.path, m, files.sessions["user_encoder"])
+            self.engine = self.user_encoder.engine
             self.batcher = DynamicBatcher(name, self.user_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
                                           cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0)
 
@@ -182,7 +184,8 @@ class ModelVersion:
                 "num_users": len(self.user_ids), "index_type": self.index_type, "loaded_at": self.loaded_at,
                 "pinned": self.pinned, "capabilities": {"user_id": self.can_user, "history": self.can_history,
                                                         "upsert_items": self.can_upsert},
-                "journal_seq": self.applied_seq, "deleted_items": len(cat.deleted), "serving": self.healthy}
+                "journal_seq": self.applied_seq, "deleted_items": len(cat.deleted), "serving": self.healthy,
+                "engine": self.engine or ""}
 
     def warm_up(self, users: int = 3) -> None:
         """Real requests through every path before the version is swapped in: a broken graph or a

@@ -15,15 +15,19 @@ grpcio's deserializer with a traceback in the log.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import numpy as np
+import structlog
 from google.protobuf.message import DecodeError, Message
 
 from llmrec import logs
@@ -36,6 +40,7 @@ from server.metrics import Metrics
 from server.models_runtime import ModelVersion
 from server.registry import Registry
 from server.reload import Reloader
+from server.request_log import RequestLog
 
 log = logs.get("server.service")
 
@@ -44,6 +49,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "recsy
 # thread would cost more than the search itself (FAISS scans ~1-4 GFLOP/s per core).
 INLINE_SEARCH_FLOPS = 1 << 22
 DEADLINE_MARGIN = 0.002  # seconds
+REQUEST_ID = "x-request-id"
 
 
 @dataclass
@@ -65,13 +71,21 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None or remaining > 1e6 else time.monotonic() + remaining
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The client's `x-request-id` metadata when it is a sane token, else a new id."""
+    sent = dict(context.invocation_metadata() or ()).get(REQUEST_ID, "")
+    if isinstance(sent, str) and 0 < len(sent) <= 64 and all(c.isalnum() or c in "-_.:" for c in sent):
+        return sent
+    return uuid.uuid4().hex[:16]
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, rid: str) -> None:
     """Sends the error status, unless the call already ended (its deadline fired or the client left
     while we were finishing): then there is nobody to tell, and grpcio would log a failed batch."""
     if context.done():
         raise asyncio.CancelledError
     try:
-        await context.abort(code, message)
+        await context.abort(code, message, trailing_metadata=((REQUEST_ID, rid),))
     except grpc.aio.AbortError:
         raise
     except Exception:  # the call ended while we were sending (grpcio's ExecuteBatchError)
@@ -98,8 +112,9 @@ class ReceivedCounter(grpc.aio.ServerInterceptor):
 
 class RecommenderService:
     def __init__(self, cfg: ServeConfig, registry: Registry, reloader: Reloader, journals: ItemJournals,
-                 metrics: Metrics, executor: Executor) -> None:
+                 metrics: Metrics, executor: Executor, request_log: RequestLog | None = None) -> None:
         self.cfg = cfg
+        self.request_log = request_log
         self.registry = registry
         self.reloader = reloader
         self.journals = journals
@@ -136,6 +151,9 @@ class RecommenderService:
                     fn: Callable[[Any, Any], Awaitable[Message]]) -> Message:
         t0 = time.perf_counter()
         label, code = "", grpc.StatusCode.OK
+        rid = request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID, rid),))
+        structlog.contextvars.bind_contextvars(request_id=rid)  # this task's log lines carry it
         try:
             req = req_type()
             try:
@@ -152,7 +170,7 @@ class RecommenderService:
             return await fn(req, context)
         except errors.ServingError as exc:
             code = exc.code
-            await _abort(context, exc.code, exc.message)
+            await _abort(context, exc.code, exc.message, rid)
         except asyncio.CancelledError:
             remaining = context.time_remaining()
             if remaining is None or remaining > DEADLINE_MARGIN or context.done():
@@ -160,21 +178,22 @@ class RecommenderService:
                 raise
             # The transport cancelled us as the deadline fired: say so, rather than a bare CANCELLED.
             code = grpc.StatusCode.DEADLINE_EXCEEDED
-            await _abort(context, code, f"{method}: deadline exceeded while the request was being served")
+            await _abort(context, code, f"{method}: deadline exceeded while the request was being served", rid)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
             code = grpc.StatusCode.INTERNAL
             log.exception("request failed", method=method, model=label)
             await _abort(context, grpc.StatusCode.INTERNAL, f"internal error in {method} ({type(exc).__name__}); "
-                         "the server log has the traceback")
+                         f"the server log has the traceback under request_id {rid}", rid)
         finally:
             self.metrics.requests.labels(method=method, model=label, code=code.name).inc()
             self.metrics.latency.labels(method=method, model=label).observe(time.perf_counter() - t0)
         raise AssertionError("unreachable: abort raises")
 
     async def _blocking(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        ctx = contextvars.copy_context()  # the request id follows into the thread's log lines
+        return await asyncio.get_running_loop().run_in_executor(self.executor, ctx.run, fn)
 
     def _check_admin(self, context: grpc.aio.ServicerContext) -> None:
         if not self.cfg.admin_token:
@@ -250,7 +269,7 @@ class RecommenderService:
                 raise errors.not_found(f"none of the {len(req.history)} history items is known to {mv.name} "
                                        f"v{mv.version} and the request has no known user")
         excluded = {r for r in map(cat.row, req.exclude_item_ids) if r is not None}
-        if req.exclude_history:
+        if not req.include_history:
             excluded.update(rows)
             if user_row is not None:
                 excluded.update(int(r) for r in mv.user_seen(user_row))
@@ -290,11 +309,25 @@ class RecommenderService:
             items=[pb.ScoredItem(item_id=cat.item_id(r), score=s, title=cat.title(r)) for r, s in hits],
             model=mv.name, version=mv.version, unknown_item_ids=p.unknown, known_user=p.known_user)
 
+    def _log_request(self, req: pb.RecommendRequest, p: _Prepared, resp: pb.RecommendResponse) -> None:
+        if self.request_log is None:
+            return
+        self.request_log.record({
+            "request_id": structlog.contextvars.get_contextvars().get("request_id"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "model": resp.model,
+            "version": resp.version, "path": "encoder" if p.future is not None else "user_vector",
+            "engine": p.mv.engine if p.future is not None else None, "user": self.request_log.user(req.user_id),
+            "known_user": p.known_user, "history_len": len(req.history), "top_k": req.top_k,
+            "items": [x.item_id for x in resp.items], "scores": [round(x.score, 6) for x in resp.items]})
+
     async def _recommend(self, req: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         deadline = _deadline(context)
         mv = self._acquire(req.model, req.version)
         try:
-            return await self._finish(self._prepare(req, mv, deadline), deadline)
+            p = self._prepare(req, mv, deadline)
+            resp = await self._finish(p, deadline)
+            self._log_request(req, p, resp)
+            return resp
         finally:
             mv.release()
 
@@ -323,6 +356,8 @@ class RecommenderService:
                     out.append(await self._finish(p, deadline))
                 except errors.ServingError as exc:
                     raise exc.prefixed(f"requests[{i}]") from None
+            for r, p, resp in zip(reqs, prepared, out, strict=True):
+                self._log_request(r, p, resp)
             return pb.RecommendBatchResponse(responses=out)
         finally:
             for p in prepared:  # jobs of a failed batch must not run for nobody

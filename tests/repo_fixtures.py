@@ -23,8 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import server  # noqa: F401 - puts proto/ on sys.path
+from llmrec.client import RecommenderClient
 from server.app import RecommenderServer
-from server.client import RecommenderClient
 from server.config import ServeConfig
 
 TEMPLATE = [

@@ -26,6 +26,15 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+def test_mistyped_commands_get_a_suggestion_and_version_is_printed(capsys):
+    assert main(["trian", "tcf"]) == 2
+    assert "did you mean: train?" in capsys.readouterr().err
+    assert main(["train", "tfc"]) == 2
+    assert "did you mean one of: train cllm4rec, train tcf" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("llmrec 0.")
+
+
 def test_eval_baselines_writes_report(tmp_path, capsys):
     lines = ["user,item,timestamp"]
     for u in range(12):  # even users like i0..i9, odd users i10..i19; 6 items each

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from deploy_kit import ROOT, copied_sources, dockerfile_stages, http_get
 
-from server.client import RecommenderClient
+from llmrec.client import RecommenderClient
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -38,6 +38,7 @@ def test_contract_has_the_documented_rpcs_and_fields() -> None:
         "top_k",
         "exclude_item_ids",
         "exclude_history",
+        "include_history",
         "allow_unknown_items",
     } <= fields
     assert {"items", "model", "version", "unknown_item_ids"} <= set(

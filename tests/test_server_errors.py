@@ -81,7 +81,7 @@ def test_failed_precondition(env) -> None:
 
 
 def test_admin_auth(env, tmp_path) -> None:
-    from server.client import RecommenderClient
+    from llmrec.client import RecommenderClient
 
     bad = RecommenderClient(f"127.0.0.1:{env[0].port}", admin_token="wrong")
     code, msg = _code(bad.reload)

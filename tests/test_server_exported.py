@@ -49,7 +49,7 @@ def test_known_users_match_brute_force(served, name) -> None:
     client, bundles = served
     b = bundles[name]
     for u in (0, 3, 7):
-        rec = client.recommend(name, user_id=b.user_ids[u], top_k=10)
+        rec = client.recommend(name, user_id=b.user_ids[u], top_k=10, include_history=True)
         assert [i for i, _ in rec.items] == _top(b, np.asarray(b.user_vectors)[u], 10)
 
 
@@ -60,7 +60,7 @@ def test_history_requests_reproduce_the_exporters_user_vectors(served, name) -> 
     for u in (0, 5, 11):
         history = [b.item_ids[int(r)] for r in b.user_histories[u]]
         user = b.user_ids[u] if name == "lm" else ""  # the LM prompt carries the user token
-        rec = client.recommend(name, user_id=user, history=history, top_k=10)
+        rec = client.recommend(name, user_id=user, history=history, top_k=10, include_history=True)
         expected = np.asarray(b.user_vectors)[u]
         scores = np.asarray(b.item_vectors) @ expected
         got = [b.item_ids.index(i) for i, _ in rec.items]
@@ -75,5 +75,5 @@ def test_exported_tcf_upsert_and_list_models(served) -> None:
     assert models["dssm"].versions[0].capabilities.upsert_items and not models["lm"].versions[0].capabilities.upsert_items
     resp = client.upsert_items("tcf", [("fresh", "a new item text")])
     assert resp.added == 1 and resp.num_items == len(bundles["tcf"].item_ids) + 1
-    rec = client.recommend("tcf", history=["fresh"], top_k=len(bundles["tcf"].item_ids) + 1)
+    rec = client.recommend("tcf", history=["fresh"], top_k=len(bundles["tcf"].item_ids) + 1, include_history=True)
     assert "fresh" in [i for i, _ in rec.items]

@@ -19,7 +19,7 @@ import pytest
 from repo_fixtures import encode_text, running_server, write_cllm4rec, write_tcf
 
 from export import journal
-from server.client import RecommenderClient
+from llmrec.client import RecommenderClient
 from server.spawn import spawn_server, stop_server
 
 TOKEN = "tok"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from repo_fixtures import write_cllm4rec, write_tcf
 
-from server.client import RecommenderClient
+from llmrec.client import RecommenderClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def test_server_never_imports_torch(tmp_path: Path) -> None:
         for m in pkgutil.iter_modules(server.__path__):
             importlib.import_module("server." + m.name)
         from server.app import RecommenderServer
-        from server.client import RecommenderClient
+        from llmrec.client import RecommenderClient
         from server.config import ServeConfig
         srv = RecommenderServer(ServeConfig(repository={str(tmp_path)!r}, host="127.0.0.1", port=0,
                                             metrics_port=-1, poll_seconds=0)).start()

@@ -16,11 +16,11 @@ import grpc
 import pytest
 from repo_fixtures import running_server, write_cllm4rec, write_tcf
 
+from llmrec.client import RecommenderClient
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server import errors
 from server.batching import DynamicBatcher
-from server.client import RecommenderClient
 
 TOKEN = "tok"
 

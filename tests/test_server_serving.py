@@ -42,7 +42,7 @@ def _check_against_brute_force(rec, model, vector, k, exclude=frozenset()):
 def test_known_user_matches_brute_force(env) -> None:
     _, client, m = env
     for name, model in (("tiny-cllm", m["cllm"]), ("tiny-tcf", m["tcf"]), ("tiny-dssm", m["dssm"])):
-        rec = client.recommend(name, user_id="u3", top_k=7)
+        rec = client.recommend(name, user_id="u3", top_k=7, include_history=True)
         assert (rec.model, rec.version, rec.known_user) == (name, 1, True)
         _check_against_brute_force(rec, model, model.user_vectors[3], 7)
 
@@ -52,52 +52,54 @@ def test_history_paths_match_brute_force(env) -> None:
     cllm, tcf = m["cllm"], m["tcf"]
     hist = ["i3", "i7", "i1"]
     _check_against_brute_force(
-        client.recommend("tiny-cllm", history=hist, top_k=5), cllm, cllm.history_vector(hist), 5
+        client.recommend("tiny-cllm", history=hist, top_k=5, include_history=True), cllm, cllm.history_vector(hist), 5
     )
     # a known user with a history: the user's token goes into the prompt
     _check_against_brute_force(
-        client.recommend("tiny-cllm", user_id="u2", history=hist, top_k=5),
+        client.recommend("tiny-cllm", user_id="u2", history=hist, top_k=5, include_history=True),
         cllm,
         cllm.history_vector(hist, "u2"),
         5,
     )
     # an unknown user with a history: the anonymous token
-    rec = client.recommend("tiny-cllm", user_id="nobody", history=hist, top_k=5)
+    rec = client.recommend("tiny-cllm", user_id="nobody", history=hist, top_k=5, include_history=True)
     assert not rec.known_user
     _check_against_brute_force(rec, cllm, cllm.history_vector(hist), 5)
     # long histories keep only the most recent items (max_history 16 / max_seq_len 5)
     long = [f"i{r % 30}" for r in range(40)]
     _check_against_brute_force(
-        client.recommend("tiny-cllm", history=long, top_k=4), cllm, cllm.history_vector(long), 4
+        client.recommend("tiny-cllm", history=long, top_k=4, include_history=True), cllm, cllm.history_vector(long), 4
     )
     th = [f"t{r}" for r in (5, 9, 11, 2, 30, 31, 7)]
     _check_against_brute_force(
-        client.recommend("tiny-tcf", history=th, top_k=6), tcf, tcf.history_vector(th), 6
+        client.recommend("tiny-tcf", history=th, top_k=6, include_history=True), tcf, tcf.history_vector(th), 6
     )
 
 
 def test_exclusions_keep_k_results_and_titles(env) -> None:
     _, client, m = env
     cllm = m["cllm"]
-    full = client.recommend("tiny-cllm", user_id="u4", top_k=10)
+    full = client.recommend("tiny-cllm", user_id="u4", top_k=10, include_history=True)
     top5 = [i for i, _ in full.items[:5]]
-    rec = client.recommend("tiny-cllm", user_id="u4", top_k=10, exclude_item_ids=top5)
+    rec = client.recommend("tiny-cllm", user_id="u4", top_k=10, include_history=True, exclude_item_ids=top5)
     excluded = set(cllm.rows(top5))
     _check_against_brute_force(rec, cllm, cllm.user_vectors[4], 10, excluded)
-    # exclude_history covers the request history and the known user's stored history
+    # by default the request history and the known user's stored history are left out
     hist = ["i0", "i1"]
-    rec = client.recommend("tiny-cllm", user_id="u4", history=hist, top_k=25, exclude_history=True)
+    rec = client.recommend("tiny-cllm", user_id="u4", history=hist, top_k=25)
     banned = set(cllm.rows(hist)) | set(cllm.seen[4])
     assert len(rec.items) == 25 and not set(cllm.rows([i for i, _ in rec.items])) & banned
+    everything = client.recommend("tiny-cllm", user_id="u4", history=hist, top_k=30, include_history=True)
+    assert set(cllm.rows([i for i, _ in everything.items])) >= banned
     assert rec.titles[0] == f"Title {cllm.item_ids.index(rec.items[0][0])}"
     # asking for more than the catalogue minus exclusions returns what is left
-    rec = client.recommend("tiny-cllm", user_id="u4", top_k=30, exclude_item_ids=top5)
+    rec = client.recommend("tiny-cllm", user_id="u4", top_k=30, include_history=True, exclude_item_ids=top5)
     assert len(rec.items) == 25
 
 
 def test_unknown_history_items_can_be_dropped(env) -> None:
     _, client, m = env
-    rec = client.recommend("tiny-cllm", history=["i3", "zzz", "i7"], top_k=3, allow_unknown_items=True)
+    rec = client.recommend("tiny-cllm", history=["i3", "zzz", "i7"], top_k=3, include_history=True, allow_unknown_items=True)
     assert rec.unknown_item_ids == ["zzz"]
     _check_against_brute_force(rec, m["cllm"], m["cllm"].history_vector(["i3", "i7"]), 3)
 
@@ -120,7 +122,7 @@ def test_dynamic_batching_batches_concurrent_history_requests(env) -> None:
     results: dict[int, list[str]] = {}
 
     def worker(j: int) -> None:
-        results[j] = [i for i, _ in client.recommend("tiny-cllm", history=hist_sets[j], top_k=3).items]
+        results[j] = [i for i, _ in client.recommend("tiny-cllm", history=hist_sets[j], top_k=3, include_history=True).items]
 
     threads = [threading.Thread(target=worker, args=(j,)) for j in range(24)]
     for t in threads:
@@ -143,7 +145,7 @@ def test_upsert_makes_new_item_recommendable(env) -> None:
     text = "w31 w35 w38 w39"  # words no catalogue item uses
     resp = client.upsert_items("tiny-tcf", [("new-1", text, "A brand new item")])
     assert (resp.added, resp.replaced, resp.num_items) == (1, 0, 41)
-    rec = client.recommend("tiny-tcf", history=["new-1"], top_k=3)
+    rec = client.recommend("tiny-tcf", history=["new-1"], top_k=3, include_history=True)
     assert rec.items[0][0] == "new-1" and rec.titles[0] == "A brand new item"
     assert rec.items[0][1] == pytest.approx(1.0, abs=1e-4)  # normalised vector, identity SASRec
     np.testing.assert_allclose(
@@ -154,7 +156,7 @@ def test_upsert_makes_new_item_recommendable(env) -> None:
     # replace: the item now matches another history
     resp = client.upsert_items("tiny-tcf", [("new-1", tcf.extra["texts"][5])])
     assert (resp.added, resp.replaced) == (0, 1)
-    rec = client.recommend("tiny-tcf", history=["t5"], top_k=2, exclude_item_ids=["t5"])
+    rec = client.recommend("tiny-tcf", history=["t5"], top_k=2, include_history=True, exclude_item_ids=["t5"])
     assert rec.items[0][0] == "new-1"
     # DSSM can upsert too (known users see the new item)
     assert client.upsert_items("tiny-dssm", [("d-new", "w1 w2")]).added == 1
@@ -164,7 +166,7 @@ def test_upsert_into_ivf_index(tmp_path: Path) -> None:
     model = write_tcf(tmp_path, name="ivf", index_type="ivf")
     with running_server(tmp_path, admin_token=TOKEN) as (_, client):
         client.upsert_items("ivf", [("x", "w32 w33 w34"), ("t3", model.extra["texts"][3])])
-        rec = client.recommend("ivf", history=["x"], top_k=1)
+        rec = client.recommend("ivf", history=["x"], top_k=1, include_history=True)
         assert rec.items[0][0] == "x"
         assert client.list_models().models[0].versions[0].num_items == 41
 

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "version", "user_id", "history", "top_k", "exclude_item_ids", "exclude_history", "allow_unknown_items")
+    __slots__ = ("model", "version", "user_id", "history", "top_k", "exclude_item_ids", "exclude_history", "allow_unknown_items", "include_history")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNKNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     user_id: str
@@ -24,7 +25,8 @@ class RecommendRequest(_message.Message):
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     exclude_history: bool
     allow_unknown_items: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., user_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_history: _Optional[bool] = ..., allow_unknown_items: _Optional[bool] = ...) -> None: ...
+    include_history: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., user_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_history: _Optional[bool] = ..., allow_unknown_items: _Optional[bool] = ..., include_history: _Optional[bool] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score", "title")
@@ -77,7 +79,7 @@ class Capabilities(_message.Message):
     def __init__(self, user_id: _Optional[bool] = ..., history: _Optional[bool] = ..., upsert_items: _Optional[bool] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("version", "kind", "user_tower", "item_tower", "dim", "num_items", "num_users", "index_type", "capabilities", "loaded_at", "is_default", "pinned", "journal_seq", "deleted_items", "serving")
+    __slots__ = ("version", "kind", "user_tower", "item_tower", "dim", "num_items", "num_users", "index_type", "capabilities", "loaded_at", "is_default", "pinned", "journal_seq", "deleted_items", "serving", "engine")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     USER_TOWER_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,7 @@ class ModelVersionInfo(_message.Message):
     JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     DELETED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: str
     user_tower: str
@@ -108,7 +111,8 @@ class ModelVersionInfo(_message.Message):
     journal_seq: int
     deleted_items: int
     serving: bool
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., user_tower: _Optional[str] = ..., item_tower: _Optional[str] = ..., dim: _Optional[int] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., index_type: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., loaded_at: _Optional[str] = ..., is_default: _Optional[bool] = ..., pinned: _Optional[bool] = ..., journal_seq: _Optional[int] = ..., deleted_items: _Optional[int] = ..., serving: _Optional[bool] = ...) -> None: ...
+    engine: str
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., user_tower: _Optional[str] = ..., item_tower: _Optional[str] = ..., dim: _Optional[int] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., index_type: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., loaded_at: _Optional[str] = ..., is_default: _Optional[bool] = ..., pinned: _Optional[bool] = ..., journal_seq: _Optional[int] = ..., deleted_items: _Optional[int] = ..., serving: _Optional[bool] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "default_version", "versions")

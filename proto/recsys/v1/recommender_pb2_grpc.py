@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class RecommenderStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every response carries trailing metadata `x-request-id` (the client's own, if it sent a valid one
+    as metadata `x-request-id`, else a new one); the server's logs and request log use the same id.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +69,9 @@ class RecommenderStub:
 
 
 class RecommenderServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every response carries trailing metadata `x-request-id` (the client's own, if it sent a valid one
+    as metadata `x-request-id`, else a new one); the server's logs and request log use the same id.
+    """
 
     def Recommend(self, request, context):
         """Top-K items for a known user and/or a history of item ids.
@@ -159,7 +163,9 @@ def add_RecommenderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Recommender:
-    """Missing associated documentation comment in .proto file."""
+    """Every response carries trailing metadata `x-request-id` (the client's own, if it sent a valid one
+    as metadata `x-request-id`, else a new one); the server's logs and request log use the same id.
+    """
 
     @staticmethod
     def Recommend(request,

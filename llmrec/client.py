@@ -1,4 +1,5 @@
-"""A typed Python client for the Recommender service (what the CLI, benchmarks and demos use)."""
+"""A typed Python client for the Recommender service (what the CLI, benchmarks and demos use):
+`from llmrec.client import RecommenderClient`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import server  # noqa: F401 - puts proto/ on sys.path in a source checkout
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+REQUEST_ID = "x-request-id"
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Recommendations:
     titles: list[str] = field(default_factory=list)
     unknown_item_ids: list[str] = field(default_factory=list)
     known_user: bool = False
+    request_id: str = ""  # the server's id for this request (its logs and request log use it)
 
 
 class RecommenderClient:
@@ -50,23 +53,28 @@ class RecommenderClient:
 
     @staticmethod
     def request(model: str, user_id: str = "", history: Sequence[str] = (), top_k: int = 10, version: int = 0,
-                exclude_item_ids: Sequence[str] = (), exclude_history: bool = False,
+                exclude_item_ids: Sequence[str] = (), include_history: bool = False,
                 allow_unknown_items: bool = False) -> pb.RecommendRequest:
         return pb.RecommendRequest(model=model, version=version, user_id=user_id, history=list(history),
                                    top_k=top_k, exclude_item_ids=list(exclude_item_ids),
-                                   exclude_history=exclude_history, allow_unknown_items=allow_unknown_items)
+                                   include_history=include_history, allow_unknown_items=allow_unknown_items)
 
     @staticmethod
-    def _convert(resp: pb.RecommendResponse) -> Recommendations:
+    def _convert(resp: pb.RecommendResponse, request_id: str = "") -> Recommendations:
         return Recommendations([(x.item_id, x.score) for x in resp.items], resp.model, resp.version,
-                               [x.title for x in resp.items], list(resp.unknown_item_ids), resp.known_user)
+                               [x.title for x in resp.items], list(resp.unknown_item_ids), resp.known_user,
+                               request_id)
 
     def recommend(self, model: str, user_id: str = "", history: Sequence[str] = (), top_k: int = 10,
-                  version: int = 0, exclude_item_ids: Sequence[str] = (), exclude_history: bool = False,
-                  allow_unknown_items: bool = False, timeout: float | None = None) -> Recommendations:
-        req = self.request(model, user_id, history, top_k, version, exclude_item_ids, exclude_history,
+                  version: int = 0, exclude_item_ids: Sequence[str] = (), include_history: bool = False,
+                  allow_unknown_items: bool = False, timeout: float | None = None,
+                  request_id: str | None = None) -> Recommendations:
+        """Items the user has seen (the history, a known user's past) are left out unless include_history."""
+        req = self.request(model, user_id, history, top_k, version, exclude_item_ids, include_history,
                            allow_unknown_items)
-        return self._convert(self.stub.Recommend(req, timeout=timeout or self.timeout))
+        metadata = [(REQUEST_ID, request_id)] if request_id else None
+        resp, call = self.stub.Recommend.with_call(req, timeout=timeout or self.timeout, metadata=metadata)
+        return self._convert(resp, dict(call.trailing_metadata() or ()).get(REQUEST_ID, ""))
 
     def recommend_batch(self, requests: Sequence[pb.RecommendRequest],
                         timeout: float | None = None) -> list[Recommendations]:
