@@ -33,7 +33,7 @@ from models.tcf.train import RecipeConfig, TCFTask, make_scorer, prepared_split
 from models.training.capacity import CapacityConfig
 from models.training.config import DeviceConfig, RunConfig, TrainConfig
 from models.training.devices import resolve_device
-from models.training.loop import run
+from models.training.loop import run, show_progress
 from models.training.state import read_log
 
 log = logs.get(__name__)
@@ -78,7 +78,7 @@ def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
         folder = te.resolve_encoder_dir(cli.text.encoder)
         lm = te.load_lm(folder, cli.lm.depth) if cli.lm.unfreeze_top > 0 else None
         pre = preinfer(cli.text, cli.lm, data.item_text, batch_size=cli.recipe.preinfer_batch,
-                       progress=cli.train.progress, lm=lm)
+                       progress=show_progress(cli.train.progress), lm=lm)
     t_pre = time.time() - t0
     model = build_model(cli.model, cli.text, cli.lm.unfreeze_top, data.num_users, data.num_items, pre, lm)
     extra = {"schedule": cli.schedule, "data": to_dict(cli.data), "recipe": to_dict(cli.recipe),

@@ -89,6 +89,12 @@ class Task(Protocol):
         ...
 
 
+def show_progress(requested: bool) -> bool:
+    """Progress bars only when asked for and a person is watching (stdout is a terminal): in logs
+    and CI they are carriage-return noise."""
+    return requested and sys.stdout.isatty()
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """Tensors inside dicts, dataclasses, lists and tuples moved to `device`; anything else kept."""
     if isinstance(batch, torch.Tensor):
@@ -166,9 +172,8 @@ class Loop:
                     group["lr"] = lr
         assert self.optimizer is not None
         self.module.train()
-        show = self.cfg.progress and self.place.main and sys.stdout.isatty()
         bar = tqdm(builders, desc=f"{stage.name}:{stage.task(p.epoch)} {p.epoch + 1}/{stage.epochs}",
-                   disable=not show, leave=False)
+                   disable=not (self.place.main and show_progress(self.cfg.progress)), leave=False)
         total, steps = 0.0, 0
         for build in bar:
             batch = to_device(build(), self.place.device)
