@@ -1,4 +1,5 @@
-"""`llmrec bench scale|encoders|grpc`: each writes benchmarks/results/bench_<what>[_<tag>].json + .md."""
+"""`llmrec bench scale|encoders|grpc|train-speed`: each writes a report under benchmarks/results/
+(bench_<what>[_<tag>].json + .md; train-speed: train_speed.json + .md)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from benchmarks.encoders import EncoderBenchConfig
 from benchmarks.grpc_load import GrpcBenchConfig
 from benchmarks.scale import ScaleConfig
+from benchmarks.train_speed import TrainSpeedConfig
 from llmrec import config as cfgmod
 from models.reports import write_report
 
@@ -30,6 +32,13 @@ class EncoderArgs:
     bench: EncoderBenchConfig
     results_dir: Path | None = None
     tag: str = ""  # default: the model name
+
+
+@dataclass
+class TrainSpeedArgs:
+    bench: TrainSpeedConfig = field(default_factory=TrainSpeedConfig)
+    results_dir: Path | None = None  # default benchmarks/results
+    name: str = "train_speed"  # report file name (without .json / .md)
 
 
 @dataclass
@@ -84,7 +93,17 @@ def _grpc(argv: list[str]) -> int:
     return _report(name, "gRPC server under concurrent load", result, markdown(result), args.results_dir)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc}
+def _train_speed(argv: list[str]) -> int:
+    from benchmarks.train_speed import markdown, run_train_speed
+
+    args = cfgmod.parse(TrainSpeedArgs, argv, prog="llmrec bench train-speed")
+    result = run_train_speed(args.bench)
+    title = "Training speed: seconds per epoch through the training engine (fp32 vs bf16, backbone depth)"
+    return _report(args.name, title, result, markdown(result), args.results_dir)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc,
+                                                      "train-speed": _train_speed}
 
 
 def main(argv: list[str]) -> int:

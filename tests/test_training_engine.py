@@ -133,7 +133,7 @@ def test_help_texts_are_each_flags_own(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     for flag, words in {"--train.lm-weight-decay": "AdamW weight decay of those LM weights",
                         "--train.max-grad-norm": "clips the global gradient norm",
-                        "--data.min-user-interactions": "iterative filter",
+                        "--data.min-user-interactions": "users with fewer distinct items are dropped",
                         "--recipe.mlp-lr": "the text tower's MLP"}.items():
         assert flag in out
         after = out.split(flag, 1)[1][:400]
@@ -212,3 +212,23 @@ def test_shards_are_equal_per_rank() -> None:
     shards = [Placement(rank=r, world=3).shard(items) for r in range(3)]
     assert [len(s) for s in shards] == [2, 2, 2] and sorted(x for s in shards for x in s) == [0, 1, 2, 3, 4, 5]
     assert [Placement(rank=r, world=3).shard([9]) for r in range(3)] == [[9], [9], [9]]
+
+
+def test_train_speed_bench_reports_both_models_without_touching_shipped_results(tmp_path: Path, assets) -> None:
+    from llmrec.cli import main
+    from models.reports import RESULTS_DIR
+
+    shipped = RESULTS_DIR / "train_speed.json"
+    before = shipped.stat().st_mtime_ns if shipped.is_file() else None
+    argv = ["bench", "train-speed", "--results-dir", str(tmp_path), "--bench.steps", "2", "--bench.depths", "0", "1",
+            "--bench.precisions", "fp32", "--bench.tcf-unfreeze-top", "0", "--bench.data.dataset", "atomic",
+            "--bench.data.path", str(assets["ml"]), "--bench.backbone.path", str(assets["lm"]),
+            "--bench.text.encoder", str(assets["enc"]), "--bench.work", str(tmp_path / "work")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "train_speed.json").read_text())
+    rows = {(r["model"], r["blocks"]): r for r in report["rows"]}
+    assert set(rows) == {("tcf", None), ("cllm4rec", 2), ("cllm4rec", 1)}
+    assert all(r["seconds_per_epoch"] > 0 and r["precision"] == "fp32" for r in rows.values())
+    assert rows[("cllm4rec", 2)]["steps_measured"] == 2 and "flags" in report["cpu"]
+    assert "s / epoch" in (tmp_path / "train_speed.md").read_text()
+    assert (shipped.stat().st_mtime_ns if shipped.is_file() else None) == before

@@ -10,6 +10,7 @@ Schedules (a preset only changes the defaults the flags start from, so every fla
   items: a few minutes).
 - `full`: the paper's two-stage method (1 content warm-up epoch, 2 collaborative/content rounds,
   then up to 20 rec epochs with mutual regularization): hours on CPU, meant for a GPU.
+
 Every schedule keeps the paper's frozen, full-depth LM unless `--lm.*` says otherwise (LoRA,
 unfrozen top blocks, fewer blocks: see docs/training.md).
 """
