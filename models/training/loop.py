@@ -129,11 +129,7 @@ class Loop:
         self.task, self.cfg, self.out, self.place, self.amp = task, cfg, Path(out), place, amp_dtype
         self.meta = meta or {}
         self.module = task.module.to(place.device)
-        self.net: nn.Module = self.module
-        if place.world > 1:
-            ids = [place.device.index] if place.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True,
-                                               broadcast_buffers=False)
+        self.net: nn.Module = self.module  # wrapped in DDP by fit(), once the task has prepared it
         self.progress = Progress()
         self.rng = np.random.default_rng(cfg.seed)
         self.best_tensors: dict[str, torch.Tensor] | None = None
@@ -294,9 +290,8 @@ class Loop:
                     p.bad_epochs += 1
             p.epochs.append(entry)
             if self.place.main:
-                    log.info("epoch", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
-                                     if k not in ("valid", "lr")},
-                         **{k: round(v, 4) for k, v in entry.get("valid", {}).items()})
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items() if k not in ("valid", "lr")}
+                log.info("epoch", **shown, **{k: round(v, 4) for k, v in entry.get("valid", {}).items()})
             stop = stage.validate and p.bad_epochs >= self.cfg.patience
             if stop:
                 p.stopped = "patience"
@@ -309,6 +304,10 @@ class Loop:
         """Runs (or resumes) every stage; leaves the best epoch's tensors in the module and on disk."""
         if not self._restore():
             self.task.prepare()
+        if self.place.world > 1:
+            ids = [self.place.device.index] if self.place.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True,
+                                               broadcast_buffers=False)
         stages = self.task.stages()
         p = self.progress
         while p.stage < len(stages) and not p.stopped:
