@@ -1,8 +1,10 @@
-"""CLLM4Rec: ID tokens learned on a frozen causal LM, with three heads over one backbone.
+"""CLLM4Rec: ID tokens learned on a causal LM, with three heads over one backbone.
 
-Only two ID tables are trained, each [I users + J items + 1 anonymous user, H]:
-collaborative z^l (collaborative LM + rec head) and content z^c (content LM). Ids < N go to
-the frozen vocabulary embedding, ids >= N to the chosen ID table (row id - N).
+In the paper's setting only two ID tables are trained, each [I users + J items + 1 anonymous
+user, H]: collaborative z^l (collaborative LM + rec head) and content z^c (content LM); the LM is
+frozen. The capacity levers (models.training.capacity: LoRA adapters, unfrozen top blocks, fewer
+blocks) may let part of the LM train too. Ids < N go to the LM's vocabulary embedding, ids >= N
+to the chosen ID table (row id - N).
 
 Item scoring (collaborative LM and rec head) is h . (feature_scale * exp(log_scale) * z^l_item):
 the final hidden state of the backbone has a few huge dimensions, which make raw dot products
