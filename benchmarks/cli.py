@@ -1,4 +1,5 @@
-"""`llmrec bench scale|encoders|grpc|resilience`: each writes benchmarks/results/<report>[_<tag>].json + .md."""
+"""`llmrec bench scale|encoders|grpc|resilience|train-speed`: each writes a report under benchmarks/results/
+(bench_<what>[_<tag>], serving_resilience_<tag>, train_speed: .json + .md)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from benchmarks.encoders import EncoderBenchConfig
 from benchmarks.grpc_load import GrpcBenchConfig
 from benchmarks.resilience import ResilienceConfig
 from benchmarks.scale import ScaleConfig
+from benchmarks.train_speed import TrainSpeedConfig
 from llmrec import config as cfgmod
 from models.reports import write_report
 
@@ -31,6 +33,13 @@ class EncoderArgs:
     bench: EncoderBenchConfig
     results_dir: Path | None = None
     tag: str = ""  # default: the model name
+
+
+@dataclass
+class TrainSpeedArgs:
+    bench: TrainSpeedConfig = field(default_factory=TrainSpeedConfig)
+    results_dir: Path | None = None  # default benchmarks/results
+    name: str = "train_speed"  # report file name (without .json / .md)
 
 
 @dataclass
@@ -102,8 +111,17 @@ def _resilience(argv: list[str]) -> int:
     return _report(name, title, result, markdown(result), args.results_dir)
 
 
+def _train_speed(argv: list[str]) -> int:
+    from benchmarks.train_speed import markdown, run_train_speed
+
+    args = cfgmod.parse(TrainSpeedArgs, argv, prog="llmrec bench train-speed")
+    result = run_train_speed(args.bench)
+    title = "Training speed: seconds per epoch through the training engine (fp32 vs bf16, backbone depth)"
+    return _report(args.name, title, result, markdown(result), args.results_dir)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc,
-                                                       "resilience": _resilience}
+                                                      "resilience": _resilience, "train-speed": _train_speed}
 
 
 def main(argv: list[str]) -> int:

@@ -122,19 +122,15 @@ def read_user_history(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return data["indptr"], data["indices"]
 
 
-# Training state that may change (resume) without changing what is served: not part of the identity.
-CHECKPOINT_HASH_SKIP = ("train_state.pt",)
-
-
 def checkpoint_sha256(checkpoint_dir: Path) -> tuple[str, int]:
     """One hash over the checkpoint's top-level files (name + content), and how many were hashed.
 
-    Config, ID maps and weights identify what was exported; sub-folders (e.g. `resume/`) and
-    training state are skipped so that resuming training alone does not change the identity.
+    Config, ID maps and weights identify what was exported; sub-folders (the training state and
+    log under `train/`) are skipped, so resuming training alone does not change the identity.
     """
     root = Path(checkpoint_dir)
     h = hashlib.sha256()
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.name not in CHECKPOINT_HASH_SKIP)
+    files = sorted(p for p in root.iterdir() if p.is_file())
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + sha256_file(p).encode() + b"\n")
     return h.hexdigest(), len(files)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
+from models.tiny import llama_config, word_tokenizer
 
 VOCAB_WORDS = ["[PAD]", "[UNK]", "the", "a", "movie", "story", "of", "love", "war", "space", "comedy", "drama",
                "night", "day", "city", "king", "dog", "cat", "man", "woman"]
@@ -23,12 +24,10 @@ class LastTokenLM(nn.Module):
 
     def __init__(self, vocab_size: int, dim: int = 32, seed: int = 0):
         super().__init__()
-        from transformers import LlamaConfig, LlamaModel
+        from transformers import LlamaModel
 
         torch.manual_seed(seed)
-        cfg = LlamaConfig(hidden_size=dim, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                          intermediate_size=2 * dim, vocab_size=vocab_size, max_position_embeddings=128)
-        self.lm = LlamaModel(cfg)
+        self.lm = LlamaModel(llama_config(vocab_size, dim, max_position_embeddings=128))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -78,11 +77,7 @@ class TinyTextEncoder(nn.Module):
 
 def write_tokenizer(path: Path) -> Path:
     """A word-level `tokenizers` JSON with a lower-casing normalizer and right padding/truncation."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB_WORDS)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = word_tokenizer(VOCAB_WORDS, lowercase=True)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     tok.enable_truncation(max_length=12)
     tok.save(str(path))

@@ -1,7 +1,10 @@
-"""Typed configs: dataclasses with defaults, filled from a JSON/TOML file and then from flags.
+"""Typed configs: dataclasses with defaults, filled from a preset, a JSON/TOML file and then flags.
 
-`parse(Cfg, argv)` accepts `--config FILE` anywhere in argv; the file's values become the
-defaults and explicit flags override them. tyro turns the dataclass into flags.
+`parse(Cfg, argv)` accepts `--config FILE` anywhere in argv. Layers, each over the one before:
+the dataclass defaults, the named preset (e.g. `--schedule short`, when the command has presets),
+the file's values, then the flags given. tyro turns the dataclass into flags. Because a preset
+only changes the defaults the flags start from, a flag always wins, even one whose value happens
+to equal the dataclass default (`--train.batch-size 16` is 16, whatever the preset says).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import dataclasses
 import json
 import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,8 +91,36 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(dataclasses.asdict(cfg))
 
 
-def parse(cls: type[T], argv: list[str], prog: str | None = None, description: str | None = None) -> T:
-    """Config from `--config FILE` (optional) overridden by flags."""
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` / `--name=VALUE` in argv (the last one wins, as in tyro)."""
+    flag, found = f"--{name.replace('_', '-')}", None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _merged(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse(cls: type[T], argv: list[str], prog: str | None = None, description: str | None = None,
+          presets: Mapping[str, Mapping[str, Any]] | None = None, preset_field: str = "schedule") -> T:
+    """Config from the defaults, the preset named by `preset_field` (flag, file or default), the
+    `--config FILE` values, then the flags (see the module docstring)."""
     path, rest = _split_config_flag(argv)
-    default = from_dict(cls, load_file(path)) if path else None
+    file_values = load_file(path) if path else {}
+    if not presets:
+        default = from_dict(cls, file_values) if path else None
+        return tyro.cli(cls, args=rest, default=default, prog=prog, description=description)
+    values = to_dict(cls())
+    name = _flag_value(rest, preset_field) or file_values.get(preset_field) or values[preset_field]
+    if name in presets:  # an unknown name is left to tyro, which lists the accepted ones
+        values = _merged(values, {**presets[name], preset_field: name})
+    default = from_dict(cls, _merged(values, file_values))
     return tyro.cli(cls, args=rest, default=default, prog=prog, description=description)

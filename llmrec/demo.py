@@ -50,8 +50,17 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"demo: `llmrec {' '.join(argv)}` failed with exit code {code}")
 
 
+def _current_checkpoint(ckpt: Path) -> bool:
+    """A complete checkpoint in the format this version reads (an older demo's is retrained)."""
+    from models.training.checkpoint import FORMAT_VERSION
+
+    cfg = ckpt / "config.json"
+    return (ckpt / "weights.safetensors").is_file() and cfg.is_file() and \
+        json.loads(cfg.read_text()).get("format_version") == FORMAT_VERSION
+
+
 def _train(name: str, ckpt: Path, argv: list[str], retrain: bool) -> None:
-    if (ckpt / "config.json").is_file() and (ckpt / "weights.safetensors").is_file() and not retrain:
+    if _current_checkpoint(ckpt) and not retrain:
         print(f"reusing {ckpt} (pass --retrain to train again)")
         return
     if ckpt.exists():
@@ -115,12 +124,12 @@ def main(argv: list[str]) -> int:
     _step("2/5 CLLM4Rec on SmolLM2-135M (short schedule)")
     cllm = ckpts / "cllm4rec"
     _train("CLLM4Rec", cllm, ["train", "cllm4rec", "--schedule", "short", "--out", str(cllm),
-                              "--backbone.threads", threads], cfg.retrain)
+                              "--threads", threads], cfg.retrain)
 
     _step("3/5 TCF: MiniLM text item tower + SASRec user tower (short schedule)")
     tcf = ckpts / "tcf"
-    _train("TCF", tcf, ["train", "tcf", "--schedule", "short", "--user-tower", "sasrec", "--item-tower", "text",
-                        "--out", str(tcf), "--threads", threads], cfg.retrain)
+    _train("TCF", tcf, ["train", "tcf", "--schedule", "short", "--model.user-tower", "sasrec",
+                        "--model.item-tower", "text", "--out", str(tcf), "--threads", threads], cfg.retrain)
 
     _step("4/5 Export both into a model repository (ONNX + FAISS, parity-checked)")
     if cfg.fresh_repository and repository.exists():

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import server  # noqa: F401 - puts proto/ on sys.path
 from llmrec.client import RecommenderClient
+from models.tiny import word_tokenizer
 from server.app import RecommenderServer
 from server.config import ServeConfig
 
@@ -233,13 +234,7 @@ def write_cllm4rec(
 
 
 def tokenizer_json() -> str:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tok.to_str()
+    return word_tokenizer(["[PAD]", "[UNK]", *WORDS], lowercase=True).to_str()
 
 
 def encode_text(T: np.ndarray, text: str, max_len: int = 8) -> np.ndarray:

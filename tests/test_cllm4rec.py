@@ -12,19 +12,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmrec.config import parse
 from models.cllm4rec import cli
-from models.cllm4rec.backbone import BackboneConfig, load_backbone, reference
+from models.cllm4rec.backbone import BackboneConfig, load_backbone
 from models.cllm4rec.bundle import FoldedUserEncoder, load_bundle
 from models.cllm4rec.checkpoint import load_checkpoint
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template, collab_example, collate, content_example, movie_prefix
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
-from models.cllm4rec.tiny import tiny_backbone, tiny_ml_folder
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import TrainConfig, Trainer
+from models.cllm4rec.train import CLLM4RecTask
 from models.data.loaders import load_ml100k
-from models.data.splits import make_split
 from models.metrics import mask_seen, top_k
+from models.tiny import cllm4rec_argv, write_causal_lm, write_ml100k
+from models.training.checkpoint import WEIGHTS, file_sha256
 
 torch.set_num_threads(1)
 DEMO = "Hello, user_1! Have you seen item_2?"
@@ -33,7 +34,8 @@ DEMO = "Hello, user_1! Have you seen item_2?"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("cllm4rec")
-    return {"backbone": tiny_backbone(root / "lm"), "data": tiny_ml_folder(root / "ml"), "root": root}
+    return {"backbone": write_causal_lm(root / "lm"), "data": write_ml100k(root / "ml", users=12, items=20, per_user=7),
+            "root": root}
 
 
 def build(tiny: dict, seed: int = 0, item_bias: bool = False) -> tuple[CLLM4Rec, IdTokenizer, Template]:
@@ -41,13 +43,12 @@ def build(tiny: dict, seed: int = 0, item_bias: bool = False) -> tuple[CLLM4Rec,
     backbone, hf_tok = load_backbone(BackboneConfig(path=tiny["backbone"]))
     tok = IdTokenizer(hf_tok, data.num_users, data.num_items)
     torch.manual_seed(seed)
-    cfg = ModelConfig(data.num_users, data.num_items, tok.vocab.vocab_size, 32, item_bias=item_bias)
-    return CLLM4Rec(cfg, backbone), tok, Template.build(tok)
+    return CLLM4Rec(ModelConfig(item_bias=item_bias), backbone, tok.vocab), tok, Template.build(tok)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_demo_sentence_round_trip(tmp_path: Path, arch: str) -> None:
-    _, hf_tok = load_backbone(BackboneConfig(path=tiny_backbone(tmp_path / arch, arch)))
+    _, hf_tok = load_backbone(BackboneConfig(path=write_causal_lm(tmp_path / arch, arch)))
     tok = IdTokenizer(hf_tok, num_users=5, num_items=7)
     n = len(hf_tok)
     ids = tok.encode(DEMO)
@@ -71,10 +72,16 @@ def test_routing_uses_vocab_rows_below_n_and_id_rows_above(tiny: dict) -> None:
     assert torch.equal(model.embed(ids, model.content_embeddings)[0, 3], model.content_embeddings[5])
 
 
+def _trainable(model: CLLM4Rec) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def test_only_id_tables_learn_and_backbone_is_bit_identical(tiny: dict) -> None:
     model, tok, tmpl = build(tiny)
+    assert model.lm_parameters() == [] and set(model.trained_keys()) == {
+        "collab_embeddings", "content_embeddings", "feature_scale", "log_scale"}
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    opt = torch.optim.Adam(_trainable(model), lr=1e-2)
     ids, lab = collab_example(tmpl, tok.vocab.user(0), np.array([1, 2, 3]), tok.vocab.item_offset)
     loss = model.collab_loss(**collate([ids], tok.pad_token_id, [lab]))
     loss.backward()
@@ -86,7 +93,7 @@ def test_only_id_tables_learn_and_backbone_is_bit_identical(tiny: dict) -> None:
 
 
 def _fit_steps(model: CLLM4Rec, task: str, batch: dict, steps: int = 15) -> tuple[float, float]:
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
+    opt = torch.optim.Adam(_trainable(model), lr=2e-2)
     losses = []
     for _ in range(steps):
         loss = model(task, **batch)
@@ -129,38 +136,34 @@ def test_truncation_drops_oldest_and_keeps_suffix(tiny: dict) -> None:
     assert tok.decode(prompts.rec(None, np.array([1]))).startswith("user_anon has interacted with item_1")
 
 
-def _train_tiny(tiny: dict, out: Path, **overrides) -> Trainer:
-    data = load_ml100k(tiny["data"])
-    split = make_split(data, "random_80_10_10", 0)
-    model, tok, tmpl = build(tiny, item_bias=True)  # the trained fixture covers the bias + title-init path
-    model.init_items_from_text([tok.words(" " + t) for t in data.item_title])
-    kw = {"content_warmup_epochs": 1, "pretrain_rounds": 1, "finetune_epochs": 2, "batch_size": 4, "progress": False,
-          "rec_collab_weight": 0.5}
-    cfg = TrainConfig(**{**kw, **overrides})
-    extra = {"data": {"dataset": "ml-100k", "path": str(tiny["data"]), "items_path": None, "min_rating": None,
-                      "min_user_interactions": 0, "min_item_interactions": 0, "split_seed": 0},
-             "split": {"protocol": "random_80_10_10", "seed": 0}, "train": {}, "schedule": "custom"}
-    trainer = Trainer(model, tok, tmpl, data, split, cfg, out, reference(BackboneConfig(path=tiny["backbone"])), extra)
-    trainer.fit()
-    return trainer
+def train_tiny(tiny: dict, out: Path, *flags: str) -> CLLM4RecTask:
+    """One content epoch, one (collab, content) round, two rec epochs with the collaborative loss,
+    the item bias and title-initialised rows (the defaults)."""
+    args = [*cllm4rec_argv(tiny["backbone"], tiny["data"], out), "--recipe.pretrain-rounds", "1",
+            "--recipe.rec-collab-weight", "0.5", *flags]
+    config = parse(cli.TrainCli, args, presets=cli.SCHEDULES)
+    task = cli.build_task(config)
+    cli.run(task, config, config.train, out, {})
+    return task
 
 
 @pytest.fixture(scope="module")
-def trained(tiny: dict) -> tuple[Trainer, Path]:
+def trained(tiny: dict) -> tuple[CLLM4RecTask, Path]:
     out = tiny["root"] / "ckpt"
-    return _train_tiny(tiny, out), out
+    return train_tiny(tiny, out), out
 
 
-def test_checkpoint_round_trip_and_strict_loading(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
-    trainer, out = trained
+def test_checkpoint_round_trip_and_strict_loading(trained: tuple[CLLM4RecTask, Path], tmp_path: Path) -> None:
+    task, out = trained
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["kind"] == "cllm4rec" and cfg["backbone"]["sha256"] and (out / "train_state.pt").is_file()
-    assert set(load_file(str(out / "weights.safetensors"))) == {
+    assert cfg["kind"] == "cllm4rec" and cfg["format_version"] == 2 and cfg["backbone"]["sha256"]
+    assert (out / "train" / "state.safetensors").is_file() and (out / "train" / "log.json").is_file()
+    assert set(load_file(str(out / WEIGHTS))) == {
         "collab_embeddings", "content_embeddings", "feature_scale", "log_scale", "item_bias"}
     loaded = load_checkpoint(out)
-    users = np.arange(trainer.data.num_users)
-    a = trainer.scorer(users, trainer.split.train)
-    b = RecScorer(loaded.model, trainer.prompts, trainer.hist)(users, trainer.split.train)
+    users = np.arange(task.data.num_users)
+    a = task.scorer(users, task.split.train)
+    b = RecScorer(loaded.model, task.prompts, task.hist)(users, task.split.train)
     np.testing.assert_array_equal(a, b)
 
     for name, tamper in {
@@ -170,55 +173,64 @@ def test_checkpoint_round_trip_and_strict_loading(trained: tuple[Trainer, Path],
         "shape": lambda t: {**t, "collab_embeddings": t["collab_embeddings"][:-1]},
     }.items():
         bad = tmp_path / name
-        bad.mkdir()
-        for f in out.iterdir():
-            if f.is_file():
-                (bad / f.name).write_bytes(f.read_bytes())
-        save_file(tamper(load_file(str(out / "weights.safetensors"))), str(bad / "weights.safetensors"))
+        shutil.copytree(out, bad)
+        save_file(tamper(load_file(str(out / WEIGHTS))), str(bad / WEIGHTS))
+        with pytest.raises(ValueError, match="does not match the sha256"):
+            load_checkpoint(bad)
+        config = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**config, "weights_sha256": file_sha256(bad / WEIGHTS)}))
         with pytest.raises(ValueError, match=r"mismatch|shape"):
             load_checkpoint(bad)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "config.json").write_text(json.dumps({**cfg, "format_version": 1}))
+    with pytest.raises(ValueError, match="format_version 1"):
+        load_checkpoint(old)
 
 
-def test_resume_continues_where_it_stopped(tiny: dict, trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+def test_resume_continues_where_it_stopped(tiny: dict, trained: tuple[CLLM4RecTask, Path], tmp_path: Path) -> None:
     _, out = trained
-    state = torch.load(out / "train_state.pt", weights_only=True)
-    assert state["stage_a_done"] == 3 and state["stage_b_epoch"] >= 1
+    log = json.loads((out / "train" / "log.json").read_text())
+    assert [(e["stage"], e["task"]) for e in log["epochs"]] == [
+        ("pretrain", "content"), ("pretrain", "collab"), ("pretrain", "content"), ("rec", "rec"), ("rec", "rec")]
     copy = tmp_path / "ckpt"
     shutil.copytree(out, copy)
-    resumed = _train_tiny(tiny, copy, finetune_epochs=3)  # picks up train_state.pt, runs what is left
-    assert resumed.state["stage_b_epoch"] in (2, 3) and resumed.state["stage_a_done"] == 3
+    train_tiny(tiny, copy, "--train.epochs", "3")  # picks up train/, runs what is left
+    after = json.loads((copy / "train" / "log.json").read_text())
+    assert after["epochs"][:5] == log["epochs"] and len(after["epochs"]) in (5, 6)
 
 
-def test_evaluation_excludes_train_items(trained: tuple[Trainer, Path]) -> None:
-    trainer, _ = trained
-    split = trainer.split
+def test_evaluation_excludes_train_items(trained: tuple[CLLM4RecTask, Path]) -> None:
+    task, _ = trained
+    split = task.split
     users = split.eval_users("test")
     seen = split.seen("test")
-    scores = trainer.scorer(users, [seen[u] for u in users])
+    scores = task.scorer(users, [seen[u] for u in users])
     top = top_k(mask_seen(scores, [seen[u] for u in users]), 5)
     for row, u in zip(top, users, strict=True):
         assert not set(row.tolist()) & set(split.train[u].tolist())
     # the prompt carries the history: changing it changes the scores
-    other = trainer.scorer(users[:1], [seen[users[1]]])
+    other = task.scorer(users[:1], [seen[users[1]]])
     assert not np.allclose(other, scores[:1])
 
 
-def test_eval_cli_writes_report(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+def test_eval_cli_writes_report(trained: tuple[CLLM4RecTask, Path], tmp_path: Path) -> None:
     _, out = trained
     assert cli.eval_main(["--checkpoint", str(out), "--no-baselines", "--results-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "quality_cllm4rec_ml100k.json").read_text())
     assert 0.0 <= report["test"]["recall@20"] <= 1.0 and report["split_seed"] == 0
+    assert report["trained_on"]["device"] == "cpu" and report["trained_on"]["precision"] == "fp32"
     md = (tmp_path / "quality_cllm4rec_ml100k.md").read_text()
     assert "recall@20" in md and "Training log" in md
 
 
-def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
-    trainer, out = trained
+def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[CLLM4RecTask, Path], tmp_path: Path) -> None:
+    task, out = trained
     bundle = load_bundle(out)
-    model = trainer.model
+    model = task.model
     enc = bundle.encoders["user_encoder"]
     # the item bias rides as a 33rd dimension: constant 1 on the user side, the bias on the item side
-    assert bundle.dim == 33 and bundle.item_vectors.shape == (trainer.data.num_items, 33)
+    assert bundle.dim == 33 and bundle.item_vectors.shape == (task.data.num_items, 33)
     np.testing.assert_array_equal(bundle.user_vectors[:, -1], 1.0)
     np.testing.assert_allclose(bundle.item_vectors[:, -1], model.item_bias.detach().numpy())
     assert np.abs(bundle.item_vectors[:, -1]).max() > 0  # the bias trained
@@ -226,8 +238,8 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[Trainer, Path],
         with torch.no_grad():
             torch.testing.assert_close(enc.module(ids, mask), model.user_vectors(ids, mask), atol=1e-5, rtol=1e-5)
     assert {s[0].shape[0] for s in enc.sample_inputs} >= {1, 4}
-    users = np.arange(trainer.data.num_users)
-    expected = trainer.scorer(users, trainer.split.train)
+    users = np.arange(task.data.num_users)
+    expected = task.scorer(users, task.split.train)
     np.testing.assert_allclose(bundle.user_vectors @ bundle.item_vectors.T, expected, atol=1e-4, rtol=1e-4)
     mc = bundle.model_config
     assert mc["vocab_size"] == enc.module.embed.weight.shape[0] and mc["anonymous_user_token"] == mc["vocab_size"] - 1
@@ -273,16 +285,19 @@ def test_title_init_and_calibrated_temperature(tiny: dict) -> None:
     torch.testing.assert_close(model.item_bias.detach(), prior - prior.mean())
 
 
-def test_cosine_lr_decays_to_its_floor_and_head_has_its_own_rate(trained: tuple[Trainer, Path]) -> None:
-    trainer, _ = trained
-    floor = trainer.cfg.lr_min_frac
-    factors = [trainer._stage_b_lr_factor(p) for p in np.linspace(0, 1, 11)]
-    assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(floor)
-    assert np.all(np.diff(factors) < 0)
-    assert trainer._stage_b_lr_factor(2.0) == pytest.approx(floor)
-    groups = trainer._ensure_optimizer("B").param_groups
-    assert [g["base_lr"] for g in groups] == [trainer.cfg.lr_finetune, trainer.cfg.lr_head]
-    assert groups[1]["params"][0] is trainer.model.log_scale and groups[1]["params"][1] is trainer.model.item_bias
+def test_cosine_lr_decays_to_its_floor_and_head_has_its_own_rate(trained: tuple[CLLM4RecTask, Path]) -> None:
+    task, out = trained
+    log = json.loads((out / "train" / "log.json").read_text())
+    rec = [e for e in log["epochs"] if e["stage"] == "rec"]
+    pretrain = [e for e in log["epochs"] if e["stage"] == "pretrain"]
+    ids, head = task.recipe.pretrain_lr, task.recipe.head_lr
+    assert all(e["lr"] == pytest.approx([ids, head]) for e in pretrain)  # stage A: constant rates
+    # stage B: cosine over its steps, at the floor after the last one, for both groups
+    assert rec[-1]["lr"] == pytest.approx([task.train.lr * task.train.lr_min_frac, head * task.train.lr_min_frac])
+    assert rec[0]["lr"][0] < task.train.lr
+    groups = task.param_groups(task.stages()[-1])
+    assert [g["name"] for g in groups] == ["ids", "head", "lm"] and groups[2]["params"] == []
+    assert groups[1]["params"][0] is task.model.log_scale and groups[1]["params"][1] is task.model.item_bias
 
 
 def test_folded_encoder_routes_like_the_model(tiny: dict) -> None:
@@ -291,40 +306,40 @@ def test_folded_encoder_routes_like_the_model(tiny: dict) -> None:
     batch = collate([prompts.rec(0, np.array([1, 2])), prompts.rec(None, np.array([3, 4, 5, 6]))], tok.pad_token_id)
     with torch.no_grad():
         torch.testing.assert_close(FoldedUserEncoder(model)(**batch), model.user_vectors(**batch))
-    assert History.build(load_ml100k(tiny["data"])).ordered(0, np.array([]) ).size == 0
+    assert History.build(load_ml100k(tiny["data"])).ordered(0, np.array([])).size == 0
 
 
-def test_rec_examples_hold_out_targets_and_label_the_history(trained: tuple[Trainer, Path]) -> None:
-    trainer, _ = trained
-    v = trainer.tok.vocab
-    rows, targets, labels = trainer.rec_examples()
+def test_rec_examples_hold_out_targets_and_label_the_history(trained: tuple[CLLM4RecTask, Path]) -> None:
+    task, _ = trained
+    v = task.tok.vocab
+    rows, targets, labels = task.rec_examples(np.random.default_rng(0))
     for row, tgt, lab in zip(rows, targets, labels, strict=True):
         shown = [t - v.item_offset for t in row if v.item_offset <= t < v.anon_token]
         assert len(tgt) >= 1 and not set(shown) & set(tgt.tolist())
         assert [x for x in lab if x >= 0] == shown and len(lab) == len(row)
-    batch = collate(rows[:4], trainer.tok.pad_token_id)
+    batch = collate(rows[:4], task.tok.pad_token_id)
     batch["targets"] = torch.zeros(4, v.num_items)
     for b in range(4):
         batch["targets"][b, torch.as_tensor(targets[b])] = 1.0
     lab = collate(rows[:4], 0, labels[:4])["labels"]
     with torch.no_grad():
-        plain = trainer.model.rec_loss(**batch)
-        joint = trainer.model.rec_loss(**batch, labels=lab, collab_weight=1.0)
+        plain = task.model.rec_loss(**batch)
+        joint = task.model.rec_loss(**batch, labels=lab, collab_weight=1.0)
     assert joint > plain
 
 
 def test_time_budget_stops_before_a_new_epoch(tiny: dict, tmp_path: Path) -> None:
-    trainer = _train_tiny(tiny, tmp_path / "ckpt", time_budget_min=1e-9)
-    assert trainer.state["stage_a_done"] == 0 and trainer.state["stage_b_epoch"] == 0
-    assert trainer.state["log"][-1]["stopped"] == "time_budget"
+    train_tiny(tiny, tmp_path / "ckpt", "--train.time-budget-min", "1e-9")
+    log = json.loads((tmp_path / "ckpt" / "train" / "log.json").read_text())
+    assert log["epochs"] == [] and log["stopped"] == "time_budget"
+    load_checkpoint(tmp_path / "ckpt")  # the untrained model is still a complete checkpoint
 
 
 def test_schedules_fill_defaults_and_explicit_flags_win() -> None:
-    cfg = cli.parse(cli.TrainCli, ["--train.batch-size", "8"]).train
+    cfg = parse(cli.TrainCli, ["--train.batch-size", "8"], presets=cli.SCHEDULES)
     assert cli.TrainCli().schedule == "default"
-    default = cli.apply_schedule(cfg, "default")
-    assert default.batch_size == 8 and default.rec_collab_weight == 1.0 and default.max_history == 128
-    assert default.content_warmup_epochs == 0 and default.pretrain_rounds == 0 and default.finetune_epochs == 12
-    full = cli.apply_schedule(TrainConfig(), "full")
-    assert full.content_warmup_epochs == 1 and full.pretrain_rounds == 2 and full.finetune_epochs == 20
-    assert cli.apply_schedule(TrainConfig(), "custom") == TrainConfig()
+    assert cfg.train.batch_size == 8 and cfg.recipe.rec_collab_weight == 1.0 and cfg.model.max_history == 128
+    assert cfg.recipe.content_warmup_epochs == 0 and cfg.recipe.pretrain_rounds == 0 and cfg.train.epochs == 12
+    full = parse(cli.TrainCli, ["--schedule", "full"], presets=cli.SCHEDULES)
+    assert full.recipe.content_warmup_epochs == 1 and full.recipe.pretrain_rounds == 2 and full.train.epochs == 20
+    assert parse(cli.TrainCli, ["--schedule", "custom"], presets=cli.SCHEDULES) == cli.TrainCli(schedule="custom")

@@ -11,6 +11,7 @@ import torch
 
 from export.cli import main as export_main
 from export.repository import verify_version
+from models import tiny
 
 torch.set_num_threads(1)
 
@@ -21,15 +22,14 @@ def export(ckpt: Path, repo: Path, name: str, *flags: str) -> dict:
     return verify_version(repo / name / "1")
 
 
-def test_cllm4rec_checkpoint_exports(tmp_path):
-    tiny = pytest.importorskip("models.cllm4rec.tiny")
-    cli = pytest.importorskip("models.cllm4rec.cli")
-    lm, ml = tiny.tiny_backbone(tmp_path / "lm"), tiny.tiny_ml_folder(tmp_path / "ml")
+@pytest.mark.parametrize("levers", [[], ["--lm.lora-rank", "2", "--lm.unfreeze-top", "1"], ["--lm.depth", "1"]],
+                         ids=["frozen", "lora+unfrozen", "depth"])
+def test_cllm4rec_checkpoint_exports(tmp_path, levers):
+    from models.cllm4rec import cli
+
+    lm, ml = tiny.write_causal_lm(tmp_path / "lm"), tiny.write_ml100k(tmp_path / "ml", users=12, items=20, per_user=7)
     ckpt = tmp_path / "ckpt"
-    assert cli.train_main(["--out", str(ckpt), "--schedule", "custom", "--data.dataset", "atomic",
-                           "--data.path", str(ml), "--backbone.path", str(lm), "--train.content-warmup-epochs", "1",
-                           "--train.pretrain-rounds", "0", "--train.finetune-epochs", "1", "--train.batch-size", "4",
-                           "--train.no-progress"]) == 0
+    assert cli.train_main([*tiny.cllm4rec_argv(lm, ml, ckpt), "--train.epochs", "1", *levers]) == 0
     m = export(ckpt, tmp_path / "repo", "cllm", "--index", "hnsw")
     par = m["parity"]["user_encoder"]
     assert par["max_abs_err"] <= 1e-4 and par["topk_identical"] and par["cases"] >= 3
@@ -39,12 +39,11 @@ def test_cllm4rec_checkpoint_exports(tmp_path):
 
 
 def _tcf(tmp_path: Path, tower: str) -> Path:
-    testing = pytest.importorskip("models.tcf.testing")
-    cli = pytest.importorskip("models.tcf.cli")
-    enc, ml = testing.write_tiny_encoder(tmp_path / "enc"), testing.write_tiny_ml100k(tmp_path / "ml")
+    from models.tcf import cli
+
+    enc, ml = tiny.write_encoder(tmp_path / "enc"), tiny.write_ml100k(tmp_path / "ml")
     ckpt = tmp_path / f"ckpt-{tower}"
-    assert cli.train_main(["--out", str(ckpt), "--encoder", str(enc), "--data.dataset", "atomic", "--data.path",
-                           str(ml), "--user-tower", tower, "--dim", "16", "--epochs", "1", "--no-progress"]) == 0
+    assert cli.train_main([*tiny.tcf_argv(enc, ml, ckpt), "--model.user-tower", tower, "--train.epochs", "1"]) == 0
     return ckpt
 
 

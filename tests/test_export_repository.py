@@ -128,9 +128,9 @@ def test_checkpoint_hash_covers_config_and_weights(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 100)
     h1, n = R.checkpoint_sha256(tmp_path)
     assert n == 2
-    (tmp_path / "resume").mkdir()
-    (tmp_path / "resume" / "state.pt").write_bytes(b"optimizer")
-    (tmp_path / "train_state.pt").write_bytes(b"optimizer")
-    assert R.checkpoint_sha256(tmp_path) == (h1, 2)  # training state is not part of the identity
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "state.safetensors").write_bytes(b"optimizer")
+    (tmp_path / "train" / "log.json").write_text("{}")
+    assert R.checkpoint_sha256(tmp_path) == (h1, 2)  # training state and log are not part of the identity
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 99 + b"\1")
     assert R.checkpoint_sha256(tmp_path)[0] != h1

@@ -10,14 +10,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from llmrec.config import parse
 from models.bundle import ServingBundle
 from models.bundle import load_bundle as load_any_bundle
-from models.data.config import DataConfig
+from models.tcf import cli
 from models.tcf import text_encoder as te
 from models.tcf.bundle import load_bundle
 from models.tcf.checkpoint import load_checkpoint
-from models.tcf.testing import write_tiny_encoder, write_tiny_ml100k
-from models.tcf.train import TrainConfig, train
+from models.tiny import tcf_argv, write_encoder, write_ml100k
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +27,13 @@ def _one_thread() -> None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_ml100k(tmp_path_factory.mktemp("data"))
+    return write_ml100k(tmp_path_factory.mktemp("data"))
 
 
-def _train(tmp: Path, data: Path, kind: str = "bert", **kw) -> Path:
-    enc = write_tiny_encoder(tmp / f"enc-{kind}", kind, layers=2)
-    cfg = TrainConfig(encoder=str(enc), data=DataConfig(path=data), out=tmp / "ck", dim=16, max_seq_len=8,
-                      batch_size=8, epochs=2, progress=False, text_max_length=12, **kw)
-    train(cfg)
+def _train(tmp: Path, data: Path, *flags: str, kind: str = "bert") -> Path:
+    enc = write_encoder(tmp / f"enc-{kind}", kind, layers=2)
+    cfg = parse(cli.TrainCli, [*tcf_argv(enc, data, tmp / "ck"), *flags])
+    cli.train(cfg)
     return cfg.out
 
 
@@ -53,13 +52,16 @@ def _onnx_parity(tmp: Path, name: str, enc) -> float:
     return worst
 
 
-@pytest.mark.parametrize("kind,n,norm", [("bert", 1, False), ("llama", 1, True), ("bert", 0, True)])
-def test_text_sasrec_bundle(tmp_path: Path, data_dir: Path, kind: str, n: int, norm: bool) -> None:
-    ck_dir = _train(tmp_path, data_dir, kind, unfreeze_last=n, pooling="mean" if kind == "llama" else "cls",
-                    mlp_input_norm=norm)
+@pytest.mark.parametrize("kind,n,depth,norm", [("bert", 1, 0, False), ("llama", 1, 0, True), ("bert", 0, 0, True),
+                                               ("llama", 1, 1, False)])
+def test_text_sasrec_bundle(tmp_path: Path, data_dir: Path, kind: str, n: int, depth: int, norm: bool) -> None:
+    ck_dir = _train(tmp_path, data_dir, "--lm.unfreeze-top", str(n), "--lm.depth", str(depth),
+                    "--text.pooling", "mean" if kind == "llama" else "cls",
+                    "--model.mlp-input-norm" if norm else "--model.no-mlp-input-norm", kind=kind)
     bundle = load_any_bundle(ck_dir)  # through the registry in models/bundle.py
     assert isinstance(bundle, ServingBundle) and bundle.kind == "tcf" and bundle.user_tower == "sasrec"
     ck = load_checkpoint(ck_dir)
+    assert len(te.blocks(bundle.encoders["item_encoder"].module.lm)) == (depth or 2)
     # the full text path (all LM layers + pooling + MLP) == the training path (pre-inferred + top N + MLP)
     own_items = ck.model.all_item_vectors().numpy()
     assert np.allclose(bundle.item_vectors, own_items, atol=1e-5)
@@ -84,10 +86,10 @@ def test_text_sasrec_bundle(tmp_path: Path, data_dir: Path, kind: str, n: int, n
 
 
 def test_dssm_and_id_bundles(tmp_path: Path, data_dir: Path) -> None:
-    dssm = load_bundle(_train(tmp_path / "d", data_dir, user_tower="dssm"))
+    dssm = load_bundle(_train(tmp_path / "d", data_dir, "--model.user-tower", "dssm"))
     assert set(dssm.encoders) == {"item_encoder"} and dssm.probe is None
     ck = load_checkpoint(tmp_path / "d" / "ck")
     assert np.allclose(dssm.user_vectors, ck.model.user_tower.emb.weight.detach().numpy())
-    ids = load_bundle(_train(tmp_path / "i", data_dir, item_tower="id"))
+    ids = load_bundle(_train(tmp_path / "i", data_dir, "--model.item-tower", "id"))
     assert set(ids.encoders) == {"user_encoder"} and ids.model_config["tokenizer"] is None
     assert ids.item_vectors.shape == (len(ids.item_ids), 16)

@@ -10,17 +10,18 @@ import torch
 
 from models.tcf import preinfer as pi
 from models.tcf import text_encoder as te
-from models.tcf.testing import tiny_texts, write_tiny_encoder
+from models.tiny import tiny_texts, write_encoder
+from models.training.capacity import CapacityConfig
 
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("bert"), "bert")
+    return write_encoder(tmp_path_factory.mktemp("bert"), "bert")
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("llama"), "llama")
+    return write_encoder(tmp_path_factory.mktemp("llama"), "llama")
 
 
 @pytest.fixture
@@ -45,30 +46,38 @@ def _cfg(folder: Path, **kw) -> te.TextEncoderConfig:
     return te.TextEncoderConfig(encoder=str(folder), **kw)
 
 
+FROZEN = CapacityConfig()
+
+
 def test_cache_reused_then_invalidated(tmp_path: Path, bert_dir: Path, counted: list[int]) -> None:
     texts = tiny_texts(10)
     cache = tmp_path / "cache"
-    first = pi.preinfer(_cfg(bert_dir), texts, cache, progress=False)
-    again = pi.preinfer(_cfg(bert_dir), texts, cache, progress=False)
+    first = pi.preinfer(_cfg(bert_dir), FROZEN, texts, cache, progress=False)
+    again = pi.preinfer(_cfg(bert_dir), FROZEN, texts, cache, progress=False)
     assert len(counted) == 1 and not first.from_cache and again.from_cache
     assert torch.equal(first.pooled, again.pooled)
     keys = {first.key}
-    for cfg, tx in [
-        (_cfg(bert_dir), [*texts[:-1], "war day"]),  # text changed
-        (_cfg(bert_dir, unfreeze_last=1), texts),  # N changed
-        (_cfg(bert_dir, max_length=4), texts),  # max length changed
-        (_cfg(bert_dir, lowercase=True), texts),  # lower-casing changed
-        (_cfg(bert_dir, pooling="cls"), texts),
-    ]:  # pooling changed
-        res = pi.preinfer(cfg, tx, cache, progress=False)
+    for cfg, lm_cfg, tx in [
+        (_cfg(bert_dir), FROZEN, [*texts[:-1], "war day"]),  # text changed
+        (_cfg(bert_dir), CapacityConfig(unfreeze_top=1), texts),  # N changed
+        (_cfg(bert_dir), CapacityConfig(depth=2), texts),  # depth changed
+        (_cfg(bert_dir, max_length=4), FROZEN, texts),  # max length changed
+        (_cfg(bert_dir, lowercase=True), FROZEN, texts),  # lower-casing changed
+        (_cfg(bert_dir, pooling="cls"), FROZEN, texts),  # pooling changed
+    ]:
+        res = pi.preinfer(cfg, lm_cfg, tx, cache, progress=False)
         assert not res.from_cache
         keys.add(res.key)
-    assert len(keys) == 6 and len(counted) == 6
+    assert len(keys) == 7 and len(counted) == 7
     weights = bert_dir / "model.safetensors"
     st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "new weights" for the same path
-    assert not pi.preinfer(_cfg(bert_dir), texts, cache, progress=False).from_cache
-    assert len(counted) == 7
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same content: still cached
+    assert pi.preinfer(_cfg(bert_dir), FROZEN, texts, cache, progress=False).from_cache
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # new weights at the same path
+    weights.write_bytes(bytes(data))
+    assert not pi.preinfer(_cfg(bert_dir), FROZEN, texts, cache, progress=False).from_cache
+    assert len(counted) == 8
 
 
 def test_max_length_truncates(bert_dir: Path) -> None:
@@ -90,7 +99,7 @@ def test_top_layers_continue_the_frozen_part(tmp_path: Path, kind: str, n: int, 
     """top_N(hidden states entering layer L-N) == the full model's output at every real token."""
     folder = request.getfixturevalue(f"{kind}_dir")
     texts = tiny_texts(6, seed=1)
-    pre = pi.preinfer(_cfg(folder, unfreeze_last=n), texts, tmp_path, progress=False)
+    pre = pi.preinfer(_cfg(folder), CapacityConfig(unfreeze_top=n), texts, tmp_path, progress=False)
     lm = te.load_lm(folder)
     top = te.top_layers(lm, n)
     got = top(inputs_embeds=pre.hidden, attention_mask=pre.mask).last_hidden_state
@@ -107,7 +116,7 @@ def test_top_layers_continue_the_frozen_part(tmp_path: Path, kind: str, n: int, 
 
 def test_top_layers_rejects_bad_n(bert_dir: Path) -> None:
     lm = te.load_lm(bert_dir)
-    with pytest.raises(ValueError, match=r"unfreeze_last must be in 1\.\.3"):
+    with pytest.raises(ValueError, match=r"unfreeze_top must be in 1\.\.3"):
         te.top_layers(lm, 4)
 
 
@@ -115,8 +124,8 @@ def test_item_rows_follow_text_order(tmp_path: Path, bert_dir: Path) -> None:
     """Permuting the catalogue permutes the pre-inferred rows the same way (no misalignment)."""
     texts = tiny_texts(8, seed=2)
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist()
-    a = pi.preinfer(_cfg(bert_dir), texts, tmp_path, progress=False, batch_size=3)
-    b = pi.preinfer(_cfg(bert_dir), [texts[i] for i in perm], tmp_path, progress=False, batch_size=5)
+    a = pi.preinfer(_cfg(bert_dir), FROZEN, texts, tmp_path, progress=False, batch_size=3)
+    b = pi.preinfer(_cfg(bert_dir), FROZEN, [texts[i] for i in perm], tmp_path, progress=False, batch_size=5)
     assert not b.from_cache
     assert torch.allclose(b.pooled, a.pooled[perm], atol=1e-5)
 

@@ -1,33 +1,31 @@
-"""The frozen causal LM under CLLM4Rec: any local HF folder, or the default SmolLM2 GGUF.
+"""The causal LM under CLLM4Rec: any local HF folder, or the default SmolLM2 GGUF.
 
 GGUF loading de-quantizes every tensor (tens of seconds) and a GGUF-loaded model cannot
 `save_pretrained` in this transformers version, so the first load rebuilds a plain fp32 model
 from its config, copies the state dict and saves it as an ordinary HF folder in a cache keyed
 by the GGUF file's size and mtime; later loads read that folder in about a second.
+
+The LM is loaded frozen in fp32; `models.training.capacity` then applies the levers (depth,
+unfrozen top blocks, LoRA) the run asks for. Mixed precision is the training engine's autocast,
+never a cast of the stored weights.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmrec import logs
 from llmrec.assets import SMOLLM2_GGUF, smollm2_dir, work_dir
+from models.training.capacity import CapacityConfig, apply_capacity
+from models.training.checkpoint import lm_identity
 
 log = logs.get(__name__)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
 @dataclass
@@ -35,8 +33,6 @@ class BackboneConfig:
     # A local HF causal-LM folder, or a folder holding `gguf_file`. None: the installed SmolLM2-135M GGUF.
     path: Path | None = None
     gguf_file: str | None = None  # file name inside `path` (None with path=None means SMOLLM2_GGUF)
-    dtype: Literal["float32", "bfloat16"] = "float32"  # bf16 only pays on CPUs with AMX / avx512_bf16
-    threads: int = 1  # torch intra-op threads; 1 is fastest when other processes share the cores
     cache_dir: Path | None = None  # where de-quantized GGUF models are cached (None: work/cache/backbones)
 
 
@@ -51,32 +47,10 @@ def resolve(cfg: BackboneConfig) -> tuple[Path, str | None]:
     return path, cfg.gguf_file
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_fingerprint(path: Path, gguf_file: str | None) -> str:
-    """sha256 over the weight file(s), so a checkpoint can refuse a different backbone."""
-    if gguf_file:
-        return file_sha256(path / gguf_file)
-    files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {path}")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        h.update(file_sha256(p).encode())
-    return h.hexdigest()
-
-
 def reference(cfg: BackboneConfig) -> dict[str, Any]:
-    """What a checkpoint records about its backbone."""
+    """What a checkpoint records about its backbone: the source (GGUF file or folder) and its content hash."""
     path, gguf = resolve(cfg)
-    return {"path": str(path), "gguf_file": gguf, "sha256": weights_fingerprint(path, gguf), "dtype": cfg.dtype}
+    return {**lm_identity(path / gguf if gguf else path), "folder": str(path), "gguf_file": gguf}
 
 
 def _gguf_cache_folder(path: Path, gguf_file: str, cache_dir: Path | None) -> Path:
@@ -118,20 +92,16 @@ def plain_hf_folder(path: Path, gguf_file: str, cache_dir: Path | None = None) -
     return folder
 
 
-def load_backbone(cfg: BackboneConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The backbone in eval mode with every parameter frozen, and its tokenizer."""
-    torch.set_num_threads(max(1, cfg.threads))
+def load_backbone(cfg: BackboneConfig, capacity: CapacityConfig | None = None
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The backbone frozen in fp32 with `capacity`'s levers applied (eval mode), and its tokenizer."""
     path, gguf = resolve(cfg)
     if gguf:
         path = plain_hf_folder(path, gguf, cfg.cache_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
-    config = AutoConfig.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if cfg.dtype == "bfloat16":
-        model = model.to(torch.bfloat16)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, tokenizer
+    model.requires_grad_(False)
+    return apply_capacity(model, capacity or CapacityConfig()), tokenizer

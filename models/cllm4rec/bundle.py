@@ -7,6 +7,11 @@ Everything the rec head does beyond that (per-dimension feature scale, learned t
 folded into the item vectors, so score = user_vector . item_vector exactly. With an item bias
 the graph appends a constant 1 to the user vector and the item vectors carry the bias as their
 last dimension, so the server still does one inner-product search.
+
+A backbone trained with LoRA is exported with its adapters merged into the weights (a copy; the
+known-user vectors come from the unmerged model), unfrozen blocks and reduced depth are simply
+the backbone's own weights and layer count: the graph is always a plain LM, so the server needs
+nothing new. The parity check compares the graph against the merged module.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from models.cllm4rec.checkpoint import Loaded, load_checkpoint
 from models.cllm4rec.model import CLLM4Rec, score_space
 from models.cllm4rec.prompts import collate
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
+from models.training.capacity import merged_copy
 
 PROBE_USERS = 200
 PROBE_BATCH = 16
@@ -33,11 +39,12 @@ class FoldedUserEncoder(nn.Module):
 
     def __init__(self, model: CLLM4Rec) -> None:
         super().__init__()
-        n = model.cfg.vocab_size
-        vocab = model.backbone.get_input_embeddings().weight[:n].detach().float()
+        n = model.vocab.vocab_size
+        backbone = merged_copy(model.backbone)
+        vocab = backbone.get_input_embeddings().weight[:n].detach().float()
         table = torch.cat([vocab, model.collab_embeddings.detach().float()])
         self.embed = nn.Embedding.from_pretrained(table, freeze=True)
-        self.base = model.backbone.base_model
+        self.base = backbone.base_model
         self.item_bias = model.cfg.item_bias
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -78,7 +85,6 @@ def _sample_inputs(prompts: PromptBuilder, users: list[int], histories: list[np.
 def load_bundle(checkpoint_dir: Path, batch_size: int = 32, known_users: bool = True) -> ServingBundle:
     loaded = load_checkpoint(Path(checkpoint_dir))
     model = loaded.model
-    model.backbone.float()
     data, split = loaded.training_data()
     hist = History.build(data)
     prompts = PromptBuilder(loaded.template, loaded.tokenizer.vocab, loaded.max_history, loaded.tokenizer.pad_token_id)

@@ -1,8 +1,10 @@
-"""CLLM4Rec: ID tokens learned on a frozen causal LM, with three heads over one backbone.
+"""CLLM4Rec: ID tokens learned on a causal LM, with three heads over one backbone.
 
-Only two ID tables are trained, each [I users + J items + 1 anonymous user, H]:
-collaborative z^l (collaborative LM + rec head) and content z^c (content LM). Ids < N go to
-the frozen vocabulary embedding, ids >= N to the chosen ID table (row id - N).
+In the paper's setting only two ID tables are trained, each [I users + J items + 1 anonymous
+user, H]: collaborative z^l (collaborative LM + rec head) and content z^c (content LM); the LM is
+frozen. The capacity levers (models.training.capacity: LoRA adapters, unfrozen top blocks, fewer
+blocks) may let part of the LM train too. Ids < N go to the LM's vocabulary embedding, ids >= N
+to the chosen ID table (row id - N).
 
 Item scoring (collaborative LM and rec head) is h . (feature_scale * exp(log_scale) * z^l_item):
 the final hidden state of the backbone has a few huge dimensions, which make raw dot products
@@ -16,6 +18,7 @@ dimension: the user vector gets a constant 1 appended and the item vector its bi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +27,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from models.cllm4rec.prompts import IGNORE
+from models.cllm4rec.tokens import IdVocab
+from models.training.capacity import trained_lm_names
+from models.training.checkpoint import load_strict
 
 TRAINED_KEYS = ("collab_embeddings", "content_embeddings", "feature_scale", "log_scale")
 BIAS_KEY = "item_bias"
@@ -39,44 +45,42 @@ def score_space(hidden: torch.Tensor, item_bias: bool) -> torch.Tensor:
 
 @dataclass
 class ModelConfig:
-    num_users: int
-    num_items: int
-    vocab_size: int  # N: backbone tokenizer size incl. added specials
-    hidden_size: int
-    init_std: float = 0.02
+    init_std: float = 0.02  # ID rows start at N(0, init_std^2) (items: at their titles' embedding, see item_init)
     mutual_reg: float = 1.0  # lambda of lambda * mean_rows ||z^l - sg(z^c)||^2 (and its mirror)
     learn_scale: bool = True  # learnable score temperature exp(log_scale) on item scores
-    item_bias: bool = False  # learnable per-item bias on item scores (False keeps older checkpoints loadable)
+    item_bias: bool = True  # learnable per-item bias on item scores (served as one more vector dimension)
+    max_history: int = 128  # most recent items kept in a prompt (training, evaluation and serving alike)
 
 
 class CLLM4Rec(nn.Module):
-    def __init__(self, cfg: ModelConfig, backbone: PreTrainedModel) -> None:
+    def __init__(self, cfg: ModelConfig, backbone: PreTrainedModel, vocab: IdVocab) -> None:
         super().__init__()
         emb = backbone.get_input_embeddings().weight
-        if emb.shape[0] < cfg.vocab_size or emb.shape[1] != cfg.hidden_size:
-            raise ValueError(
-                f"backbone embedding {tuple(emb.shape)} does not fit vocab_size={cfg.vocab_size}, "
-                f"hidden_size={cfg.hidden_size}"
-            )
-        if any(p.requires_grad for p in backbone.parameters()):
-            raise ValueError("the backbone must be frozen (load it with backbone.load_backbone)")
+        if emb.shape[0] < vocab.vocab_size:
+            raise ValueError(f"backbone embedding has {emb.shape[0]} rows, the tokenizer {vocab.vocab_size} tokens")
         self.cfg = cfg
+        self.vocab = vocab
+        self.hidden_size = int(emb.shape[1])
         self.backbone = backbone
-        rows = cfg.num_users + cfg.num_items + 1
-        self.collab_embeddings = nn.Parameter(torch.randn(rows, cfg.hidden_size) * cfg.init_std)
-        self.content_embeddings = nn.Parameter(torch.randn(rows, cfg.hidden_size) * cfg.init_std)
-        self.register_buffer("feature_scale", torch.ones(cfg.hidden_size))
+        rows = vocab.num_users + vocab.num_items + 1
+        self.collab_embeddings = nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std)
+        self.content_embeddings = nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std)
+        self.register_buffer("feature_scale", torch.ones(self.hidden_size))
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
-        self.item_bias = nn.Parameter(torch.zeros(cfg.num_items), requires_grad=cfg.item_bias)
+        self.item_bias = nn.Parameter(torch.zeros(vocab.num_items), requires_grad=cfg.item_bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.collab_embeddings.device
+
+    @property
+    def num_items(self) -> int:
+        return self.vocab.num_items
 
     # ---- embeddings and hidden states -------------------------------------------------------
-    @property
-    def backbone_dtype(self) -> torch.dtype:
-        return self.backbone.get_input_embeddings().weight.dtype
-
     def embed(self, input_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Routes ids < N to the frozen vocabulary rows and ids >= N to `table` rows (id - N)."""
-        n = self.cfg.vocab_size
+        n = self.vocab.vocab_size
         if int(input_ids.max()) >= n + table.shape[0] or int(input_ids.min()) < 0:
             raise ValueError(f"token id out of range [0, {n + table.shape[0]})")
         words = self.backbone.get_input_embeddings()(input_ids.clamp(max=n - 1)).float()
@@ -84,8 +88,7 @@ class CLLM4Rec(nn.Module):
         return torch.where((input_ids >= n).unsqueeze(-1), ids, words)
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        embeds = self.embed(input_ids, table).to(self.backbone_dtype)
-        out = self.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask)
+        out = self.backbone.base_model(inputs_embeds=self.embed(input_ids, table), attention_mask=attention_mask)
         return out.last_hidden_state.float()
 
     @staticmethod
@@ -98,15 +101,15 @@ class CLLM4Rec(nn.Module):
     @property
     def vector_dim(self) -> int:
         """Width of user and item vectors in score space (hidden size, +1 with the item bias)."""
-        return self.cfg.hidden_size + int(self.cfg.item_bias)
+        return self.hidden_size + int(self.cfg.item_bias)
 
     def score_space(self, hidden: torch.Tensor) -> torch.Tensor:
         return score_space(hidden, self.cfg.item_bias)
 
     def item_matrix(self) -> torch.Tensor:
         """[J, vector_dim] vectors whose dot product with a user vector is the item score."""
-        u = self.cfg.num_users
-        items = self.collab_embeddings[u : u + self.cfg.num_items] * self.feature_scale * self.log_scale.exp()
+        u = self.vocab.num_users
+        items = self.collab_embeddings[u : u + self.num_items] * self.feature_scale * self.log_scale.exp()
         if not self.cfg.item_bias:
             return items
         return torch.cat([items, self.item_bias.unsqueeze(1)], dim=1)
@@ -121,7 +124,7 @@ class CLLM4Rec(nn.Module):
     # ---- losses ------------------------------------------------------------------------------
     def mutual_reg(self, input_ids: torch.Tensor, table: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """lambda * mean over the batch's ID rows of ||table - stopgrad(other)||^2."""
-        n = self.cfg.vocab_size
+        n = self.vocab.vocab_size
         rows = torch.unique(input_ids[input_ids >= n]) - n
         if self.cfg.mutual_reg == 0 or rows.numel() == 0:
             return table.sum() * 0.0
@@ -151,7 +154,7 @@ class CLLM4Rec(nn.Module):
         """Next-word cross-entropy over the vocabulary through the frozen LM head."""
         h = self.hidden(input_ids, attention_mask, self.content_embeddings)
         hs, targets = self._next_token_positions(h, labels)
-        logits = self.backbone.get_output_embeddings()(hs.to(self.backbone_dtype)).float()
+        logits = self.backbone.get_output_embeddings()(hs).float()
         loss = F.cross_entropy(logits, targets)
         if reg:
             loss = loss + self.mutual_reg(input_ids, self.content_embeddings, self.collab_embeddings)
@@ -215,11 +218,11 @@ class CLLM4Rec(nn.Module):
         # Temperature: initial item scores of unit spread, whatever the item rows' scale (random
         # N(0, 0.02^2) rows and title-initialised rows differ by ~4x).
         self.log_scale.zero_()
-        spread = float((hs @ self.item_matrix()[:, : self.cfg.hidden_size].T).std())
+        spread = float((hs @ self.item_matrix()[:, : self.hidden_size].T).std())
         if spread > 0:
             self.log_scale.fill_(-torch.log(torch.tensor(spread)).item())
         if self.cfg.item_bias and item_counts is not None:
-            prior = torch.log1p(item_counts.float())
+            prior = torch.log1p(item_counts.float().to(self.device))
             self.item_bias.copy_(prior - prior.mean())
 
     @torch.no_grad()
@@ -229,42 +232,31 @@ class CLLM4Rec(nn.Module):
         An item then starts where the backbone already reads its title, instead of at noise the
         LM has never seen; returns how many items had text.
         """
-        if len(token_ids) != self.cfg.num_items:
-            raise ValueError(f"{len(token_ids)} item texts for {self.cfg.num_items} items")
+        if len(token_ids) != self.num_items:
+            raise ValueError(f"{len(token_ids)} item texts for {self.num_items} items")
         vocab = self.backbone.get_input_embeddings().weight
-        u, done = self.cfg.num_users, 0
+        u, done = self.vocab.num_users, 0
         for j, ids in enumerate(token_ids):
             if ids:
-                row = vocab[torch.as_tensor(ids)].float().mean(0)
+                row = vocab[torch.as_tensor(ids, device=vocab.device)].float().mean(0)
                 self.collab_embeddings[u + j] = row
                 self.content_embeddings[u + j] = row
                 done += 1
         return done
 
-    def trained_keys(self) -> tuple[str, ...]:
-        return TRAINED_KEYS + ((BIAS_KEY,) if self.cfg.item_bias else ())
+    def trained_keys(self) -> list[str]:
+        """What a checkpoint stores: the ID tables and heads, plus the LM weights that train
+        (adapters, unfrozen blocks) under their `backbone.` names; the frozen LM is referenced."""
+        own = [*TRAINED_KEYS, *((BIAS_KEY,) if self.cfg.item_bias else ())]
+        return own + trained_lm_names(self.backbone, "backbone.")
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """The only tensors a checkpoint stores (the backbone is referenced, not copied)."""
-        return {k: getattr(self, k).detach().clone().contiguous() for k in self.trained_keys()}
+        own = dict(self.named_parameters()) | dict(self.named_buffers())
+        return {k: own[k].detach().clone().contiguous() for k in self.trained_keys()}
 
-    def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_trained_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Strict: every key present, nothing extra, every shape equal."""
-        keys = self.trained_keys()
-        missing = [k for k in keys if k not in tensors]
-        unexpected = [k for k in tensors if k not in keys]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint weights mismatch: missing {missing}, unexpected {unexpected}")
-        for k in keys:
-            cur = getattr(self, k)
-            if tuple(tensors[k].shape) != tuple(cur.shape):
-                raise ValueError(f"checkpoint weight {k!r} has shape {tuple(tensors[k].shape)}, expected {tuple(cur.shape)}")
-        with torch.no_grad():
-            for k in keys:
-                getattr(self, k).copy_(tensors[k].to(getattr(self, k).dtype))
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in (*self.id_parameters(), *self.head_parameters()) if p.requires_grad]
+        load_strict(self, self.trained_keys(), dict(tensors))
 
     def id_parameters(self) -> list[nn.Parameter]:
         return [self.collab_embeddings, self.content_embeddings]
@@ -274,3 +266,7 @@ class CLLM4Rec(nn.Module):
         softmax over items needs a spread of several nats), far beyond what an embedding-sized
         learning rate lets them travel in a few hundred steps; they get their own rate."""
         return [p for p in (self.log_scale, self.item_bias) if p.requires_grad]
+
+    def lm_parameters(self) -> list[nn.Parameter]:
+        """LM weights that train: LoRA adapters or unfrozen blocks (none in the paper's setting)."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]

@@ -74,11 +74,13 @@ class RecScorer:
         self.model.eval()
         rows = [self.prompts.rec(int(u), self.hist.ordered(int(u), h)) for u, h in zip(users, history, strict=True)]
         out = np.zeros((len(rows), self.model.vector_dim), dtype=np.float32)
+        device = self.model.device
         for idx, batch in self.prompts.batches(rows, self.batch_size):
-            out[idx] = self.model.user_vectors(batch["input_ids"], batch["attention_mask"]).numpy()
+            vectors = self.model.user_vectors(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out[idx] = vectors.float().cpu().numpy()
         return out
 
     @torch.no_grad()
     def __call__(self, users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
-        items = self.model.item_matrix().detach().numpy()
+        items = self.model.item_matrix().detach().float().cpu().numpy()
         return self.user_vectors(users, history) @ items.T

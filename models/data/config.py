@@ -20,6 +20,8 @@ class DataConfig:
     path: Path | None = None  # file or folder; None with ml-100k means recbole's copy
     items_path: Path | None = None  # item text file for "interactions", "tcf" and "amazon"
     min_rating: float | None = None  # keep interactions with rating >= this (None: every rating counts)
-    min_user_interactions: int = 0  # iterative filter (k-core style) applied after loading
-    min_item_interactions: int = 0
-    split_seed: int = 0
+    # users with fewer distinct items are dropped, after loading, together with items below
+    # min_item_interactions, repeated until both hold (k-core style); one name in every command
+    min_user_interactions: int = 0
+    min_item_interactions: int = 0  # items with fewer distinct users are dropped (see above)
+    split_seed: int = 0  # seed of the random 80/10/10 split (leave-one-out by time does not use it)

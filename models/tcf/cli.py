@@ -1,4 +1,10 @@
-"""`llmrec train tcf` and `llmrec eval tcf`."""
+"""`llmrec train tcf` and `llmrec eval tcf`.
+
+Schedules (a preset only changes the defaults the flags start from, so every flag given wins):
+`short` (at most 30 epochs, patience 5) and `full` (at most 200 epochs, patience 10). The LM of the
+text tower stays frozen unless `--lm.unfreeze-top N` trains its top N blocks; `--lm.depth K` takes
+the item features from block K of the LM instead of its last (see docs/training.md).
+"""
 
 from __future__ import annotations
 
@@ -6,38 +12,105 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import torch
 import tyro
 
-from llmrec import logs
-from llmrec.config import parse
+from llmrec import assets, logs
+from llmrec.config import parse, to_dict
+from models.data.config import DataConfig
+from models.data.dataset import InteractionData
+from models.data.loaders import load_data
 from models.metrics import evaluate, per_user_metrics
-from models.reports import markdown_table, write_report
+from models.reports import invoking_command, markdown_table, write_report
+from models.tcf import text_encoder as te
 from models.tcf.checkpoint import load_checkpoint
-from models.tcf.train import TrainConfig, make_scorer, train
+from models.tcf.model import ModelConfig, build_model
+from models.tcf.preinfer import preinfer
+from models.tcf.train import RecipeConfig, TCFTask, make_scorer, prepared_split
+from models.training.capacity import CapacityConfig
+from models.training.config import DeviceConfig, RunConfig, TrainConfig
+from models.training.devices import resolve_device
+from models.training.loop import run, show_progress
+from models.training.state import read_log
 
 log = logs.get(__name__)
 METRICS = ("hr@10", "ndcg@10")
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "short": {"train": {"epochs": 30, "patience": 5}},
+    "full": {"train": {"epochs": 200, "patience": 10}},
+}
+
+
+def _train_defaults() -> TrainConfig:
+    """TCF's own starting point: AdamW with weight decay, a constant rate, clipped gradients."""
+    return TrainConfig(epochs=30, patience=5, batch_size=64, weight_decay=0.1, lm_lr=5e-5, lm_weight_decay=0.01,
+                       lr_schedule="constant", max_grad_norm=5.0)
+
+
+@dataclass
+class TrainCli(RunConfig):
+    out: Path = field(default_factory=lambda: assets.work_dir() / "checkpoints" / "tcf")  # checkpoint folder
+    schedule: Literal["short", "full"] = "short"  # preset of the defaults below
+    # the paper's preparation: users with fewer than 5 interactions are dropped
+    data: DataConfig = field(default_factory=lambda: DataConfig(min_user_interactions=5))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: te.TextEncoderConfig = field(default_factory=te.TextEncoderConfig)
+    lm: CapacityConfig = field(default_factory=CapacityConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    train: TrainConfig = field(default_factory=_train_defaults)
+
+
+def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
+    """Data (prepared, split), pre-inferred item table and model, wired into the engine's task."""
+    if cli.lm.lora_rank:
+        raise ValueError("TCF's text tower trains its top blocks (--lm.unfreeze-top) on pre-inferred states; "
+                         "LoRA (--lm.lora-rank) is for CLLM4Rec's backbone")
+    torch.set_num_threads(cli.threads)
+    torch.manual_seed(cli.train.seed)
+    t0 = time.time()
+    data = data if data is not None else load_data(cli.data)
+    prepared, split = prepared_split(data, cli.model.max_seq_len, cli.recipe.keep_last, cli.data.split_seed)
+    pre = lm = None
+    if cli.model.item_tower == "text":
+        folder = te.resolve_encoder_dir(cli.text.encoder)
+        lm = te.load_lm(folder, cli.lm.depth) if cli.lm.unfreeze_top > 0 else None
+        pre = preinfer(cli.text, cli.lm, data.item_text, batch_size=cli.recipe.preinfer_batch,
+                       progress=show_progress(cli.train.progress), lm=lm)
+    t_pre = time.time() - t0
+    model = build_model(cli.model, cli.text, cli.lm.unfreeze_top, data.num_users, data.num_items, pre, lm)
+    extra = {"schedule": cli.schedule, "data": to_dict(cli.data), "recipe": to_dict(cli.recipe),
+             "prepared": prepared.summary(), "command": invoking_command(), "preinfer_s": t_pre,
+             "preinfer_cache_hit": None if pre is None else pre.from_cache}
+    return TCFTask(model, prepared, split, cli.text, cli.lm, cli.recipe, cli.train, extra)
+
+
+def train(cli: TrainCli, data: InteractionData | None = None) -> dict[str, Any]:
+    """Trains (or resumes) one TCF model into `cli.out`; returns the training log."""
+    task = build_task(cli, data)
+    meta = {"model": "tcf", "schedule": cli.schedule, "lm": to_dict(cli.lm), "command": task.extra_config["command"],
+            "preinfer_s": task.extra_config["preinfer_s"]}
+    return run(task, cli, cli.train, Path(cli.out), meta)
 
 
 def train_main(argv: list[str]) -> int:
     logs.setup()
-    cfg = parse(TrainConfig, argv, prog="llmrec train tcf", description="Train TCF on a leave-one-out split.")
-    result = train(cfg)
-    print(json.dumps(result, indent=2, default=str))
+    cli = parse(TrainCli, argv, prog="llmrec train tcf", description=__doc__, presets=SCHEDULES)
+    result = train(cli)
+    print(json.dumps({k: result[k] for k in ("best", "stopped", "wall_s", "device", "precision")}, indent=2,
+                     default=str))
     return 0
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DeviceConfig):
     # one or more checkpoint folders on the same split: --checkpoint A --checkpoint B
     checkpoint: Annotated[list[Path], tyro.conf.UseAppendAction] = field(default_factory=list)
     label: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)  # optional display name per checkpoint
     report: str = "quality_tcf_ml100k"  # benchmarks/results/<report>.json/.md; "" = print only
     baselines: bool = True  # add most-popular (and the baselines package's models when available)
-    threads: int = 1
     results_dir: Path | None = None  # default: benchmarks/results
 
 
@@ -53,18 +126,19 @@ def most_popular_scorer(split):
 def _label(cfg: dict) -> str:
     if cfg["item_tower"] == "id":
         return f"ID-{cfg['user_tower'].upper()}"
-    enc = cfg["text_encoder"]
-    name = Path(enc["encoder"]).name
+    name = Path(cfg["text_encoder"]["encoder"]).name
+    depth = f", K={cfg['lm']['depth']}" if cfg["lm"]["depth"] else ""
     norm = ", LN" if cfg["model"].get("mlp_input_norm") else ""
-    return f"text({name}, N={enc['unfreeze_last']}{norm})-{cfg['user_tower'].upper()}"
+    return f"text({name}, N={cfg['lm']['unfreeze_top']}{depth}{norm})-{cfg['user_tower'].upper()}"
 
 
 def _mark_selected(details: list[dict]) -> None:
-    """Among variants of one family (same towers, encoder, N), only the best on validation HR@10 counts."""
+    """Among variants of one family (same towers, encoder, N, K), only the best on validation HR@10 counts."""
 
     def family(d: dict) -> tuple:
         enc = d["text_encoder"] or {}
-        return (d["model"]["user_tower"], d["model"]["item_tower"], enc.get("encoder"), enc.get("unfreeze_last"))
+        return (d["model"]["user_tower"], d["model"]["item_tower"], enc.get("encoder"), d["lm"]["unfreeze_top"],
+                d["lm"]["depth"])
 
     best: dict[tuple, float] = {}
     for d in details:
@@ -100,13 +174,14 @@ def eval_main(argv: list[str]) -> int:
     cfg = parse(EvalConfig, argv, prog="llmrec eval tcf", description="Evaluate TCF checkpoints (test split).")
     if not cfg.checkpoint:
         raise SystemExit("llmrec eval tcf: give at least one --checkpoint DIR")
-    import torch
-
     torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     rows, split0, details = [], None, []
     for i, folder in enumerate(cfg.checkpoint):
         t0 = time.time()
         ck = load_checkpoint(folder)
+        ck.model.to(device)
+        train_log = read_log(folder)
         if split0 is None:
             split0 = ck.split
         elif not _same_split(split0, ck.split):
@@ -115,11 +190,14 @@ def eval_main(argv: list[str]) -> int:
         test = evaluate(scorer, ck.split, "test", METRICS)
         label = cfg.label[i] if i < len(cfg.label) else _label(ck.config)
         rows.append({"model": label, **test})
-        details.append({"label": label, "checkpoint": str(folder), "test": test, "valid": ck.config.get("valid"),
-                        "best_epoch": ck.config.get("best_epoch"), "train_wall_s": ck.config.get("wall_s"),
-                        "final": ck.config.get("final"),
-                        "eval_wall_s": time.time() - t0, "training": ck.config.get("training"),
-                        "text_encoder": ck.config.get("text_encoder"), "model": ck.config.get("model")})
+        best = ck.config.get("best") or {}
+        details.append({"label": label, "checkpoint": str(folder), "test": test, "valid": best.get("valid"),
+                        "best_epoch": best.get("epoch"), "epochs_run": len(train_log.get("epochs", [])),
+                        "stopped": train_log.get("stopped"), "train_wall_s": train_log.get("wall_s", {}),
+                        "preinfer_s": train_log.get("preinfer_s"), "eval_wall_s": time.time() - t0,
+                        "training": train_log.get("train"), "device": train_log.get("device"),
+                        "precision": train_log.get("precision"), "text_encoder": ck.config.get("text_encoder"),
+                        "model": ck.config.get("model"), "lm": ck.config.get("lm")})
     _mark_selected(details)
     for row, d in zip(rows, details, strict=False):
         row["selected_on_valid"] = d["selected_on_valid"]
@@ -146,9 +224,9 @@ def eval_main(argv: list[str]) -> int:
         md += "\n" + markdown_table(
             ["model", "best epoch", "epochs run", "valid HR@10", "pre-inference s (cache hit: load only)", "train s (all epochs)",
              "eval s (load + test)"],
-            [[d["label"], d["best_epoch"], (d["final"] or {}).get("epochs_run", "?"),
-              (d["valid"] or {}).get("hr@10", float("nan")), float((d["final"] or {}).get("preinfer_s", float("nan"))),
-              float((d["final"] or {}).get("train_s") or float("nan")), d["eval_wall_s"]] for d in details])
+            [[d["label"], d["best_epoch"], d["epochs_run"], (d["valid"] or {}).get("hr@10", float("nan")),
+              float(d["preinfer_s"] or float("nan")), float(d["train_wall_s"].get("train", float("nan"))),
+              d["eval_wall_s"]] for d in details])
         write_report(cfg.report, {"split": split_desc, "split_counts": split0.counts(), "metrics": list(METRICS),
                                   "rows": rows, "baselines_note": note, "checkpoints": details}, md,
                      cfg.results_dir)

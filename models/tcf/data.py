@@ -1,10 +1,9 @@
 """TCF data preparation and training batches (index arrays only; the model turns them into vectors).
 
-Preparation follows the paper: users with fewer than `min_interactions` interactions are
-dropped, and each remaining user keeps only their most recent `keep_last` interactions
-(S + 3 by default: S for the SASRec window, +1 for the next-item target, +2 for the
-leave-one-out validation and test items). Users stay in the IdMap (so ids never shift) but
-have no interactions, so the split counts them as too short and never evaluates them.
+Preparation follows the paper: users with fewer than 5 interactions are dropped (the data
+config's `min_user_interactions`, which TCF's train command defaults to 5), and each remaining
+user keeps only their most recent `keep_last` interactions (S + 3 by default: S for the SASRec
+window, +1 for the next-item target, +2 for the leave-one-out validation and test items).
 """
 
 from __future__ import annotations
@@ -17,15 +16,14 @@ import torch
 from models.data.dataset import InteractionData
 
 
-def prepare(data: InteractionData, min_interactions: int = 5, keep_last: int = 23) -> InteractionData:
+def keep_recent(data: InteractionData, keep_last: int = 23) -> InteractionData:
+    """Each user's most recent `keep_last` interactions (all of them when 0)."""
     order = data.order()
     users = data.user[order]
     bounds = np.searchsorted(users, np.arange(data.num_users + 1))
     keep: list[np.ndarray] = []
     for u in range(data.num_users):
         lo, hi = bounds[u], bounds[u + 1]
-        if hi - lo < min_interactions:
-            continue
         if keep_last > 0:
             lo = max(lo, hi - keep_last)
         keep.append(order[lo:hi])

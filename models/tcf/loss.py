@@ -25,6 +25,6 @@ def ibce_loss(queries: torch.Tensor, cand_vecs: torch.Tensor, target: torch.Tens
     logits = queries @ cand_vecs.T - log_q.unsqueeze(0)
     if own is not None:
         own = own.clone()
-        own[torch.arange(len(target)), target] = False
+        own[torch.arange(len(target), device=target.device), target] = False
         logits = logits.masked_fill(own, float("-inf"))
     return F.cross_entropy(logits, target)

@@ -52,20 +52,26 @@ class TCFModel(nn.Module):
             queries = self.user_tower(batch.users)
         return ibce_loss(queries, vecs[batch.cand_idx], batch.target, batch.log_q, batch.own)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     @torch.no_grad()
     def all_item_vectors(self, chunk: int = 256) -> torch.Tensor:
-        n = self.item_tower.num_items
-        return torch.cat([self.item_tower(torch.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)])
+        n, device = self.item_tower.num_items, self.device
+        return torch.cat([self.item_tower(torch.arange(s, min(s + chunk, n), device=device))
+                          for s in range(0, n, chunk)])
 
     @torch.no_grad()
     def user_vectors(self, users: np.ndarray, histories: list[np.ndarray], item_vecs: torch.Tensor) -> torch.Tensor:
         if self.cfg.user_tower == "dssm":
-            return self.user_tower(torch.as_tensor(users, dtype=torch.long))
+            return self.user_tower(torch.as_tensor(users, dtype=torch.long, device=self.device))
         rows, mask = left_pad(histories, self.cfg.max_seq_len)
-        return self.user_tower(item_vecs[torch.from_numpy(rows)], torch.from_numpy(mask))[:, -1]
+        rows_t, mask_t = torch.from_numpy(rows).to(item_vecs.device), torch.from_numpy(mask).to(item_vecs.device)
+        return self.user_tower(item_vecs[rows_t], mask_t)[:, -1]
 
 
-def build_model(cfg: ModelConfig, text: te.TextEncoderConfig, num_users: int, num_items: int,
+def build_model(cfg: ModelConfig, text: te.TextEncoderConfig, unfreeze_top: int, num_users: int, num_items: int,
                 pre: PreInferred | None = None, lm: nn.Module | None = None) -> TCFModel:
     """Builds the model; the text tower needs the pre-inferred table and (for N > 0) the LM to slice.
 
@@ -78,10 +84,10 @@ def build_model(cfg: ModelConfig, text: te.TextEncoderConfig, num_users: int, nu
         if pre is None:
             raise ValueError("the text item tower needs the pre-inferred item table")
         top = None
-        if text.unfreeze_last > 0:
+        if unfreeze_top > 0:
             if lm is None:
-                raise ValueError("unfreeze_last > 0 needs the LM to take the top layers from")
-            top = te.top_layers(lm, text.unfreeze_last)
+                raise ValueError("unfreeze_top > 0 needs the LM to take the top layers from")
+            top = te.top_layers(lm, unfreeze_top)
             top.train()
             for p in top.parameters():
                 p.requires_grad_(True)

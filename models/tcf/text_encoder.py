@@ -20,6 +20,7 @@ import torch
 from tokenizers import Tokenizer, normalizers
 
 from llmrec import assets, logs
+from models.training.capacity import blocks, keep_first_blocks
 
 log = logs.get(__name__)
 
@@ -34,7 +35,6 @@ class TextEncoderConfig:
     pooling: Pooling = "mean"  # mean over real tokens (decoder LMs, sentence encoders) or the first token
     max_length: int = 32  # tokenized item text length (truncate, pad right)
     lowercase: bool = False  # added to the tokenizer's normalizer, so serving lower-cases the same way
-    unfreeze_last: int = 0  # N: train the top N layers; 0 = fully frozen (pre-computed pooled vectors)
 
 
 def smollm2_hf_dir() -> Path:
@@ -60,12 +60,6 @@ def resolve_encoder_dir(encoder: str) -> Path:
             f"with config.json and tokenizer.json ({path / 'config.json'} is missing)"
         )
     return path
-
-
-def model_identity(folder: Path) -> dict[str, object]:
-    """Path + size/mtime of every weights file: changes whenever the weights change."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
-    return {"path": str(folder.resolve()), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 def load_tokenizer(folder: Path, max_length: int, lowercase: bool) -> Tokenizer:
@@ -106,30 +100,17 @@ def texts_hash(texts: list[str]) -> str:
     return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
 
 
-def load_lm(folder: Path) -> torch.nn.Module:
-    """The base model (no LM head) in fp32, eval mode, frozen."""
+def load_lm(folder: Path, depth: int = 0) -> torch.nn.Module:
+    """The base model (no LM head) in fp32, eval mode, frozen; only its first `depth` blocks when > 0
+    (features from a middle layer of a decoder LM)."""
     from transformers import AutoModel
 
     lm = AutoModel.from_pretrained(folder, dtype=torch.float32)
     lm.eval()
-    for p in lm.parameters():
-        p.requires_grad_(False)
+    lm.requires_grad_(False)
+    if depth:
+        keep_first_blocks(lm, depth)
     return lm
-
-
-def num_layers(lm: torch.nn.Module) -> int:
-    return len(_layer_list(lm))
-
-
-def _layer_list(lm: torch.nn.Module) -> torch.nn.ModuleList:
-    if hasattr(lm, "layers"):  # Llama, Mistral, Qwen, ...
-        return lm.layers
-    if hasattr(lm, "encoder") and hasattr(lm.encoder, "layer"):  # BERT family
-        return lm.encoder.layer
-    raise ValueError(
-        f"cannot split {type(lm).__name__} into frozen and trainable layers; unfreeze_last > 0 supports "
-        "Llama-style (model.layers) and BERT-style (model.encoder.layer) models"
-    )
 
 
 class _PassThrough(torch.nn.Module):
@@ -149,9 +130,9 @@ def top_layers(lm: torch.nn.Module, n: int) -> torch.nn.Module:
     pretrained layers are never re-initialised (a pitfall of the original fine-tune path).
     Input: the hidden states entering layer L-n (`hidden_states[L-n]` of the full model).
     """
-    layers = _layer_list(lm)
+    layers = blocks(lm)
     if not 0 < n <= len(layers):
-        raise ValueError(f"unfreeze_last must be in 1..{len(layers)} for this model, got {n}")
+        raise ValueError(f"unfreeze_top must be in 1..{len(layers)} for this model, got {n}")
     top = copy.copy(lm)
     top._modules = dict(lm._modules)
     kept = torch.nn.ModuleList(list(layers)[len(layers) - n :])

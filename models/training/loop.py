@@ -1,0 +1,332 @@
+"""The training loop every model runs through.
+
+A model supplies a `Task`: its stages, its batches, its loss, its validation score and its
+checkpoint writer. The loop does the rest, the same way for every model:
+- puts the model on the device, wraps it in DDP under torchrun (each rank takes its shard of
+  every epoch's batches; gradients are averaged; validation sums are all-reduced, so every rank
+  takes the same early-stopping decision; only rank 0 writes);
+- AdamW over the task's parameter groups, a per-step LR schedule (constant or cosine, with
+  linear warm-up), gradient clipping, autocast (bf16, or fp16 with a GradScaler);
+- early stopping on the task's validation score, keeping the best epoch's tensors, and a time
+  budget checked before every epoch;
+- after every epoch: the checkpoint (when the epoch is the best so far, or the stage does not
+  validate), the resume state and the JSON training log.
+Resuming restores the trained tensors, the optimizer, the schedule, the grad scaler and every
+random generator, so an interrupted run ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+from llmrec import logs
+from models.training import state as saved_state
+from models.training.checkpoint import CONFIG
+from models.training.config import RunConfig, TrainConfig
+from models.training.devices import autocast, autocast_dtype, precision_name
+from models.training.distributed import Placement, init_distributed
+
+log = logs.get(__name__)
+Batch = Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    validate: bool = True  # early stopping on the validation score; False keeps every epoch's model
+    scheduled: bool = True  # the LR schedule applies; False trains at the constant base rates
+    tasks: tuple[str, ...] = ()  # one sub-task name per epoch (CLLM4Rec's stage A), empty = the stage's name
+
+    def task(self, epoch: int) -> str:
+        return self.tasks[epoch] if self.tasks else self.name
+
+
+class Task(Protocol):
+    module: nn.Module  # what moves to the device, what DDP wraps
+
+    def stages(self) -> list[Stage]: ...
+
+    def param_groups(self, stage: Stage) -> list[dict[str, Any]]:
+        """AdamW groups: {"name", "params", "lr", "weight_decay"}."""
+        ...
+
+    def prepare(self) -> None:
+        """Once before the first epoch of a fresh (not resumed) run, on the device."""
+        ...
+
+    def epoch_batches(self, stage: Stage, epoch: int, rng: np.random.Generator) -> list[Callable[[], Batch]]:
+        """All ranks' batches of one epoch, in order, as builders; every rank gets the same list."""
+        ...
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        """The loss of one batch through `net` (the module, or its DDP wrapper)."""
+        ...
+
+    def validate(self, place: Placement) -> dict[str, float]:
+        """Validation metrics over all ranks, with the early-stopping "score" (higher is better)."""
+        ...
+
+    def trained_state(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trained_state(self, tensors: Mapping[str, torch.Tensor]) -> None: ...
+
+    def save_checkpoint(self, out: Path, log: dict[str, Any]) -> None:
+        """Writes the checkpoint of the module as it is now (see models.training.checkpoint)."""
+        ...
+
+
+def show_progress(requested: bool) -> bool:
+    """Progress bars only when asked for and a person is watching (stdout is a terminal): in logs
+    and CI they are carriage-return noise."""
+    return requested and sys.stdout.isatty()
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Tensors inside dicts, dataclasses, lists and tuples moved to `device`; anything else kept."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch)})
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+@dataclass
+class Progress:
+    """The loop's counters: what resume restores and what the log reports."""
+
+    stage: int = 0  # index into task.stages()
+    epoch: int = 0  # epochs done in that stage
+    best_score: float = float("-inf")
+    best: dict[str, Any] = field(default_factory=dict)  # {"stage", "epoch", "valid"} of the best epoch
+    bad_epochs: int = 0
+    stopped: str = ""  # why the run ended early: "patience", "time_budget"
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+
+class Loop:
+    def __init__(self, task: Task, cfg: TrainConfig, out: Path, place: Placement,
+                 amp_dtype: torch.dtype | None, meta: dict[str, Any] | None = None) -> None:
+        self.task, self.cfg, self.out, self.place, self.amp = task, cfg, Path(out), place, amp_dtype
+        self.meta = meta or {}
+        self.module = task.module.to(place.device)
+        self.net: nn.Module = self.module  # wrapped in DDP by fit(), once the task has prepared it
+        self.progress = Progress()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.best_tensors: dict[str, torch.Tensor] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scaler = torch.amp.GradScaler(place.device.type, enabled=amp_dtype is torch.float16)
+        self._resumed: dict[str, Any] | None = None
+        self._t0 = time.time()
+
+    # ---- optimizer and schedule -------------------------------------------------------------
+    def _new_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        groups = [g for g in self.task.param_groups(stage) if g["params"]]
+        return torch.optim.AdamW(groups)
+
+    def _new_scheduler(self, stage: Stage, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+        assert self.optimizer is not None
+        warmup = self.cfg.warmup_steps if stage.scheduled else 0
+        if stage.scheduled and self.cfg.lr_schedule == "cosine":
+            return get_cosine_with_min_lr_schedule_with_warmup(
+                self.optimizer, warmup, max(steps_per_epoch * stage.epochs, warmup + 1), min_lr_rate=self.cfg.lr_min_frac)
+        return get_constant_schedule_with_warmup(self.optimizer, warmup)
+
+    # ---- one epoch ----------------------------------------------------------------------------
+    def _epoch(self, stage: Stage) -> float:
+        p = self.progress
+        builders = self.task.epoch_batches(stage, p.epoch, self.rng)
+        if self.cfg.max_steps_per_epoch > 0:
+            builders = builders[: self.cfg.max_steps_per_epoch * self.place.world]
+        builders = self.place.shard(builders)
+        if self.scheduler is None:
+            self.scheduler = self._new_scheduler(stage, len(builders))
+            if self._resumed and self._resumed["scheduler"]:
+                self.scheduler.load_state_dict(self._resumed["scheduler"])
+                # a new scheduler has just set every rate to its first step's; put back the saved ones
+                for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                    group["lr"] = lr
+        assert self.optimizer is not None
+        self.module.train()
+        bar = tqdm(builders, desc=f"{stage.name}:{stage.task(p.epoch)} {p.epoch + 1}/{stage.epochs}",
+                   disable=not (self.place.main and show_progress(self.cfg.progress)), leave=False)
+        total, steps = 0.0, 0
+        for build in bar:
+            batch = to_device(build(), self.place.device)
+            with autocast(self.place.device, self.amp):
+                loss = self.task.loss(self.net, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.max_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                params = [q for g in self.optimizer.param_groups for q in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += float(loss.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        mean = self.place.all_sum([total, float(steps)])
+        return mean[0] / max(mean[1], 1.0)
+
+    # ---- state --------------------------------------------------------------------------------
+    def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model.{k}": v for k, v in self.task.trained_state().items()}
+        tensors |= {f"best.{k}": v for k, v in (self.best_tensors or {}).items()}
+        scalars: dict[str, Any] = {}
+        if self.optimizer is not None:
+            opt_tensors, scalars = saved_state.split_optimizer(self.optimizer.state_dict())
+            tensors |= opt_tensors
+        return tensors | saved_state.rng_tensors(), scalars
+
+    def _save(self, checkpoint: bool) -> None:
+        if not self.place.main:
+            return
+        log_payload = self.log()
+        if checkpoint:
+            self.task.save_checkpoint(self.out, log_payload)
+        tensors, optimizer = self._state_tensors()
+        scalars = {
+            "progress": dataclasses.asdict(self.progress),
+            "numpy_rng": self.rng.bit_generator.state,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+        saved_state.save(self.out, tensors, scalars)
+        saved_state.write_log(self.out, log_payload)
+
+    def _restore(self) -> bool:
+        loaded = saved_state.load(self.out) if self.cfg.resume else None
+        if loaded is None:
+            return False
+        tensors, scalars = loaded
+        prog = scalars["progress"]
+        self.progress = Progress(**prog)
+        self.rng.bit_generator.state = scalars["numpy_rng"]
+        try:
+            self.task.load_trained_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{self.out / saved_state.FOLDER} was written by a different model setup ({exc}); "
+                             "use another --out or --train.no-resume") from exc
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_tensors = best or None
+        saved_state.restore_rng(tensors)
+        if scalars["scaler"]:
+            self.scaler.load_state_dict(scalars["scaler"])
+        self._resumed = {"optimizer": scalars["optimizer"] and saved_state.join_optimizer(tensors, scalars["optimizer"]),
+                         "scheduler": scalars["scheduler"]}
+        log.info("resumed", out=str(self.out), stage=self.progress.stage, epoch=self.progress.epoch)
+        return True
+
+    def log(self) -> dict[str, Any]:
+        """The JSON training log: every epoch, the best one, why it stopped, where and how it ran."""
+        p = self.progress
+        return {**self.meta, "device": str(self.place.device), "precision": precision_name(self.amp),
+                "world_size": self.place.world, "train": dataclasses.asdict(self.cfg), "epochs": p.epochs,
+                "best": p.best, "stopped": p.stopped, "wall_s": p.wall_s}
+
+    # ---- the run -------------------------------------------------------------------------------
+    def _out_of_time(self) -> bool:
+        budget = self.cfg.time_budget_min * 60
+        if budget > 0 and time.time() - self._t0 > budget:
+            self.progress.stopped = "time_budget"
+            log.info("time budget reached: no new epoch", budget_min=self.cfg.time_budget_min)
+            return True
+        return False
+
+    def _add_time(self, key: str, seconds: float) -> None:
+        self.progress.wall_s[key] = self.progress.wall_s.get(key, 0.0) + seconds
+
+    def _run_stage(self, stage: Stage) -> None:
+        p = self.progress
+        self.optimizer = self._new_optimizer(stage)
+        self.scheduler = None
+        if self._resumed and self._resumed["optimizer"]:
+            self.optimizer.load_state_dict(self._resumed["optimizer"])
+        while p.epoch < stage.epochs and not self._out_of_time():
+            t0 = time.time()
+            loss = self._epoch(stage)
+            self._resumed = None
+            seconds = time.time() - t0
+            self._add_time(stage.name, seconds)
+            p.epoch += 1
+            entry: dict[str, Any] = {"stage": stage.name, "epoch": p.epoch, "task": stage.task(p.epoch - 1),
+                                     "loss": loss, "seconds": seconds,
+                                     "lr": [g["lr"] for g in self.optimizer.param_groups]}
+            improved = not stage.validate
+            if stage.validate:
+                t1 = time.time()
+                with autocast(self.place.device, self.amp):
+                    entry["valid"] = self.task.validate(self.place)
+                self._add_time("validation", time.time() - t1)
+                improved = entry["valid"]["score"] > p.best_score
+                if improved:
+                    p.best_score, p.bad_epochs = entry["valid"]["score"], 0
+                    p.best = {"stage": stage.name, "epoch": p.epoch, "valid": entry["valid"]}
+                    self.best_tensors = self.task.trained_state()
+                else:
+                    p.bad_epochs += 1
+            p.epochs.append(entry)
+            if self.place.main:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items() if k not in ("valid", "lr")}
+                log.info("epoch", **shown, **{k: round(v, 4) for k, v in entry.get("valid", {}).items()})
+            stop = stage.validate and p.bad_epochs >= self.cfg.patience
+            if stop:
+                p.stopped = "patience"
+            self._save(checkpoint=improved)
+            if stop:
+                break
+        self._resumed = None  # what was saved belongs to this stage; the next one starts fresh
+
+    def fit(self) -> dict[str, Any]:
+        """Runs (or resumes) every stage; leaves the best epoch's tensors in the module and on disk."""
+        if not self._restore():
+            self.task.prepare()
+        if self.place.world > 1:
+            ids = [self.place.device.index] if self.place.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True,
+                                               broadcast_buffers=False)
+        stages = self.task.stages()
+        p = self.progress
+        while p.stage < len(stages) and not p.stopped:
+            self._run_stage(stages[p.stage])
+            if p.stopped:
+                break
+            p.stage, p.epoch, p.bad_epochs = p.stage + 1, 0, 0
+        if self.best_tensors is not None:
+            self.task.load_trained_state(self.best_tensors)
+        if self.place.main and not (self.out / CONFIG).is_file():
+            self._save(checkpoint=True)  # no epoch ran (epochs 0, or no time): the initial model
+        elif self.place.main:
+            saved_state.write_log(self.out, self.log())
+        self.place.barrier()
+        return self.log()
+
+
+def run(task: Task, run_cfg: RunConfig, cfg: TrainConfig, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Joins torchrun's process group (if any) on `run_cfg.device` and runs the loop in
+    `run_cfg.precision`; returns the training log."""
+    place = init_distributed(run_cfg.device)
+    return Loop(task, cfg, out, place, autocast_dtype(place.device, run_cfg.precision), meta).fit()
