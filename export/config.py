@@ -37,6 +37,9 @@ class ExportConfig:
     opset: int = 17
     threads: int = 1  # torch / ORT threads while exporting
     seed: int = 0
+    # Probe users whose encoder inputs and PyTorch fp32 outputs are stored with the version, so that a
+    # server can check each inference engine (e.g. OpenVINO bf16) on real users before it serves.
+    reference_users: int = 64
     # Fold the model's item journal (<repository>/<name>/items.journal: items added while serving) into
     # this version's catalogue, encoded by the new item tower; servers then replay only newer records.
     fold_journal: bool = False

@@ -8,7 +8,7 @@ never shrinks, so one call with thousands of texts would keep that memory for th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,10 @@ def configure_tokenizer(tokenizer: Any, max_length: int) -> Any:
     return tokenizer
 
 
-def encode_texts(session: Any, tokenizer: Any, texts: Sequence[str], max_length: int, pad_token_id: int,
-                 input_names: Sequence[str], output_name: str, chunk: int = CHUNK) -> np.ndarray:
-    """float32 [len(texts), dim]; the tokenizer must come from `configure_tokenizer`."""
+def encode_texts(run: Callable[[dict[str, np.ndarray]], np.ndarray], tokenizer: Any, texts: Sequence[str],
+                 max_length: int, pad_token_id: int, input_names: Sequence[str], chunk: int = CHUNK) -> np.ndarray:
+    """float32 [len(texts), dim] from `run(feeds)` (any engine running the item encoder); the tokenizer
+    must come from `configure_tokenizer`."""
     out = []
     for start in range(0, len(texts), chunk):
         part = list(texts[start:start + chunk])
@@ -36,6 +37,6 @@ def encode_texts(session: Any, tokenizer: Any, texts: Sequence[str], max_length:
             n = min(len(e.ids), max_length)
             ids[i, :n] = e.ids[:n]
             mask[i, :n] = 1
-        result = session.run([output_name], {input_names[0]: ids, input_names[1]: mask})[0]
+        result = run({input_names[0]: ids, input_names[1]: mask})
         out.append(np.asarray(result, dtype=np.float32).reshape(len(part), -1))
     return np.ascontiguousarray(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)

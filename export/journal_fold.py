@@ -41,8 +41,9 @@ def fold_journal(journal_path: Path, item_encoder: Path | None, tokenizer: Path 
     max_length = int(tcf.get("text_max_length") or 32)
     session = ort.InferenceSession(str(item_encoder), providers=["CPUExecutionProvider"])
     tok = configure_tokenizer(Tokenizer.from_file(str(tokenizer)), max_length)
-    vectors = encode_texts(session, tok, [r.text for r in upserts], max_length, int(tcf.get("pad_token_id", 0)),
-                           [i["name"] for i in encoder_entry["inputs"]], encoder_entry["output"]["name"])
+    output = encoder_entry["output"]["name"]
+    vectors = encode_texts(lambda feeds: session.run([output], feeds)[0], tok, [r.text for r in upserts], max_length,
+                           int(tcf.get("pad_token_id", 0)), [i["name"] for i in encoder_entry["inputs"]])
     ids, titles, vecs = list(item_ids), list(item_titles), np.array(item_vectors, dtype=np.float32, copy=True)
     rows = {x: i for i, x in enumerate(ids)}
     new = []

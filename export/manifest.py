@@ -21,9 +21,6 @@ USER_ENCODER = "user_encoder.onnx"
 ITEM_ENCODER = "item_encoder.onnx"
 TOKENIZER = "tokenizer.json"
 
-KINDS = ("cllm4rec", "tcf")
-USER_TOWERS = ("lm", "sasrec", "dssm")
-ITEM_TOWERS = ("id", "text")
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
 ENCODER_NAMES = ("user_encoder", "item_encoder")
 METRIC = "inner_product"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 
 from export import manifest as M
 from export.config import ExportConfig
@@ -32,6 +33,7 @@ from export.onnx_graphs import (
 from export.parity import ParityError, check_parity, torch_outputs
 from export.quantize import evaluate as evaluate_quantization
 from export.quantize import quantize_graph
+from export.reference import ReferenceData, write_reference
 from export.repository import (
     checkpoint_sha256,
     file_entries,
@@ -43,7 +45,9 @@ from export.repository import (
     write_user_history,
 )
 from llmrec import logs
-from models.bundle import EncoderExport, ServingBundle
+from models.bundle import EncoderExport, QualityProbe, ServingBundle
+from server.adapters import accepted as accepted_adapters
+from server.adapters import adapter_for
 
 log = logs.get(__name__)
 
@@ -63,10 +67,12 @@ def validate_name(name: str) -> None:
 
 def validate_bundle(b: ServingBundle) -> None:
     """Refuses bundles the server could not serve consistently, before any work is done."""
-    for field_name, value, accepted in (("kind", b.kind, M.KINDS), ("user_tower", b.user_tower, M.USER_TOWERS),
-                                        ("item_tower", b.item_tower, M.ITEM_TOWERS)):
-        if value not in accepted:
-            raise BundleError(f"bundle.{field_name} = {value!r}; accepted: {', '.join(accepted)}")
+    adapter = adapter_for(b.kind, b.user_tower)  # the server's own registry: what it cannot serve is not written
+    if adapter is None:
+        raise BundleError(f"bundle kind/user_tower = {b.kind}/{b.user_tower}; accepted: {accepted_adapters()}")
+    if b.item_tower not in adapter.item_towers:
+        raise BundleError(f"bundle.item_tower = {b.item_tower!r}; accepted for {b.kind}/{b.user_tower}: "
+                          f"{', '.join(adapter.item_towers)}")
     iv, uv = np.asarray(b.item_vectors), np.asarray(b.user_vectors)
     n_items, n_users = len(b.item_ids), len(b.user_ids)
     if iv.shape != (n_items, b.dim) or n_items == 0:
@@ -90,7 +96,7 @@ def validate_bundle(b: ServingBundle) -> None:
     unknown = set(b.encoders) - set(M.ENCODER_NAMES)
     if unknown:
         raise BundleError(f"unknown encoder(s) {sorted(unknown)}; accepted: {', '.join(M.ENCODER_NAMES)}")
-    if b.user_tower in ("lm", "sasrec") and "user_encoder" not in b.encoders:
+    if adapter.history and "user_encoder" not in b.encoders:
         raise BundleError(f"a {b.user_tower} user tower needs a user_encoder")
     if b.item_tower == "text" and "item_encoder" in b.encoders and M.TOKENIZER not in b.assets:
         raise BundleError(f"a text item_encoder needs the asset {M.TOKENIZER}")
@@ -165,9 +171,34 @@ def export_encoder(
     files = _place_graph(final, out_dir / f"{name}.onnx")
     if len(files) > 1:
         entry["external_data"] = files[1]
+    ref_file = out_dir / f"reference_{name}.npz"
+    entry["reference"] = write_reference(ref_file, reference_data(
+        enc, refs, bundle.probe if name == "user_encoder" else None, cfg.reference_users))
+    files.append(ref_file.name)
     log.info("encoder exported", encoder=name, max_abs_err=par["max_abs_err"], cases=par["cases"],
              optimization=level, precision=entry["precision"])
     return entry, par, quant, files
+
+
+def reference_data(enc: EncoderExport, refs: list[np.ndarray], probe: QualityProbe | None,
+                   max_users: int) -> ReferenceData:
+    """The parity inputs with their PyTorch fp32 outputs, plus up to `max_users` probe users."""
+    def feeds(case: tuple) -> dict[str, np.ndarray]:
+        return {n: t.detach().cpu().numpy() for n, t in zip(enc.input_names, case, strict=True)}
+
+    data = ReferenceData([feeds(c) for c in enc.sample_inputs], refs, metric=probe.metric if probe else None)
+    if probe is None or max_users <= 0:
+        return data
+    users = 0
+    with torch.no_grad():
+        for batch in probe.encoder_inputs:
+            if users >= max_users:
+                break
+            data.probe_cases.append(feeds(batch))
+            data.probe_outputs.append(enc.module(*batch).float().cpu().numpy())
+            users += len(batch[0])
+    data.targets, data.exclude = list(probe.targets[:users]), list(probe.exclude[:users])
+    return data
 
 
 def export_bundle(

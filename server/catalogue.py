@@ -14,21 +14,22 @@ Deleted items are never recommended, but stay valid in histories (a user's past 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import faiss
 import numpy as np
+
+from server.indexes import ItemIndex
 
 
 @dataclass(frozen=True)
 class ExportedItems:
-    index: Any  # FAISS index over `vectors`, FAISS id = row
+    index: ItemIndex  # over `vectors`, id = row
     ids: list[str]
     rows: dict[str, int]
     vectors: np.ndarray  # float32 [n, dim]
     titles: list[str]
+    exact: Callable[[np.ndarray], ItemIndex]  # the backend's exact index, for items added while serving
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,15 @@ class Catalogue:
     delta_rows: dict[str, int] = field(default_factory=dict)  # id -> position in the delta
     delta_vectors: np.ndarray | None = None
     delta_titles: list[str] = field(default_factory=list)
-    delta_index: Any = None
+    delta_index: ItemIndex | None = None
     hidden: frozenset[int] = frozenset()  # rows never returned: deleted, or exported rows superseded
     deleted: frozenset[str] = frozenset()
 
     @classmethod
-    def exported(cls, index: Any, ids: Sequence[str], vectors: np.ndarray, titles: Sequence[str]) -> Catalogue:
+    def exported(cls, index: ItemIndex, ids: Sequence[str], vectors: np.ndarray, titles: Sequence[str],
+                 exact: Callable[[np.ndarray], ItemIndex]) -> Catalogue:
         ids = list(ids)
-        return cls(ExportedItems(index, ids, {x: i for i, x in enumerate(ids)}, vectors, list(titles)))
+        return cls(ExportedItems(index, ids, {x: i for i, x in enumerate(ids)}, vectors, list(titles), exact))
 
     # ---- lookups ----
     @property
@@ -133,13 +135,12 @@ class Catalogue:
         delta_vectors, delta_index = None, None
         if ids:
             delta_vectors = np.ascontiguousarray(np.stack(vecs), dtype=np.float32)
-            delta_index = faiss.IndexFlatIP(self.dim)
-            delta_index.add(delta_vectors)
+            delta_index = self.base.exact(delta_vectors)
         return Catalogue(self.base, ids, rows, delta_vectors, titles, delta_index, frozenset(hidden),
                          frozenset(deleted)), added, replaced
 
 
-def _search_filtered(index: Any, q: np.ndarray, k: int, size: int, offset: int, excluded: set[int],
+def _search_filtered(index: ItemIndex, q: np.ndarray, k: int, size: int, offset: int, excluded: set[int],
                      hidden: frozenset[int]) -> list[tuple[int, float]]:
     """Searches deeper until k rows survive the filters or the index is exhausted."""
     if size == 0:

@@ -31,9 +31,20 @@ class ServeConfig:
     """threads for blocking work (searches over large catalogues, admin calls); requests waiting for an
     encoder hold no thread (asyncio server)"""
     ort_threads: int = 1
-    """ONNX Runtime intra-op threads per session"""
-    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    """ONNX Runtime execution providers in preference order (e.g. CUDAExecutionProvider)"""
+    """threads per encoder engine (ONNX Runtime intra-op, OpenVINO inference threads)"""
+    engine: str = "auto"
+    """encoder engine: auto (the fastest that passes the quality gate on this machine), or ENGINE[:PRECISION]
+    e.g. onnxruntime-cpu, openvino-cpu:bf16, onnxruntime-cuda:fp16 (a version's manifest may also name one)"""
+    index_backend: str = "auto"
+    """item index backend: auto (faiss-gpu where a GPU and the index type allow, else faiss-cpu), faiss-cpu, faiss-gpu"""
+    gate_min_cosine: float = 0.99
+    """an engine serves only if its outputs' mean cosine to the version's fp32 reference is at least this"""
+    gate_min_overlap: float = 0.99
+    """... and its top-20 recommendations overlap the reference's by at least this, on average"""
+    gate_rows: int = 64
+    """reference users each candidate engine is checked on at load"""
+    gate_repeats: int = 3
+    """timing passes over the reference inputs when choosing the fastest engine"""
     max_batch_size: int = 16
     """largest user-encoder batch formed from concurrent history requests"""
     max_wait_ms: float = 0.0
@@ -159,7 +170,7 @@ def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServeConfig:
             rest.append(argv[i])
         i += 1
     values.update(_from_env(env))
-    for key in ("pins", "ort_providers"):
+    for key in ("pins",):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     default = from_dict(ServeConfig, values) if values else None

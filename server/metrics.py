@@ -45,6 +45,9 @@ class Metrics:
         self.deleted = Counter("recsys_deleted_items", "items hidden by DeleteItems", ["model"], registry=r)
         self.worker_restarts = Counter("recsys_worker_restarts", "encoder workers replaced by the watchdog, by "
                                        "reason (died/stalled)", ["model", "reason"], registry=r)
+        self.engine_info = Gauge("recsys_engine_info", "1 for what serves each component of a loaded version: "
+                                 "user/item encoder engine and precision, index backend and type",
+                                 ["model", "version", "component", "engine", "precision"], registry=r)
         self.model_serving = Gauge("recsys_model_serving", "1 while a model's grpc.health status is SERVING "
                                    "(model \"\" = the whole server)", ["model"], registry=r)
         self.journal_seq = Gauge("recsys_journal_seq", "last item-journal sequence number read", ["model"],

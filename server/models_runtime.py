@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from export.journal import JournalRecord, effective
+from export.manifest import ITEMS_INDEX
+from export.reference import read_reference
 from llmrec import logs
 from server import errors
+from server.adapters import accepted, adapter_for
 from server.batching import DynamicBatcher
 from server.catalogue import Catalogue
 from server.config import ServeConfig
-from server.encoders import ItemTextEncoder, UserEncoder
+from server.encoders import HistoryEncoder, ItemTextEncoder, input_names
+from server.engines import Encoder, engine_candidates
+from server.gate import GateConfig, Trial, select
+from server.indexes import choose_backend
+from server.machine import Machine, detect
 from server.repository import VersionError, VersionFiles
 
 log = logs.get("server.runtime")
@@ -31,7 +38,7 @@ log = logs.get("server.runtime")
 
 class ModelVersion:
     def __init__(self, name: str, files: VersionFiles, cfg: ServeConfig, metrics: Any = None,
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, machine: Machine | None = None) -> None:
         m = files.manifest
         self.name = name
         self.version = int(m.get("version") or int(files.path.name))
@@ -45,15 +52,20 @@ class ModelVersion:
         self.item_tower: str = m.get("item_tower", "")
         self.dim = int(m.get("dim", files.item_vectors.shape[1]))
         caps = m.get("capabilities") or {}
+        adapter_cls = adapter_for(self.kind, self.user_tower)
+        if adapter_cls is None:
+            raise VersionError(f"{self.path}: {self.kind}/{self.user_tower} is not served here; accepted: {accepted()}")
+        self.adapter = adapter_cls(self.path, m)
         self.can_user = bool(caps.get("user_id"))
-        self.can_history = bool(caps.get("history"))
+        self.can_history = bool(caps.get("history")) and adapter_cls.history
         self.can_upsert = bool(caps.get("upsert_items"))
-        if self.can_upsert and self.kind != "tcf":
-            raise VersionError(f"{self.path}: upsert_items is only possible for kind tcf (got {self.kind})")
+        if self.can_upsert and self.item_tower != "text":
+            raise VersionError(f"{self.path}: upsert_items needs a text item tower (got {self.item_tower})")
         self.index_type = str((m.get("index") or {}).get("type", "flat"))
         self.pinned = pinned
         self.loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self._catalogue = Catalogue.exported(files.index, files.item_ids, files.item_vectors, files.item_titles)
+        machine = machine or detect()
+        self._catalogue = self._load_index(files, cfg, machine)
         self.user_ids = files.user_ids
         self.user_rows = {u: i for i, u in enumerate(files.user_ids)}
         self.user_vectors = files.user_vectors
@@ -68,16 +80,72 @@ class ModelVersion:
         self._inflight = 0
         self._retired = False
         self._state_lock = threading.Lock()
-        self.item_encoder = (ItemTextEncoder(m, files.sessions["item_encoder"], files.tokenizer)
-                             if self.can_upsert else None)
-        self.user_encoder: UserEncoder | None = None
-        self.engine: str | None = None  # what runs the user encoder (request log, ListModels)
+        self.engines: dict[str, str] = {}  # role -> "engine:precision" (ListModels, logs, metrics)
+        self.gate_trials: dict[str, list[Trial]] = {}
+        self.item_encoder: ItemTextEncoder | None = None
+        self.history_encoder: HistoryEncoder | None = None
         self.batcher: DynamicBatcher | None = None
+        if self.can_upsert:
+            enc = self._encoder("item_encoder", files, cfg, machine, self._item_fallback(files))
+            self.item_encoder = ItemTextEncoder(m, enc, files.tokenizer)
         if self.can_history:
-            self.user_encoder = UserEncoder(self.path, m, files.sessions["user_encoder"])
-            self.engine = self.user_encoder.engine
-            self.batcher = DynamicBatcher(name, self.user_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
+            enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback)
+            self.history_encoder = HistoryEncoder(self.adapter, enc, input_names(m, "user_encoder", enc))
+            self.batcher = DynamicBatcher(name, self.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
                                           cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0)
+
+    # ---- loading: index backend and engines chosen for this machine ----
+    def _load_index(self, files: VersionFiles, cfg: ServeConfig, machine: Machine) -> Catalogue:
+        try:
+            backend = choose_backend(machine, self.index_type, cfg.index_backend)
+            index = backend.load(self.path / ITEMS_INDEX, self.manifest.get("index"), files.item_vectors)
+        except Exception as exc:
+            raise VersionError(f"{self.path}: cannot load {ITEMS_INDEX} ({type(exc).__name__}: {exc})") from exc
+        n = len(files.item_ids)
+        if index.ntotal != n or index.dim != self.dim:
+            raise VersionError(f"{self.path}: {ITEMS_INDEX} holds {index.ntotal} x {index.dim}, expected {n} x {self.dim}")
+        self.index_backend = backend.name
+        return Catalogue.exported(index, files.item_ids, files.item_vectors, files.item_titles, backend.exact)
+
+    def _encoder(self, role: str, files: VersionFiles, cfg: ServeConfig, machine: Machine,
+                 fallback: Callable[[Encoder], list[dict[str, np.ndarray]]]) -> Encoder:
+        """The engine that serves `role`: the fastest candidate passing the quality gate (server/gate.py)."""
+        requested = cfg.engine if cfg.engine != "auto" else str((self.manifest.get("serving") or {}).get("engine", "auto"))
+        try:
+            cands = engine_candidates(machine, requested)
+        except ValueError as exc:
+            raise VersionError(f"{self.path}: {role}: {exc}") from None
+        spec = (self.manifest.get("encoders") or {}).get(role) or {}
+        ref_entry = spec.get("reference") or {}
+        ref = read_reference(self.path / ref_entry["file"], ref_entry.get("metric")) if ref_entry.get("file") else None
+        gate_cfg = GateConfig(cfg.gate_min_cosine, cfg.gate_min_overlap, cfg.gate_rows, cfg.gate_repeats)
+        try:
+            encoder, trials = select(role, files.encoders[role], cands, ref, files.item_vectors, cfg.ort_threads,
+                                     gate_cfg, fallback)
+        except Exception as exc:
+            raise VersionError(f"{self.path}: {role} cannot be served: {exc}") from exc
+        self.engines[role] = f"{encoder.name}:{encoder.precision}"
+        self.gate_trials[role] = trials
+        return encoder
+
+    def _history_fallback(self, encoder: Encoder) -> list[dict[str, np.ndarray]]:
+        """Reference inputs for a version exported without any: a few real history prompts."""
+        cat = self._catalogue
+        n = len(cat.base.ids)
+        payloads = [self.adapter.payload(None, list(range(min(k, n))), cat.vectors) for k in (1, 3, 8)]
+        if self.user_ids:
+            payloads.append(self.adapter.payload(0, [int(r) for r in self.user_seen(0)][-8:] or [0], cat.vectors))
+        names = input_names(self.manifest, "user_encoder", encoder)
+        return [self.adapter.feeds([p], names) for p in payloads] + [self.adapter.feeds(payloads, names)]
+
+    def _item_fallback(self, files: VersionFiles) -> Callable[[Encoder], list[dict[str, np.ndarray]]]:
+        def cases(encoder: Encoder) -> list[dict[str, np.ndarray]]:
+            texts = [t for t in files.item_titles[:8] if t] or ["warm up"]
+            captured: list[dict[str, np.ndarray]] = []
+            ItemTextEncoder(self.manifest, _Recorder(encoder, captured), files.tokenizer).encode(texts)
+            return captured
+
+        return cases
 
     # ---- lifetime ----
     def acquire(self) -> None:
@@ -99,12 +167,12 @@ class ModelVersion:
             self._close()
 
     def _close(self) -> None:
-        """Stops the worker and drops the ONNX sessions now, rather than whenever the last stray
+        """Stops the worker and drops the encoders now, rather than whenever the last stray
         reference (a log record, a finished future) happens to go."""
         if self.batcher is not None:
             self.batcher.close()
         self.item_encoder = None
-        self.user_encoder = None
+        self.history_encoder = None
         log.info("version closed", model=self.name, version=self.version)
 
     @property
@@ -124,8 +192,7 @@ class ModelVersion:
 
     # ---- encoders ----
     def history_payload(self, user_row: int | None, history_rows: Sequence[int], catalogue: Catalogue) -> Any:
-        assert self.user_encoder is not None
-        return self.user_encoder.payload(user_row, history_rows, catalogue.vectors)
+        return self.adapter.payload(user_row, history_rows, catalogue.vectors)
 
     def probe_payload(self) -> Any:
         """A real history request's payload, for the warm-up and for probing a restarted worker."""
@@ -177,6 +244,12 @@ class ModelVersion:
                 self._metrics.deleted.labels(model=self.name).inc(deleted)
         return added, replaced, deleted
 
+    def components(self) -> list[tuple[str, str, str]]:
+        """(component, engine, precision) of what serves this version, for the engine-info metric."""
+        out = [(role, *self.engines[role].split(":", 1)) for role in ("user_encoder", "item_encoder")
+               if role in self.engines]
+        return [*out, ("index", self.index_backend, self.index_type)]
+
     def info(self) -> dict[str, Any]:
         cat = self._catalogue
         return {"version": self.version, "kind": self.kind, "user_tower": self.user_tower,
@@ -185,7 +258,8 @@ class ModelVersion:
                 "pinned": self.pinned, "capabilities": {"user_id": self.can_user, "history": self.can_history,
                                                         "upsert_items": self.can_upsert},
                 "journal_seq": self.applied_seq, "deleted_items": len(cat.deleted), "serving": self.healthy,
-                "engine": self.engine or ""}
+                "engine": self.engines.get("user_encoder", ""), "item_engine": self.engines.get("item_encoder", ""),
+                "index_backend": self.index_backend}
 
     def warm_up(self, users: int = 3) -> None:
         """Real requests through every path before the version is swapped in: a broken graph or a
@@ -198,13 +272,13 @@ class ModelVersion:
             self._check_vector(self.user_vector(row), "user_vectors.npy")
             if not cat.search(self.user_vector(row), k, set()):
                 raise VersionError(f"{self.path}: FAISS returned nothing for a known user")
-        if self.user_encoder is not None and self.batcher is not None:
+        if self.history_encoder is not None and self.batcher is not None:
             hist = list(range(min(3, len(cat.base.ids))))
             payloads = [self.probe_payload(),
                         self.history_payload(0 if self.user_ids else None, hist[:1], cat)]
             t0 = time.perf_counter()
             try:
-                out = self.user_encoder.run(payloads)
+                out = self.history_encoder.run(payloads)
             except Exception as exc:
                 raise VersionError(f"{self.path}: user_encoder failed on a warm-up batch ({exc})") from exc
             self.batcher.observe(time.perf_counter() - t0, len(payloads))
@@ -223,3 +297,17 @@ class ModelVersion:
             raise VersionError(f"{self.path}: {what} has shape {vec.shape}, expected ({self.dim},)")
         if not np.all(np.isfinite(vec)):
             raise VersionError(f"{self.path}: {what} holds non-finite values")
+
+
+class _Recorder:
+    """Passes feeds to an encoder and keeps them: the item-encoder reference inputs of an old version are
+    whatever the real text path feeds the graph."""
+
+    def __init__(self, encoder: Encoder, captured: list[dict[str, np.ndarray]]) -> None:
+        self._encoder, self._captured = encoder, captured
+        self.name, self.precision, self.device = encoder.name, encoder.precision, encoder.device
+        self.input_names, self.output_name = encoder.input_names, encoder.output_name
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self._captured.append(feeds)
+        return self._encoder.run(feeds)

@@ -19,6 +19,7 @@ from llmrec import logs
 from server import repository
 from server.config import ServeConfig
 from server.item_journal import ItemJournals
+from server.machine import Machine, detect
 from server.memory import release_later
 from server.models_runtime import ModelVersion
 from server.registry import Registry
@@ -36,12 +37,13 @@ class ReloadResult:
 
 class Reloader:
     def __init__(self, cfg: ServeConfig, registry: Registry, journals: ItemJournals, metrics: Any,
-                 on_health: Callable[[str], None]) -> None:
+                 on_health: Callable[[str], None], machine: Machine | None = None) -> None:
         self.cfg = cfg
         self.registry = registry
         self.journals = journals
         self.metrics = metrics
         self.on_health = on_health  # recompute the health of a model ("" = the whole server)
+        self.machine = machine or detect()
         self._lock = threading.Lock()
         self._refused: dict[tuple[str, int], tuple] = {}  # -> fingerprint of the folder when refused
         self._stop = threading.Event()
@@ -78,8 +80,8 @@ class Reloader:
         if not fingerprint or self._refused.get((name, version)) == fingerprint:
             return None
         try:
-            files = repository.load_files(path, self.cfg.ort_threads, self.cfg.ort_providers)
-            mv = ModelVersion(name, files, self.cfg, self.metrics, pinned=pinned)
+            files = repository.load_files(path)
+            mv = ModelVersion(name, files, self.cfg, self.metrics, pinned=pinned, machine=self.machine)
             try:
                 mv.warm_up(self.cfg.warmup_users)
             except Exception:
@@ -153,7 +155,7 @@ class Reloader:
             mv.retire()
             self._refuse(mv.name, mv.version, _fingerprint(mv.path), f"item journal replay failed: {exc}", result)
             return False
-        self._set_loaded(mv.name, mv.version, True)
+        self._set_loaded(mv.name, mv.version, True, mv)
         self.metrics.reloads.labels(model=mv.name, result="success").inc()
         log.info("version loaded", model=mv.name, version=mv.version, kind=mv.kind, items=mv.catalogue.num_items,
                  users=len(mv.user_ids), pinned=mv.pinned, journal_seq=mv.applied_seq)
@@ -166,12 +168,19 @@ class Reloader:
         self.metrics.reloads.labels(model=name, result="failure").inc()
         result.refused.append(f"{name}:{version}: {reason}")
 
-    def _set_loaded(self, name: str, version: int, on: bool) -> None:
+    def _set_loaded(self, name: str, version: int, on: bool, mv: ModelVersion | None = None) -> None:
         if on:
             self.metrics.loaded.labels(model=name, version=str(version)).set(1)
-        else:
-            with contextlib.suppress(KeyError):
-                self.metrics.loaded.remove(name, str(version))
+            for component, engine, precision in mv.components() if mv is not None else ():
+                self.metrics.engine_info.labels(model=name, version=str(version), component=component,
+                                                engine=engine, precision=precision).set(1)
+            return
+        with contextlib.suppress(KeyError):
+            self.metrics.loaded.remove(name, str(version))
+        for labels in [s.labels for m in self.metrics.engine_info.collect() for s in m.samples]:
+            if labels["model"] == name and labels["version"] == str(version):
+                self.metrics.engine_info.remove(*(labels[k] for k in ("model", "version", "component", "engine",
+                                                                       "precision")))
 
 
 def _fingerprint(path: Path) -> tuple:

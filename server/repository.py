@@ -1,6 +1,7 @@
 """Reading the model repository (docs/model-repository.md): finding complete versions, checking their
 hashes (with the exporter's torch-free `export.repository.verify_version`: one check for both sides)
-and loading their arrays, FAISS index, ONNX Runtime sessions and tokenizer.
+and loading their arrays and tokenizer. Indexes and encoders are loaded by the backend and engine
+chosen for this machine (server/indexes, server/engines).
 
 A version is only trusted after every file listed in its manifest matches its sha256: a half-copied
 or tampered folder is refused rather than served.
@@ -14,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from export.index import load_index
-from export.manifest import KINDS
 from export.repository import VersionError, list_versions
 from export.repository import verify_version as _export_verify
 from llmrec import logs
+from server.adapters import accepted, adapter_for
 
 log = logs.get("server.repository")
 
@@ -43,33 +42,12 @@ def verify_version(path: Path) -> dict[str, Any]:
     """Manifest of a complete, untampered version (the exporter's own check: required keys, sizes,
     sha256 of every listed file), plus what this server can serve; raises VersionError otherwise."""
     manifest = _export_verify(path)
-    if manifest.get("kind") not in KINDS:
-        raise VersionError(f"{path}: kind {manifest.get('kind')!r}; accepted: {', '.join(KINDS)}")
+    if adapter_for(str(manifest.get("kind")), str(manifest.get("user_tower"))) is None:
+        raise VersionError(f"{path}: model kind/user tower {manifest.get('kind')}/{manifest.get('user_tower')} "
+                           f"is not served here; accepted: {accepted()}")
     if manifest.get("metric", "inner_product") != "inner_product":
         raise VersionError(f"{path}: metric {manifest.get('metric')!r}; only inner_product is served")
     return manifest
-
-
-def _providers(requested: tuple[str, ...]) -> list[str]:
-    available = set(ort.get_available_providers())
-    chosen = [p for p in requested if p in available]
-    missing = [p for p in requested if p not in available]
-    if missing:
-        log.warning("onnxruntime providers not available, skipped", missing=missing, available=sorted(available))
-    return chosen or ["CPUExecutionProvider"]
-
-
-def open_session(path: Path, threads: int, providers: tuple[str, ...]) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    # Several sessions share 2 cores: spinning threads steal time from each other (performance-notes.md).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=_providers(providers))
-    except Exception as exc:  # onnxruntime raises several unrelated types for bad graphs
-        raise VersionError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass
@@ -78,7 +56,6 @@ class VersionFiles:
 
     path: Path
     manifest: dict[str, Any]
-    index: Any
     item_ids: list[str]
     item_vectors: np.ndarray
     item_titles: list[str]
@@ -86,7 +63,7 @@ class VersionFiles:
     user_vectors: np.ndarray
     history_indptr: np.ndarray
     history_indices: np.ndarray
-    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    encoders: dict[str, Path] = field(default_factory=dict)  # role -> ONNX graph (engines load them)
     tokenizer: Any = None
 
 
@@ -101,12 +78,8 @@ def _json_list(path: Path, required: bool = True) -> list[str]:
     return [str(x) for x in data]
 
 
-def load_files(path: Path, ort_threads: int, providers: tuple[str, ...]) -> VersionFiles:
+def load_files(path: Path) -> VersionFiles:
     manifest = verify_version(path)
-    try:  # load_index sets nprobe / efSearch once, from the manifest: never per request
-        index = load_index(path / "items.faiss", manifest.get("index"))
-    except Exception as exc:
-        raise VersionError(f"{path}: FAISS cannot read items.faiss ({exc})") from exc
     item_ids = _json_list(path / "item_ids.json")
     item_vectors = np.ascontiguousarray(np.load(path / "item_vectors.npy"), dtype=np.float32)
     titles = _json_list(path / "item_titles.json", required=False) or [""] * len(item_ids)
@@ -126,8 +99,6 @@ def load_files(path: Path, ort_threads: int, providers: tuple[str, ...]) -> Vers
     problems = []
     if item_vectors.shape != (n, dim):
         problems.append(f"item_vectors.npy shape {item_vectors.shape} != ({n}, {dim})")
-    if index.ntotal != n or index.d != dim:
-        problems.append(f"items.faiss holds {index.ntotal} x {index.d}, expected {n} x {dim}")
     if len(titles) != n:
         problems.append(f"item_titles.json has {len(titles)} entries for {n} items")
     if user_vectors.shape != (len(user_ids), dim):
@@ -138,17 +109,16 @@ def load_files(path: Path, ort_threads: int, providers: tuple[str, ...]) -> Vers
         problems.append("item_ids.json has duplicate ids")
     if problems:
         raise VersionError(f"{path}: " + "; ".join(problems))
-    files = VersionFiles(path, manifest, index, item_ids, item_vectors, titles, user_ids, user_vectors, indptr,
-                         indices)
+    files = VersionFiles(path, manifest, item_ids, item_vectors, titles, user_ids, user_vectors, indptr, indices)
     encoders = manifest.get("encoders") or {}
     for role in ("user_encoder", "item_encoder"):
         rel = (encoders.get(role) or {}).get("path") or f"{role}.onnx"
         if (path / rel).is_file():
-            files.sessions[role] = open_session(path / rel, ort_threads, providers)
-    if caps.get("history") and "user_encoder" not in files.sessions:
+            files.encoders[role] = path / rel
+    if caps.get("history") and "user_encoder" not in files.encoders:
         raise VersionError(f"{path}: capabilities.history is true but there is no user_encoder.onnx")
     if caps.get("upsert_items"):
-        if "item_encoder" not in files.sessions:
+        if "item_encoder" not in files.encoders:
             raise VersionError(f"{path}: capabilities.upsert_items is true but there is no item_encoder.onnx")
         from tokenizers import Tokenizer
 

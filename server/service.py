@@ -316,7 +316,7 @@ class RecommenderService:
             "request_id": structlog.contextvars.get_contextvars().get("request_id"),
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "model": resp.model,
             "version": resp.version, "path": "encoder" if p.future is not None else "user_vector",
-            "engine": p.mv.engine if p.future is not None else None, "user": self.request_log.user(req.user_id),
+            "engine": p.mv.engines.get("user_encoder") if p.future is not None else None, "user": self.request_log.user(req.user_id),
             "known_user": p.known_user, "history_len": len(req.history), "top_k": req.top_k,
             "items": [x.item_id for x in resp.items], "scores": [round(x.score, 6) for x in resp.items]})
 

@@ -332,6 +332,8 @@ def test_config(repo: Path, **overrides: Any) -> ServeConfig:
         "metrics_port": 0,
         "poll_seconds": 0.0,
         "threads": 8,
+        # the reference engine only: fast loads for tests that are not about engines (test_server_engines.py is)
+        "engine": "onnxruntime-cpu",
         "max_wait_ms": 2.0,
         "grace_seconds": 2.0,
     }

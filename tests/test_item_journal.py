@@ -11,6 +11,7 @@ import pytest
 
 from export import journal
 from server.catalogue import Catalogue
+from server.indexes.faiss_cpu import FaissCpu, FaissIndex
 
 
 def _append(path: Path, changes: list[tuple[str, str, str, str]], offset: int = 0, seq: int = 0):
@@ -89,7 +90,8 @@ def _catalogue(n: int = 50, dim: int = 8, kind: str = "flat", seed: int = 0) -> 
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(vecs)
-    return Catalogue.exported(index, [f"i{r}" for r in range(n)], vecs, [f"T{r}" for r in range(n)]), vecs
+    return Catalogue.exported(FaissIndex(index, "faiss-cpu"), [f"i{r}" for r in range(n)], vecs,
+                              [f"T{r}" for r in range(n)], FaissCpu.exact), vecs
 
 
 def _brute(live: dict[str, np.ndarray], q: np.ndarray, k: int, exclude: set[str] = frozenset()) -> list[str]:

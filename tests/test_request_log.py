@@ -30,7 +30,7 @@ def test_served_requests_are_logged_with_hashed_users(tmp_path: Path) -> None:
     assert first["request_id"] == "req-1" and first["model"] == "tiny-cllm" and first["version"] == 1
     assert first["items"] == [i for i, _ in a.items] and first["path"] == "user_vector" and first["known_user"]
     assert first["user"] not in ("u1", None) and len(first["user"]) == 16  # salted hash, not the id
-    assert second["path"] == "encoder" and second["engine"].startswith("onnxruntime/")
+    assert second["path"] == "encoder" and second["engine"] == "onnxruntime-cpu:fp32"
     assert second["user"] is None and second["history_len"] == 2 and len(second["scores"]) == 2
 
 

@@ -159,14 +159,15 @@ def test_sigterm_finishes_within_the_grace_period_with_a_stuck_encoder(tmp_path:
     script = textwrap.dedent(f"""
         import sys, time
         import server.encoders
-        real, calls = server.encoders.UserEncoder.run, []
+        real, calls = server.encoders.HistoryEncoder.run, []
         def stuck(self, payloads):  # the warm-up passes, then the encoder hangs as in native code
             calls.append(1)
             return real(self, payloads) if len(calls) == 1 else time.sleep(1000)
-        server.encoders.UserEncoder.run = stuck
+        server.encoders.HistoryEncoder.run = stuck
         from server import cli
         sys.exit(cli.main(["--repository", {str(tmp_path)!r}, "--host", "127.0.0.1", "--port", "{port}",
-                           "--metrics-port", "-1", "--grace-seconds", "1", "--encoder-stall-seconds", "1000"]))
+                           "--metrics-port", "-1", "--grace-seconds", "1", "--encoder-stall-seconds", "1000",
+                           "--engine", "onnxruntime-cpu"]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

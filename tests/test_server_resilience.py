@@ -231,7 +231,7 @@ def test_swapped_out_versions_are_freed_without_garbage_collection(tmp_path: Pat
         try:
             for v in range(2, 22):
                 with srv.registry.use("m") as mv:  # the version and what holds its ONNX sessions
-                    refs += [weakref.ref(mv), weakref.ref(mv.batcher), weakref.ref(mv.user_encoder)]
+                    refs += [weakref.ref(mv), weakref.ref(mv.batcher), weakref.ref(mv.history_encoder)]
                     del mv
                 assert c.recommend("m", history=["t1", "new-item"], top_k=3).items
                 assert c.recommend("m", user_id="u1", top_k=3).items

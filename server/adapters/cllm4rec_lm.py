@@ -1,0 +1,60 @@
+"""CLLM4Rec: the rec prompt is built from token ids per the manifest template (no tokenizer needed),
+right-padded; the graph gathers the last real token's hidden state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.repository import VersionError
+
+REQUIRED = ("item_token_offset", "user_token_offset", "anonymous_user_token", "template", "max_history")
+
+
+class Cllm4recPrompt:
+    kind = "cllm4rec"
+    user_tower = "lm"
+    history = True
+    item_towers = ("id",)
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        c = manifest.get("cllm4rec")
+        if not isinstance(c, dict):
+            raise VersionError(f"{path}: manifest has no 'cllm4rec' section, needed for history requests")
+        missing = [k for k in REQUIRED if k not in c]
+        if missing:
+            raise VersionError(f"{path}: cllm4rec section lacks {', '.join(missing)}")
+        self._c = c
+        self._pad = int(c.get("pad_token_id", 0))
+
+    def payload(self, user_row: int | None, history_rows: Sequence[int],
+                item_vectors: Callable[[Sequence[int]], np.ndarray]) -> list[int]:
+        c = self._c
+        user_tok = int(c["anonymous_user_token"]) if user_row is None else int(c["user_token_offset"]) + user_row
+        offset = int(c["item_token_offset"])
+        items = list(history_rows)[-int(c["max_history"]):]
+        ids: list[int] = []
+        for part in c["template"]:
+            if part.get("user"):
+                ids.append(user_tok)
+            elif part.get("history"):
+                sep = [int(x) for x in part.get("separator_ids") or []]
+                for i, row in enumerate(items):
+                    if i and sep:
+                        ids.extend(sep)
+                    ids.append(offset + int(row))
+            else:
+                ids.extend(int(x) for x in part.get("ids", []))
+        return ids
+
+    def feeds(self, payloads: Sequence[list[int]], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+        length = max(len(p) for p in payloads)
+        ids = np.full((len(payloads), length), self._pad, dtype=np.int64)
+        mask = np.zeros((len(payloads), length), dtype=np.int64)
+        for i, p in enumerate(payloads):  # right padding: the graph gathers the last real token
+            ids[i, :len(p)] = p
+            mask[i, :len(p)] = 1
+        return {input_names[0]: ids, input_names[1]: mask}

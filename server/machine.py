@@ -1,0 +1,53 @@
+"""What this machine offers the inference engines, read once: CPU flags, ONNX Runtime providers,
+GPUs, which optional runtimes are installed. Engines decide from these facts, never by asking a
+runtime to try (OpenVINO's bf16 hint on a CPU without bf16 does not fall back: it emulates bf16 and
+ran 44-53x slower than fp32, see docs/performance.md). Tests build a Machine by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu_flags: frozenset[str] = frozenset()
+    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    cuda_devices: int = 0  # GPUs FAISS can use
+    openvino: bool = False
+    nncf: bool = False  # OpenVINO weight compression (int8 weights)
+
+    @property
+    def cpu_bf16(self) -> bool:
+        return bool(self.cpu_flags & BF16_FLAGS)
+
+    @property
+    def cuda_provider(self) -> bool:
+        return "CUDAExecutionProvider" in self.ort_providers
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+@functools.cache
+def detect() -> Machine:
+    import faiss
+    import onnxruntime as ort
+
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return Machine(cpu_flags=cpu_flags(), ort_providers=tuple(ort.get_available_providers()), cuda_devices=gpus,
+                   openvino=importlib.util.find_spec("openvino") is not None,
+                   nncf=importlib.util.find_spec("nncf") is not None)
