@@ -35,6 +35,8 @@ class ServeConfig:
     engine: str = "auto"
     """encoder engine: auto (the fastest that passes the quality gate on this machine), or ENGINE[:PRECISION]
     e.g. onnxruntime-cpu, openvino-cpu:bf16, onnxruntime-cuda:fp16 (a version's manifest may also name one)"""
+    engine_int8: bool = False
+    """also try int8-weight engines (OpenVINO + nncf) in auto mode; the quality gate still decides"""
     index_backend: str = "auto"
     """item index backend: auto (faiss-gpu where a GPU and the index type allow, else faiss-cpu), faiss-cpu, faiss-gpu"""
     gate_min_cosine: float = 0.99

@@ -112,7 +112,7 @@ class ModelVersion:
         """The engine that serves `role`: the fastest candidate passing the quality gate (server/gate.py)."""
         requested = cfg.engine if cfg.engine != "auto" else str((self.manifest.get("serving") or {}).get("engine", "auto"))
         try:
-            cands = engine_candidates(machine, requested)
+            cands = engine_candidates(machine, requested, cfg.engine_int8)
         except ValueError as exc:
             raise VersionError(f"{self.path}: {role}: {exc}") from None
         spec = (self.manifest.get("encoders") or {}).get(role) or {}

@@ -52,20 +52,24 @@ REFERENCE = (OnnxRuntimeCpu.name, "fp32")  # what every other candidate is check
 # carries no reference outputs of its own, and the fallback when nothing else passes
 
 
-def candidates(machine: Machine, engines: dict[str, type[Engine]] | None = None) -> list[tuple[str, str]]:
+INT8 = "int8w"  # opt-in: weight compression costs load time and, on LMs with outlier dimensions, ranking quality
+
+
+def candidates(machine: Machine, engines: dict[str, type[Engine]] | None = None,
+               int8: bool = False) -> list[tuple[str, str]]:
     """(engine, precision) pairs that can run on this machine, reference first."""
     out = [REFERENCE]
     for name, engine in (engines or ENGINES).items():
-        out += [(name, p) for p in engine.precisions(machine) if (name, p) != REFERENCE]
+        out += [(name, p) for p in engine.precisions(machine) if (name, p) != REFERENCE and (int8 or p != INT8)]
     return out
 
 
-def engine_candidates(machine: Machine, requested: str = "auto") -> list[tuple[str, str]]:
+def engine_candidates(machine: Machine, requested: str = "auto", int8: bool = False) -> list[tuple[str, str]]:
     """What the gate tries: every candidate ("auto"), one engine at every precision it has here
     ("openvino-cpu"), or one engine and precision ("openvino-cpu:bf16"). An engine or precision this
     machine lacks is an error, never silently something else."""
     if requested == "auto":
-        return candidates(machine)
+        return candidates(machine, int8=int8)
     name, _, precision = requested.partition(":")
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; accepted: auto, {', '.join(ENGINES)}")
