@@ -18,7 +18,7 @@ from benchmarks.resilience import ResilienceConfig
 from benchmarks.scale import ScaleConfig
 from benchmarks.train_speed import TrainSpeedConfig
 from llmrec import config as cfgmod
-from models.reports import write_report
+from models.reports import RESULTS_DIR, write_report
 
 
 @dataclass
@@ -93,12 +93,16 @@ def _encoders(argv: list[str]) -> int:
 
 
 def _grpc(argv: list[str]) -> int:
-    from benchmarks.grpc_load import markdown, run_grpc
+    from benchmarks.grpc_load import markdown, plot, run_grpc
 
     args = cfgmod.parse(GrpcArgs, argv, prog="llmrec bench grpc")
     result = run_grpc(args.bench)
     name = "bench_grpc" + (f"_{args.tag}" if args.tag else "")
-    return _report(name, "gRPC server under concurrent load", result, markdown(result), args.results_dir)
+    out = Path(args.results_dir or RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    result["plots"] = [p.name for p in plot(result, out / name)]
+    md = markdown(result) + "".join(f"\n![{p}]({p})\n" for p in result["plots"])
+    return _report(name, "gRPC server under concurrent load, per engine", result, md, args.results_dir)
 
 
 def _resilience(argv: list[str]) -> int:
@@ -120,8 +124,24 @@ def _train_speed(argv: list[str]) -> int:
     return _report(args.name, title, result, markdown(result), args.results_dir)
 
 
+@dataclass
+class ReadmeArgs:
+    readme: Path = Path(__file__).resolve().parent.parent / "README.md"
+    results_dir: Path | None = None  # default benchmarks/results
+
+
+def _readme(argv: list[str]) -> int:
+    from benchmarks.readme import update
+
+    args = cfgmod.parse(ReadmeArgs, argv, prog="llmrec bench readme")
+    changed = update(args.readme, Path(args.results_dir or RESULTS_DIR))
+    print(f"{args.readme}: performance section {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc,
-                                                      "resilience": _resilience, "train-speed": _train_speed}
+                                                      "resilience": _resilience, "train-speed": _train_speed,
+                                                      "readme": _readme}
 
 
 def main(argv: list[str]) -> int:

@@ -1,20 +1,28 @@
-"""Encoder + search latency: the exported ONNX graph under ONNX Runtime + the FAISS index, against
-the plain PyTorch way (the checkpoint's own torch module + matmul + topk), on the same real inputs.
+"""Encoder + search latency per engine on real inputs, against the plain PyTorch way (the checkpoint's
+own torch module + matmul + topk), interleaved in one process so machine noise hits every path alike.
 
-OpenVINO bf16 runs the same ONNX file too, but only where the CPU has AMX or avx512_bf16:
-elsewhere bf16 is emulated and slower, so it is reported as skipped with the reason.
+Paths: PyTorch eager fp32 (the baseline) and bf16 autocast where the CPU has AMX / avx512_bf16, then
+every engine:precision this machine offers the server (server/engines: ONNX Runtime, OpenVINO fp32 /
+bf16 / int8 weights, CUDA where present), each followed by the FAISS search the server does. Inputs
+are real: the LM user encoder gets real users' prompts cut to several lengths (built by the server's
+own request adapter), SASRec real histories, the item encoder real item texts. Each engine's quality
+is reported beside its speed: cosine and top-20 overlap against PyTorch fp32 on the probe users.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from benchmarks.timing import compare, interleaved
+from server.machine import detect
 
 
 @dataclass
@@ -22,124 +30,141 @@ class EncoderBenchConfig:
     checkpoint: Path
     version: Path  # a version folder of a model repository, exported from `checkpoint`
     k: int = 100
-    repeats: int = 30
+    repeats: int = 20
     threads: int = 1
-    openvino: bool = True
+    lengths: list[int] = field(default_factory=lambda: [32, 64, 128])  # LM prompt lengths (tokens), batch 1
+    batch: int = 8  # plus one batched case at the longest length
+    engines: list[str] = field(default_factory=lambda: ["auto"])  # "auto" = every candidate on this machine
+    int8: bool = True  # include int8-weight engines in "auto"
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def _lm_cases(version: Path, manifest: dict[str, Any], lengths: list[int], batch: int) -> dict[str, list[list[int]]]:
+    """Real users' rec prompts of about `lengths` tokens, through the server's own adapter."""
+    from server.adapters.cllm4rec_lm import Cllm4recPrompt
+
+    adapter = Cllm4recPrompt(version, manifest)
+    with np.load(version / "user_history.npz") as h:
+        indptr, indices = h["indptr"], h["indices"]
+    overhead = len(adapter.payload(0, [], lambda rows: np.zeros(0)))
+    users = sorted(range(len(indptr) - 1), key=lambda u: -(indptr[u + 1] - indptr[u]))[:batch]
+    cases = {}
+    for length in lengths:
+        n = max(1, min(length - overhead, int(manifest["cllm4rec"]["max_history"])))
+        cases[f"1x{n + overhead}"] = [adapter.payload(u, indices[indptr[u]:indptr[u + 1]][-n:], lambda r: r)
+                                      for u in users[:1]]
+    n = max(1, min(max(lengths) - overhead, int(manifest["cllm4rec"]["max_history"])))
+    cases[f"{batch}x{n + overhead}"] = [adapter.payload(u, indices[indptr[u]:indptr[u + 1]][-n:], lambda r: r)
+                                        for u in users]
+    return cases
 
 
-def _ort_session(path: Path, threads: int):
-    import onnxruntime as ort
+def _feeds(manifest: dict[str, Any], version: Path, role: str, bundle_enc: Any, lengths: list[int],
+           batch: int) -> dict[str, dict[str, np.ndarray]]:
+    """Named cases -> feeds (input name -> array) for one encoder."""
+    names = bundle_enc.input_names
+    if role == "user_encoder" and manifest["kind"] == "cllm4rec":
+        from server.adapters.cllm4rec_lm import Cllm4recPrompt
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _openvino_bf16(path: Path, threads: int):
-    import openvino as ov
-
-    core = ov.Core()
-    return core.compile_model(
-        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": str(threads)}
-    )
+        adapter = Cllm4recPrompt(version, manifest)
+        return {case: adapter.feeds(p, names) for case, p in _lm_cases(version, manifest, lengths, batch).items()}
+    # SASRec and item encoders have fixed shapes: the sample inputs cover batch 1 and more
+    out = {}
+    for inputs in bundle_enc.sample_inputs:
+        case = "x".join(str(d) for d in inputs[0].shape)
+        out.setdefault(case, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
+    return out
 
 
-def _case_name(inputs: tuple) -> str:
-    return "x".join(str(d) for d in inputs[0].shape)
+def _quality(run: Callable[[dict[str, np.ndarray]], np.ndarray], ref_cases: list[dict[str, np.ndarray]],
+             ref_out: np.ndarray, items: np.ndarray) -> dict[str, float]:
+    from server.gate import _cosine, _overlap
+
+    out = np.concatenate([run(c) for c in ref_cases])
+    return {"cosine": float(_cosine(out, ref_out).mean()), "top20_overlap": float(_overlap(out, ref_out, items).mean())}
 
 
-def _paths(module, inputs, feeds, sess, ov_model, index, items_t, k: int) -> dict:
-    """The same request three ways; `items_t` is None for encoders that are not followed by a search."""
-    import torch
+def _request(run: Callable[[dict[str, np.ndarray]], np.ndarray], feeds: dict[str, np.ndarray], torch_side: bool,
+             search: bool, index: Any, items_t: Any, k: int) -> None:
+    """One request's work on a path: the encoder, then (user encoders) the top-k search of that path."""
+    v = run(feeds)
+    if not search:
+        return
+    if torch_side:
+        import torch
 
-    def torch_path() -> None:
-        with torch.inference_mode():
-            v = module(*inputs)
-            if items_t is not None:
-                torch.topk(v @ items_t.T, k)
-
-    def engine_path(run) -> None:
-        v = run(feeds)
-        if items_t is not None:
-            index.search(np.ascontiguousarray(v, dtype=np.float32), k)
-
-    paths = {
-        "pytorch_eager": torch_path,
-        "onnxruntime_faiss": lambda: engine_path(lambda f: sess.run(None, f)[0]),
-    }
-    if ov_model is not None:
-        paths["openvino_bf16_faiss"] = lambda: engine_path(lambda f: ov_model(f)[0])
-    return paths
+        torch.topk(torch.from_numpy(v) @ items_t.T, k)
+    else:
+        index.search(np.ascontiguousarray(v, dtype=np.float32), k)
 
 
 def run_encoders(cfg: EncoderBenchConfig) -> dict:
     import torch
 
+    from export.reference import read_reference
     from models.bundle import load_bundle
+    from server.engines import ENGINES, candidates, engine_candidates
 
     torch.set_num_threads(cfg.threads)
     faiss.omp_set_num_threads(cfg.threads)
+    machine = detect()
     manifest = json.loads((cfg.version / "manifest.json").read_text())
     bundle = load_bundle(cfg.checkpoint, known_users=False)
     index = faiss.read_index(str(cfg.version / "items.faiss"))
-    items_t = torch.from_numpy(np.ascontiguousarray(bundle.item_vectors, dtype=np.float32))
-    k = min(cfg.k, len(bundle.item_ids))
-    use_ov = cfg.openvino and cpu_has_bf16()
-    result: dict = {
-        "model": manifest["name"],
-        "version": manifest["version"],
-        "kind": manifest["kind"],
-        "threads": cfg.threads,
-        "k": k,
-        "openvino_bf16": "measured" if use_ov else "skipped: CPU has neither AMX-BF16 nor avx512_bf16",
-        "encoders": {},
-    }
+    items = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
+    items_t = torch.from_numpy(items)
+    k = min(cfg.k, len(items))
+    engines = [c for e in cfg.engines for c in (candidates(machine, int8=cfg.int8) if e == "auto"
+                                                 else engine_candidates(machine, e))]
+    result: dict = {"model": manifest["name"], "version": manifest["version"], "kind": manifest["kind"],
+                    "threads": cfg.threads, "k": k, "cpu_bf16": machine.cpu_bf16,
+                    "engines": [f"{e}:{p}" for e, p in engines], "encoders": {}}
     for name, enc in bundle.encoders.items():
         spec = manifest["encoders"].get(name)
         if spec is None:
             continue
-        sess = _ort_session(cfg.version / spec["path"], cfg.threads)
-        ov_model = _openvino_bf16(cfg.version / spec["path"], cfg.threads) if use_ov else None
+        graph = cfg.version / spec["path"]
+        loaded = {f"{e}:{p}": ENGINES[e].load(graph, p, cfg.threads) for e, p in dict.fromkeys(engines)}
         search = name == "user_encoder"
-        seen_shapes: set[str] = set()
+        module = enc.module.eval()
+
+        def torch_run(feeds: dict[str, np.ndarray], bf16: bool = False, module: Any = module,
+                      names: list[str] = enc.input_names) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return module(*(torch.from_numpy(feeds[n]) for n in names)).float().numpy()
+
+        runs: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {"pytorch-eager:fp32": torch_run}
+        if machine.cpu_bf16:
+            runs["pytorch-eager:bf16"] = lambda f, run=torch_run: run(f, bf16=True)
+        runs |= {key: e.run for key, e in loaded.items()}
+        ref_entry = spec.get("reference") or {}
+        quality: dict[str, dict[str, float]] = {}
+        if ref_entry.get("file"):
+            ref = read_reference(cfg.version / ref_entry["file"], ref_entry.get("metric"))
+            ref_cases, ref_outs = (ref.probe_cases or ref.cases), (ref.probe_outputs or ref.outputs)
+            quality = {key: _quality(run, ref_cases, np.concatenate(ref_outs), items) for key, run in runs.items()}
         cases = {}
-        for inputs in enc.sample_inputs:
-            case = _case_name(inputs)
-            if case in seen_shapes:
-                continue
-            seen_shapes.add(case)
-            feeds = {n: t.numpy() for n, t in zip(enc.input_names, inputs, strict=True)}
-            paths = _paths(
-                enc.module.eval(), inputs, feeds, sess, ov_model, index, items_t if search else None, k
-            )
-            cases[case] = compare(interleaved(paths, repeats=cfg.repeats), "pytorch_eager")
-        result["encoders"][name] = {"search_included": search, "inputs": enc.input_names, "cases": cases}
+        for case, feeds in _feeds(manifest, cfg.version, name, enc, cfg.lengths, cfg.batch).items():
+            paths = {key: functools.partial(_request, run, feeds, key.startswith("pytorch"), search, index, items_t, k)
+                     for key, run in runs.items()}
+            cases[case] = compare(interleaved(paths, repeats=cfg.repeats), "pytorch-eager:fp32")
+        result["encoders"][name] = {"search_included": search, "cases": cases, "quality_vs_pytorch_fp32": quality}
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = [
-        f"Model {result['model']} v{result['version']} ({result['kind']}), {result['threads']} thread(s), "
-        f"top-{result['k']}; OpenVINO bf16: {result['openvino_bf16']}.",
-        "",
-        "| encoder | input shape | PyTorch eager p50 ms | ONNX Runtime + FAISS p50 ms | speed-up (p50) |",
-        "|---|---|---|---|---|",
-    ]
+    lines = [f"Model {result['model']} v{result['version']} ({result['kind']}), {result['threads']} thread(s), "
+             f"top-{result['k']} search after each encoder call; CPU bf16: {'yes' if result['cpu_bf16'] else 'no'}. "
+             "Speed-up = PyTorch eager fp32 p50 / path p50, measured interleaved in one run; quality against "
+             "PyTorch fp32 on the export's probe users (cosine of the vectors, overlap of the top-20 items).", ""]
     for name, enc in result["encoders"].items():
-        for case, paths in enc["cases"].items():
-            t, o = paths["pytorch_eager"], paths["onnxruntime_faiss"]
-            lines.append(
-                f"| {name} | {case} | {t['p50_ms']:.2f} | {o['p50_ms']:.2f} | "
-                f"{o['speedup_p50_vs_pytorch_eager']:.2f}x |"
-            )
-    return "\n".join(lines) + "\n"
+        paths = list(next(iter(enc["cases"].values())))
+        lines += [f"### {name}", "", "| path | " + " | ".join(f"{c} p50 ms (x)" for c in enc["cases"]) +
+                  " | cosine | top-20 overlap |", "|---|" + "---|" * (len(enc["cases"]) + 2)]
+        for p in paths:
+            cells = [f"{c[p]['p50_ms']:.2f} ({c[p]['speedup_p50_vs_pytorch-eager:fp32']:.2f}x)"
+                     for c in enc["cases"].values()]
+            q = enc["quality_vs_pytorch_fp32"].get(p, {})
+            qual = [f"{q[m]:.4f}" if m in q else "-" for m in ("cosine", "top20_overlap")]
+            lines.append(f"| {p} | " + " | ".join(cells + qual) + " |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,27 +1,37 @@
-"""The server under concurrent load, against the plain PyTorch way of answering the same requests.
+"""The server under load, per engine, against the plain PyTorch way of answering the same requests.
 
-A server is started on the model repository (a subprocess on loopback), then C client threads
-send Recommend requests for a bounded time: known users by id, and histories (each user's own
-seen items, most recent last). The baseline, in the same run, answers the same requests the way
-research code does: the checkpoint's torch encoder over the user's prompt/history, scores
-against every item, topk - one request at a time.
+A real `llmrec serve` process is started on the model repository once per engine setting (`--engine`),
+then, for each workload (known users by id; histories of real users), closed-loop clients at each
+concurrency of the sweep send Recommend requests for a bounded time; optionally open-loop at fixed
+rates (latency counted from each request's scheduled time, so a slow server cannot hide its queue).
+A no-op RPC (grpc.health Check) on the same server is the transport floor. Latencies go into HDR
+histograms (p50/p90/p99/p99.9). The baseline, in the same run, answers the same history requests the
+way research code does: the checkpoint's torch encoder, scores against every item, topk, from the
+same number of concurrent callers, no batching.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hdrh.histogram import HdrHistogram
 
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.spawn import spawn_server, stop_server
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
 @dataclass
@@ -29,58 +39,75 @@ class GrpcBenchConfig:
     repository: Path = Path("work/model-repository")
     model: str = ""  # model name in the repository
     checkpoint: Path | None = None  # when given, the PyTorch baseline runs in the same process
-    concurrency: list[int] = field(default_factory=lambda: [1, 8])
-    seconds: float = 8.0  # per (workload, concurrency)
-    max_requests: int = 5000  # per (workload, concurrency): the loop is bounded in count and in time
+    engines: list[str] = field(default_factory=lambda: ["auto"])  # one server per `--engine` value
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    seconds: float = 5.0  # per (engine, workload, concurrency)
+    max_requests: int = 5000  # per point: bounded in count and in time
+    open_loop_rates: list[float] = field(default_factory=list)  # requests/s of history requests, per engine
     top_k: int = 20
     history_len: int = 20
-    baseline_requests: int = 40
+    baseline_concurrency: list[int] = field(default_factory=lambda: [1, 8])
+    baseline_requests: int = 40  # per baseline concurrency
     # Also serve with --max-batch-size 1 and rerun the history workload at the highest concurrency, so the
     # gain of dynamic batching is measured in the same run.
     compare_unbatched: bool = True
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
 
 
-def _load_requests(
-    version_dir: Path, n: int, history_len: int, seed: int = 0
-) -> tuple[list[str], list[list[str]]]:
+def _load_requests(version_dir: Path, n: int, history_len: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
     user_ids = json.loads((version_dir / "user_ids.json").read_text())
     item_ids = json.loads((version_dir / "item_ids.json").read_text())
-    hist = np.load(version_dir / "user_history.npz")
+    with np.load(version_dir / "user_history.npz") as hist:
+        indptr, indices = hist["indptr"], hist["indices"]
     rng = np.random.default_rng(seed)
     users = rng.choice(len(user_ids), size=min(n, len(user_ids)), replace=False)
-    histories = []
-    for u in users:
-        rows = hist["indices"][hist["indptr"][u] : hist["indptr"][u + 1]][-history_len:]
-        histories.append([item_ids[r] for r in rows])
+    histories = [[item_ids[r] for r in indices[indptr[u]:indptr[u + 1]][-history_len:]] for u in users]
     return [user_ids[u] for u in users], histories
 
 
-def _drive(target: str, make_request, concurrency: int, seconds: float, max_requests: int) -> dict:
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    lock = threading.Lock()
+class Recorder:
+    """Latencies (microseconds) in an HDR histogram, errors by status code; thread-safe."""
+
+    def __init__(self) -> None:
+        self.hist = HdrHistogram(1, 600_000_000, 3)
+        self.errors: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def ok(self, seconds: float) -> None:
+        with self._lock:
+            self.hist.record_value(max(1, int(seconds * 1e6)))
+
+    def error(self, code: str) -> None:
+        with self._lock:
+            self.errors[code] = self.errors.get(code, 0) + 1
+
+    def summary(self, elapsed: float, **extra: Any) -> dict[str, Any]:
+        n = self.hist.get_total_count()
+        out = {"requests": n, "errors": dict(self.errors), "qps": n / elapsed if elapsed else 0.0, **extra}
+        for p in PERCENTILES:
+            out[f"p{p:g}_ms"] = self.hist.get_value_at_percentile(p) / 1000.0 if n else float("nan")
+        return out
+
+
+def closed_loop(call: Callable[[int], None], concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
+    """`concurrency` callers, each sending its next request when the previous one is answered."""
+    rec = Recorder()
     counter = iter(range(max_requests))
+    lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
     def worker() -> None:
-        channel = grpc.insecure_channel(target)
-        stub = pb_grpc.RecommenderStub(channel)
         while time.monotonic() < stop_at:
             with lock:
                 i = next(counter, None)
             if i is None:
-                break
+                return
             t0 = time.perf_counter()
             try:
-                stub.Recommend(make_request(i), timeout=30)
-                dt = (time.perf_counter() - t0) * 1000
-                with lock:
-                    latencies.append(dt)
+                call(i)
+                rec.ok(time.perf_counter() - t0)
             except grpc.RpcError as exc:
-                with lock:
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
-        channel.close()
+                rec.error(exc.code().name)
 
     t_start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -88,150 +115,216 @@ def _drive(target: str, make_request, concurrency: int, seconds: float, max_requ
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t_start
-    lat = np.asarray(latencies) if latencies else np.zeros(1)
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "errors": errors,
-        "qps": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p95_ms": float(np.percentile(lat, 95)),
-        "p99_ms": float(np.percentile(lat, 99)),
-    }
+    return rec.summary(time.perf_counter() - t_start, concurrency=concurrency)
 
 
-def _torch_baseline(
-    checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int
-) -> dict:
-    """Research-code serving: encode every request with the torch model, score all items, topk.
+def open_loop(future: Callable[[int], Any], rate: float, seconds: float) -> dict[str, Any]:
+    """Requests sent at a fixed rate whatever the answers; latency from each request's scheduled time."""
+    rec = Recorder()
+    pending: list[Any] = []
+    t_start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        scheduled = t_start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        f = future(i)
 
-    Prompts/sequences are built by the server's own code (so both sides encode the same input);
-    the encoder is the checkpoint's torch module, not the ONNX graph.
-    """
+        def done(f: Any, scheduled: float = scheduled) -> None:
+            exc = f.exception()
+            if exc is None:
+                rec.ok(time.perf_counter() - scheduled)
+            else:
+                rec.error(exc.code().name)
+
+        f.add_done_callback(done)
+        pending.append(f)
+    for f in pending:
+        with contextlib.suppress(grpc.RpcError):
+            f.result()
+    time.sleep(0.05)  # the last callbacks
+    return rec.summary(time.perf_counter() - t_start, rate=rate, offered=n)
+
+
+def _torch_baseline(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int,
+                    concurrency: list[int], requests: int) -> dict[str, Any]:
+    """Research-code serving: the torch encoder per request, scores against every item, topk, no batching.
+    Prompts / sequences are built by the server's own adapter, so both sides encode the same input."""
     import torch
 
     from models.bundle import load_bundle
-    from server.config import ServeConfig
-    from server.models_runtime import ModelVersion
-    from server.repository import load_files
+    from server.adapters import adapter_for
 
     bundle = load_bundle(checkpoint, known_users=False)
     enc = bundle.encoders.get("user_encoder")
     if enc is None:
         return {"skipped": "model has no history encoder (DSSM)"}
     torch.set_num_threads(1)
-    mv = ModelVersion(version_dir.parent.name, load_files(version_dir, 1, ("CPUExecutionProvider",)),
-                      ServeConfig(repository=version_dir.parent.parent))
-    cat = mv.catalogue
-    items_t = torch.from_numpy(np.ascontiguousarray(bundle.item_vectors))
-    lat = []
-    t_start = time.perf_counter()
-    for user, hist in zip(users, histories, strict=True):
-        t0 = time.perf_counter()
-        payload = mv.history_payload(mv.user_rows.get(user), [cat.row(i) for i in hist], cat)
-        feeds = mv.user_encoder.feeds([payload])
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
+    rows = {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+    user_rows = {u: i for i, u in enumerate(json.loads((version_dir / "user_ids.json").read_text()))}
+    items = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
+    items_t = torch.from_numpy(items)
+
+    def answer(i: int) -> None:
+        user, hist = users[i % len(users)], histories[i % len(histories)]
+        payload = adapter.payload(user_rows.get(user), [rows[x] for x in hist], lambda r: items[np.asarray(r)])
+        feeds = adapter.feeds([payload], enc.input_names)
         with torch.inference_mode():
             v = enc.module(*(torch.from_numpy(feeds[n]) for n in enc.input_names))
             torch.topk(v @ items_t.T, k)
-        lat.append((time.perf_counter() - t0) * 1000)
-    elapsed = time.perf_counter() - t_start
-    mv.retire()
-    a = np.asarray(lat)
-    return {
-        "concurrency": 1,
-        "requests": len(lat),
-        "qps": len(lat) / elapsed,
-        "p50_ms": float(np.percentile(a, 50)),
-        "p95_ms": float(np.percentile(a, 95)),
-        "p99_ms": float(np.percentile(a, 99)),
-    }
+
+    answer(0)  # warm-up
+    return {"history": [closed_loop(answer, c, seconds=600.0, max_requests=requests) for c in concurrency]}
+
+
+def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int], pb.RecommendRequest]]
+           ) -> dict[str, Any]:
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.RecommenderStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    out: dict[str, Any] = {}
+    calls: dict[str, Callable[[int], None]] = {
+        name: (lambda i, make=make: stub.Recommend(make(i), timeout=60)) for name, make in workloads.items()}
+    calls["noop"] = lambda i: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    for name, call in calls.items():
+        out[name] = [closed_loop(call, c, cfg.seconds, cfg.max_requests) for c in cfg.concurrency]
+    if "history" in workloads and cfg.open_loop_rates:
+        out["history_open_loop"] = [
+            open_loop(lambda i: stub.Recommend.future(workloads["history"](i), timeout=60), r, cfg.seconds)
+            for r in cfg.open_loop_rates]
+    channel.close()
+    return out
 
 
 def run_grpc(cfg: GrpcBenchConfig) -> dict:
+    if not cfg.model:
+        raise ValueError("--bench.model is required: the name of a model in --bench.repository")
     model_dir = cfg.repository / cfg.model
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) if model_dir.is_dir() else []
     if not versions:
         raise FileNotFoundError(f"no versions under {model_dir}")
     version_dir = model_dir / str(versions[-1])
     manifest = json.loads((version_dir / "manifest.json").read_text())
     users, histories = _load_requests(version_dir, 500, cfg.history_len)
-    workloads = {
-        "user_id": lambda i: pb.RecommendRequest(
-            model=cfg.model, user_id=users[i % len(users)], top_k=cfg.top_k
-        )
-    }
+    workloads: dict[str, Callable[[int], pb.RecommendRequest]] = {
+        "user_id": lambda i: pb.RecommendRequest(model=cfg.model, user_id=users[i % len(users)], top_k=cfg.top_k)}
     if manifest["capabilities"].get("history"):
-        workloads["history"] = lambda i: pb.RecommendRequest(
-            model=cfg.model, history=histories[i % len(histories)], top_k=cfg.top_k
-        )
-    result: dict = {
-        "model": cfg.model,
-        "version": versions[-1],
-        "kind": manifest["kind"],
-        "user_tower": manifest["user_tower"],
-        "server": {},
-        "config": {
-            "seconds": cfg.seconds,
-            "top_k": cfg.top_k,
-            "history_len": cfg.history_len,
-            "server_args": cfg.server_args,
-            "cpu_count": os.cpu_count(),
-        },
-    }
-    proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", *cfg.server_args])
-    try:
-        for name, make in workloads.items():
-            result["server"][name] = [
-                _drive(target, make, c, cfg.seconds, cfg.max_requests) for c in cfg.concurrency
-            ]
-    finally:
-        stop_server(proc)
-    if cfg.compare_unbatched and "history" in workloads:
-        proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", *cfg.server_args, "--max-batch-size", "1"])
+        workloads["history"] = lambda i: pb.RecommendRequest(model=cfg.model, history=histories[i % len(histories)],
+                                                             top_k=cfg.top_k)
+    result: dict = {"model": cfg.model, "version": versions[-1], "kind": manifest["kind"],
+                    "user_tower": manifest["user_tower"], "servers": {},
+                    "config": {"seconds": cfg.seconds, "top_k": cfg.top_k, "history_len": cfg.history_len,
+                               "concurrency": cfg.concurrency, "server_args": cfg.server_args,
+                               "cpu_count": os.cpu_count()}}
+    for engine in cfg.engines:
+        proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", "--engine", engine, *cfg.server_args])
         try:
-            c = max(cfg.concurrency)
-            result["server_unbatched"] = {"history": [_drive(target, workloads["history"], c, cfg.seconds,
-                                                             cfg.max_requests)]}
+            from llmrec.client import RecommenderClient
+
+            with RecommenderClient(target) as c:
+                info = next(m for m in c.list_models().models if m.name == cfg.model).versions[-1]
+            result["servers"][engine] = {"engine_chosen": info.engine, "index_backend": info.index_backend,
+                                         **_sweep(target, cfg, workloads)}
         finally:
             stop_server(proc)
-    if cfg.checkpoint is not None:
-        n = min(cfg.baseline_requests, len(users))
-        result["pytorch_eager"] = _torch_baseline(
-            cfg.checkpoint, version_dir, users[:n], histories[:n], cfg.top_k
-        )
+    if cfg.compare_unbatched and "history" in workloads:
+        proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", "--engine", cfg.engines[0],
+                                                     *cfg.server_args, "--max-batch-size", "1"])
+        try:
+            with grpc.insecure_channel(target) as channel:
+                stub = pb_grpc.RecommenderStub(channel)
+                c = max(cfg.concurrency)
+                result["server_unbatched"] = {"engine": cfg.engines[0], "history": closed_loop(
+                    lambda i: stub.Recommend(workloads["history"](i), timeout=60), c, cfg.seconds, cfg.max_requests)}
+        finally:
+            stop_server(proc)
+    if cfg.checkpoint is not None and "history" in workloads:
+        result["pytorch_eager"] = _torch_baseline(cfg.checkpoint, version_dir, users, histories, cfg.top_k,
+                                                  cfg.baseline_concurrency, cfg.baseline_requests)
     return result
 
 
+def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r.get("concurrency") == concurrency), None)
+
+
 def markdown(result: dict) -> str:
-    lines = [
-        f"Model {result['model']} v{result['version']} ({result['kind']}/{result['user_tower']}).",
-        "",
-        "| path | workload | concurrency | QPS | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, rows in result["server"].items():
-        for r in rows:
-            lines.append(
-                f"| gRPC server | {name} | {r['concurrency']} | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
-                f"{r['p99_ms']:.2f} | {sum(r['errors'].values())} |"
-            )
-    for r in result.get("server_unbatched", {}).get("history", []):
-        lines.append(f"| gRPC server, --max-batch-size 1 | history | {r['concurrency']} | {r['qps']:.1f} | "
-                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {sum(r['errors'].values())} |")
-    base = result.get("pytorch_eager")
-    if base and "qps" in base:
-        lines.append(
-            f"| PyTorch eager, in process (encode + score all + topk) | history and user_id | 1 | "
-            f"{base['qps']:.1f} | {base['p50_ms']:.2f} | {base['p99_ms']:.2f} | 0 |"
-        )
+    lines = [f"Model {result['model']} v{result['version']} ({result['kind']}/{result['user_tower']}); "
+             f"{result['config']['seconds']:.0f} s per point, top-{result['config']['top_k']}, closed-loop clients "
+             "on loopback; latencies from HDR histograms.", ""]
+    base = result.get("pytorch_eager", {}).get("history", [])
+    for engine, server in result["servers"].items():
+        lines += [f"### server --engine {engine} (chose {server['engine_chosen'] or 'none'}, "
+                  f"index {server['index_backend']})", "",
+                  "| workload | clients | QPS | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for workload in ("noop", "user_id", "history"):
+            for r in server.get(workload, []):
+                lines.append(f"| {workload} | {r['concurrency']} | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
+                             f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99.9_ms']:.2f} | "
+                             f"{sum(r['errors'].values())} |")
+        for r in server.get("history_open_loop", []):
+            lines.append(f"| history, open loop {r['rate']:g}/s | - | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
+                         f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99.9_ms']:.2f} | {sum(r['errors'].values())} |")
         lines.append("")
-        for workload, rows in result["server"].items():
-            best = max(r["qps"] for r in rows)
-            lines.append(f"Best server QPS on the {workload} workload / PyTorch eager QPS: {best / base['qps']:.2f}x.")
-    unbatched = result.get("server_unbatched", {}).get("history")
-    if unbatched:
-        batched = next(r for r in result["server"]["history"] if r["concurrency"] == unbatched[0]["concurrency"])
-        lines += ["", f"Dynamic batching gain on the history workload at concurrency {batched['concurrency']}: "
-                      f"{batched['qps'] / unbatched[0]['qps']:.2f}x QPS."]
+        noop1, user1 = _at(server.get("noop", []), 1), _at(server.get("user_id", []), 1)
+        if noop1 and user1:
+            lines.append(f"user_id p99 / no-op RPC p99 at 1 client: {user1['p99_ms'] / noop1['p99_ms']:.2f}x.")
+        for c in sorted({b["concurrency"] for b in base}):
+            srv, torch_ = _at(server.get("history", []), c), _at(base, c)
+            if srv and torch_:
+                lines.append(f"history at {c} client(s): server {srv['qps']:.2f} QPS vs PyTorch eager "
+                             f"{torch_['qps']:.2f} QPS: {srv['qps'] / torch_['qps']:.2f}x; p50 {srv['p50_ms']:.1f} vs "
+                             f"{torch_['p50_ms']:.1f} ms: {torch_['p50_ms'] / srv['p50_ms']:.2f}x.")
+        lines.append("")
+    if base:
+        lines += ["### PyTorch eager fp32, in process (encode + score all items + topk, no batching)", "",
+                  "| clients | QPS | p50 ms | p99 ms |", "|---|---|---|---|"]
+        lines += [f"| {r['concurrency']} | {r['qps']:.2f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |" for r in base]
+        lines.append("")
+    unb = result.get("server_unbatched")
+    if unb:
+        batched = _at(result["servers"][unb["engine"]].get("history", []), unb["history"]["concurrency"])
+        if batched:
+            lines.append(f"Dynamic batching on the history workload at {batched['concurrency']} clients "
+                         f"(--engine {unb['engine']}): {batched['qps'] / unb['history']['qps']:.2f}x the QPS of "
+                         "--max-batch-size 1.")
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, prefix: Path) -> list[Path]:
+    """latency vs concurrency and QPS vs concurrency, per workload and engine; PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for metric, ylabel, name in (("p99_ms", "p99 latency (ms, log)", "latency"), ("qps", "requests/s (log)", "qps")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for engine, server in result["servers"].items():
+            for workload in ("noop", "user_id", "history"):
+                rows = server.get(workload, [])
+                if rows:
+                    ax.plot([r["concurrency"] for r in rows], [r[metric] for r in rows], marker="o",
+                            label=f"{workload} ({server['engine_chosen'] or engine})")
+        base = result.get("pytorch_eager", {}).get("history", [])
+        if base:
+            ax.plot([r["concurrency"] for r in base], [r[metric] for r in base], marker="s", linestyle="--",
+                    label="history (PyTorch eager fp32)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{result['model']}: {ylabel.split(' (')[0]} vs concurrency")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        path = prefix.with_name(f"{prefix.name}_{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -51,6 +51,8 @@ class ResilienceConfig:
     upsert_batch: int = 1000
     single_upserts: int = 100
     journal_poll_seconds: float = 1.0
+    # one engine, so that 20 swaps measure memory and robustness rather than the engine choice at each load
+    engine: str = "onnxruntime-cpu"
     server_args: list[str] = field(default_factory=list)
 
 
@@ -112,7 +114,7 @@ def _requests(version_dir: Path, n: int = 200, length: int = 20) -> tuple[list[s
 
 def _serve(repo: Path, cfg: ResilienceConfig, *extra: str) -> tuple[Any, str]:
     args = ["--metrics-port", "-1", "--poll-seconds", "0", "--journal-poll-seconds", str(cfg.journal_poll_seconds),
-            *cfg.server_args, *extra]
+            "--engine", cfg.engine, *cfg.server_args, *extra]
     return spawn_server(repo, args, env={"RECSYS_ADMIN_TOKEN": TOKEN})
 
 
@@ -343,7 +345,7 @@ def markdown(result: dict[str, Any]) -> str:
     idle, loaded = f["cheap_idle"], f["cheap_under_flood"]
     lines = [
         f"Models: slow = {result['models']['slow']} (LM history path), cheap = {result['models']['cheap']} "
-        "(known users). Real `llmrec serve` processes on loopback.",
+        f"(known users). Real `llmrec serve --engine {result['config']['engine']}` processes on loopback.",
         "",
         "| target | met |", "|---|---|",
         *[f"| {k} | {'yes' if v else '**no**'} |" for k, v in result["targets"].items()],

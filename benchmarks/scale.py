@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -26,6 +27,9 @@ class ScaleConfig:
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     seed: int = 0
+    # A version folder: grow the catalogue from its real item vectors (each new item a real one plus noise
+    # at 0.3 of the per-dimension spread) and query with its real user vectors, at the model's own dimension.
+    vectors_from: Path | None = None
 
 
 def synthetic_catalog(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -39,24 +43,38 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
+def real_catalog(version: Path, n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n items grown from a version's real item vectors, and real user vectors as queries."""
+    base = np.load(version / "item_vectors.npy").astype(np.float32)
+    users = np.load(version / "user_vectors.npy").astype(np.float32)
+    spread = base.std(axis=0, keepdims=True)
+    items = base[rng.integers(0, len(base), size=n)] + 0.3 * spread * rng.normal(size=(n, base.shape[1]))
+    items[: len(base)] = base
+    return items.astype(np.float32), users[rng.integers(0, len(users), size=queries)]
+
+
 def _one_size(n: int, cfg: ScaleConfig, rng: np.random.Generator) -> dict:
     import torch  # the baseline path; imported here so the rest of benchmarks stays torch-free
 
-    items = synthetic_catalog(n, cfg.dim, rng)
-    noise = 0.3 * rng.normal(size=(cfg.queries, cfg.dim)).astype(np.float32)
-    queries = items[rng.integers(0, n, size=cfg.queries)] + noise
+    if cfg.vectors_from is not None:
+        items, queries = real_catalog(cfg.vectors_from, n, cfg.queries, rng)
+    else:
+        items = synthetic_catalog(n, cfg.dim, rng)
+        noise = 0.3 * rng.normal(size=(cfg.queries, cfg.dim)).astype(np.float32)
+        queries = items[rng.integers(0, n, size=cfg.queries)] + noise
+    dim = items.shape[1]
     items_t = torch.from_numpy(items)
-    flat = faiss.IndexFlatIP(cfg.dim)
+    flat = faiss.IndexFlatIP(dim)
     flat.add(items)
     t0 = time.perf_counter()
     nlist = int(max(16, min(4 * np.sqrt(n), n // 39)))
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(cfg.dim), cfg.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.train(items[rng.choice(n, size=min(n, nlist * 64), replace=False)])
     ivf.add(items)
     ivf.nprobe = min(cfg.ivf_nprobe, nlist)
     ivf_build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(cfg.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efSearch = cfg.hnsw_ef_search
     hnsw.add(items)
     hnsw_build_s = time.perf_counter() - t0
@@ -78,7 +96,7 @@ def _one_size(n: int, cfg: ScaleConfig, rng: np.random.Generator) -> dict:
     )
     return {
         "items": n,
-        "dim": cfg.dim,
+        "dim": dim,
         "k": cfg.k,
         "paths": compare(timings, "torch_matmul_topk"),
         "recall_vs_exact": recall,
@@ -94,7 +112,8 @@ def run_scale(cfg: ScaleConfig) -> dict:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(cfg.seed)
-    return {"config": cfg.__dict__, "rows": [_one_size(n, cfg, rng) for n in cfg.sizes]}
+    config = {**cfg.__dict__, "vectors_from": f"real vectors of {cfg.vectors_from}" if cfg.vectors_from else None}
+    return {"config": config, "rows": [_one_size(n, cfg, rng) for n in cfg.sizes]}
 
 
 def markdown(result: dict) -> str:

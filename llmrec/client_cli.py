@@ -11,9 +11,10 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import tyro
@@ -167,9 +168,17 @@ def read_items(path: Path) -> Iterator[tuple[str, str, str]]:
             yield row["item_id"], row.get("text") or "", row.get("title") or ""
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _in_batches(command: str, call: Callable[[list], Any], values: list, size: int) -> list[Any] | int:
+    """The responses of `call` over `values` in batches; on an RPC error, says how far it got (what was
+    sent before stays: each call is durable) and returns the exit code."""
+    responses: list[Any] = []
+    for start in range(0, len(values), size):
+        try:
+            responses.append(call(values[start:start + size]))
+        except grpc.RpcError as exc:
+            print(f"llmrec {command}: stopped after {start} of {len(values)} items (those are kept)", file=sys.stderr)
+            return _fail(command, exc)
+    return responses
 
 
 def upsert_main(argv: list[str]) -> int:
@@ -180,17 +189,12 @@ def upsert_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"llmrec upsert: {exc}", file=sys.stderr)
         return 2
-    added = replaced = 0
     with args.server.client() as client:
-        for part in _batches(items, args.batch_size):
-            try:
-                r = client.upsert_items(args.model, part)
-            except grpc.RpcError as exc:
-                print(f"llmrec upsert: stopped after {added + replaced} of {len(items)} items (those are kept)",
-                      file=sys.stderr)
-                return _fail("upsert", exc)
-            added, replaced = added + r.added, replaced + r.replaced
-    print(f"{args.model}: {added} added, {replaced} replaced; {r.num_items} items now (journal seq {r.journal_seq})")
+        done = _in_batches("upsert", lambda part: client.upsert_items(args.model, part), items, args.batch_size)
+    if isinstance(done, int):
+        return done
+    print(f"{args.model}: {sum(r.added for r in done)} added, {sum(r.replaced for r in done)} replaced; "
+          f"{done[-1].num_items} items now (journal seq {done[-1].journal_seq})")
     return 0
 
 
@@ -210,15 +214,12 @@ def delete_main(argv: list[str]) -> int:
     if not ids:
         print("llmrec delete: give --items a,b,c and/or --file FILE", file=sys.stderr)
         return 2
-    deleted = already = 0
     with args.server.client() as client:
-        for part in _batches(ids, args.batch_size):
-            try:
-                r = client.delete_items(args.model, part)
-            except grpc.RpcError as exc:
-                return _fail("delete", exc)
-            deleted, already = deleted + r.deleted, already + r.already_deleted
-    print(f"{args.model}: {deleted} deleted, {already} already deleted; {r.num_items} items recommendable")
+        done = _in_batches("delete", lambda part: client.delete_items(args.model, part), ids, args.batch_size)
+    if isinstance(done, int):
+        return done
+    print(f"{args.model}: {sum(r.deleted for r in done)} deleted, {sum(r.already_deleted for r in done)} already "
+          f"deleted; {done[-1].num_items} items recommendable")
     return 0
 
 

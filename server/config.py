@@ -43,10 +43,10 @@ class ServeConfig:
     """an engine serves only if its outputs' mean cosine to the version's fp32 reference is at least this"""
     gate_min_overlap: float = 0.99
     """... and its top-20 recommendations overlap the reference's by at least this, on average"""
-    gate_rows: int = 64
-    """reference users each candidate engine is checked on at load"""
-    gate_repeats: int = 3
-    """timing passes over the reference inputs when choosing the fastest engine"""
+    gate_rows: int = 32
+    """probe users each candidate engine is checked on at load (plus the export's parity inputs)"""
+    gate_repeats: int = 2
+    """timing passes over the smallest and largest reference inputs when choosing the fastest engine"""
     max_batch_size: int = 16
     """largest user-encoder batch formed from concurrent history requests"""
     max_wait_ms: float = 0.0

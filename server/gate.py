@@ -33,8 +33,8 @@ TOP = 20
 class GateConfig:
     min_cosine: float = 0.99
     min_overlap: float = 0.99
-    max_rows: int = 64  # reference rows (users) each candidate is checked on
-    repeats: int = 3  # timing passes over the reference cases
+    max_rows: int = 32  # probe users each candidate is checked on (plus the parity cases)
+    repeats: int = 2  # timing passes over the smallest and the largest reference case
 
 
 @dataclass
@@ -173,7 +173,8 @@ def select(role: str, graph: Path, candidates: list[tuple[str, str]], ref: Refer
         log.error("no engine passed the quality gate; serving the reference engine", role=role,
                   trials=[asdict(t) for t in trials])
         return ENGINES[REFERENCE[0]].load(graph, REFERENCE[1], threads), trials
-    timing_cases = ref.cases or ref.probe_cases[:1]
+    by_size = sorted(ref.cases or ref.probe_cases[:1], key=lambda c: sum(v.size for v in c.values()))
+    timing_cases = [by_size[0], by_size[-1]] if len(by_size) > 1 else by_size
     times = _time(loaded, timing_cases, cfg.repeats) if len(loaded) > 1 else {k: float("nan") for k in loaded}
     for t in trials:
         t.ms = times.get(t.label())

@@ -25,6 +25,7 @@ from export import journal
 from export.journal import JournalRecord
 from llmrec import logs
 from server.models_runtime import ModelVersion
+from server.periodic import Periodic
 
 log = logs.get("server.journal")
 
@@ -93,11 +94,9 @@ class ItemJournals:
         self.repository = Path(repository)
         self._loaded = loaded
         self._metrics = metrics
-        self._poll_seconds = poll_seconds
         self._journals: dict[str, ModelJournal] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._tail = Periodic("journal-tail", poll_seconds, self.poll, log)
 
     def journal(self, name: str) -> ModelJournal:
         with self._lock:
@@ -164,18 +163,7 @@ class ItemJournals:
 
     # ---- tail thread ----
     def start(self) -> None:
-        if self._poll_seconds > 0:
-            self._thread = threading.Thread(target=self._run, name="journal-tail", daemon=True)
-            self._thread.start()
+        self._tail.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll_seconds):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("item journal poll failed")
+        self._tail.stop(timeout)

@@ -9,7 +9,6 @@ whatever it returns later is dropped.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from llmrec import logs
 from server.batching import DynamicBatcher
 from server.models_runtime import ModelVersion
+from server.periodic import Periodic
 
 log = logs.get("server.watchdog")
 
@@ -30,25 +30,13 @@ class Watchdog:
         self.interval = interval
         self.stall_seconds = stall_seconds
         self._probes: dict[int, tuple[str, DynamicBatcher, Any, Future]] = {}  # id(batcher) -> probe
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task = Periodic("watchdog", interval, self.check_once, log)
 
     def start(self) -> None:
-        if self.interval > 0:
-            self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-            self._thread.start()
+        self._task.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check_once()
-            except Exception:
-                log.exception("watchdog check failed")
+        self._task.stop(timeout)
 
     def check_once(self) -> None:
         changed: set[str] = set()
