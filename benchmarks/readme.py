@@ -85,7 +85,8 @@ def render(results: Path) -> str:
              "ratios are measured in one run on one machine, the machine is named in each file.", ""]
     for name, fmt in (("bench_encoders_ml100k-cllm4rec", _encoders), ("bench_encoders_ml100k-tcf", _encoders),
                       ("bench_grpc_ml100k-cllm4rec", _grpc), ("bench_grpc_ml100k-tcf", _grpc),
-                      ("bench_scale", _scale), ("serving_resilience_ml100k", _resilience)):
+                      ("bench_scale", _scale), ("bench_scale_real-tcf", _scale),
+                      ("serving_resilience_ml100k", _resilience)):
         r = _load(results, name)
         if r is not None:
             lines += fmt(r, name)
