@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from llmrec.errors import ConfigError
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.spawn import spawn_server, stop_server
@@ -148,11 +149,27 @@ def _torch_baseline(
     }
 
 
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _latest_version(repository: Path, model: str) -> int:
+    """The newest version of `model`; a missing repository or model says what there is to choose from."""
+    if not repository.is_dir():
+        raise ConfigError(f"model repository {repository} does not exist; pass --bench.repository "
+                          "(a folder written by `llmrec export`)")
+    models = sorted(p.name for p in repository.iterdir() if p.is_dir() and _versions(p))
+    accepted = f"models in {repository}: {', '.join(models) or '(none: run `llmrec export` first)'}"
+    if not model:
+        raise ConfigError(f"--bench.model is required; {accepted}")
+    if model not in models:
+        raise ConfigError(f"no model {model!r} with a version in the repository; {accepted}")
+    return _versions(repository / model)[-1]
+
+
 def run_grpc(cfg: GrpcBenchConfig) -> dict:
     model_dir = cfg.repository / cfg.model
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-    if not versions:
-        raise FileNotFoundError(f"no versions under {model_dir}")
+    versions = [_latest_version(cfg.repository, cfg.model)]
     version_dir = model_dir / str(versions[-1])
     manifest = json.loads((version_dir / "manifest.json").read_text())
     users, histories = _load_requests(version_dir, 500, cfg.history_len)

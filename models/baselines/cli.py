@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -18,6 +17,7 @@ from typing import Any
 
 from llmrec import logs
 from llmrec.config import parse, to_dict
+from llmrec.errors import ConfigError
 from models.baselines.runner import (
     BASELINES,
     DEFAULT_NAMES,
@@ -56,10 +56,10 @@ def report_name(cfg: BaselinesEvalConfig, data_name: str) -> str:
 def _validate(cfg: BaselinesEvalConfig) -> None:
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad or not cfg.protocols:
-        raise ValueError(f"bad protocol(s) {bad or '(none)'}; accepted: {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"bad protocol(s) {bad or '(none)'}; accepted: {', '.join(PROTOCOLS)}")
     bad = [m for m in cfg.models if m not in BASELINES]
     if bad or not cfg.models:
-        raise ValueError(f"bad model(s) {bad or '(none)'}; accepted: {', '.join(BASELINES)}")
+        raise ConfigError(f"bad model(s) {bad or '(none)'}; accepted: {', '.join(BASELINES)}")
 
 
 def _model_entry(r: BaselineResult) -> dict[str, Any]:
@@ -159,11 +159,7 @@ def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
 def eval_main(argv: list[str]) -> int:
     logs.setup()
     cfg = parse(BaselinesEvalConfig, argv, prog="llmrec eval baselines", description=__doc__)
-    try:
-        _, markdown, path = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"llmrec eval baselines: {exc}", file=sys.stderr)
-        return 2
+    _, markdown, path = run(cfg)
     print(markdown)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0

@@ -28,6 +28,7 @@ import torch
 from llmrec import logs
 from llmrec.assets import work_dir
 from llmrec.config import parse, to_dict
+from llmrec.errors import reading_checkpoint
 from models.cllm4rec import backbone as bb
 from models.cllm4rec.checkpoint import load_checkpoint
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
@@ -152,7 +153,8 @@ def eval_main(argv: list[str]) -> int:
     log = logs.get("cllm4rec.eval")
     cli = parse(EvalCli, argv, prog="llmrec eval cllm4rec", description="test metrics of a CLLM4Rec checkpoint")
     torch.set_num_threads(cli.threads)
-    loaded = load_checkpoint(cli.checkpoint, cli.backbone_path)
+    with reading_checkpoint(cli.checkpoint, "llmrec train cllm4rec"):
+        loaded = load_checkpoint(cli.checkpoint, cli.backbone_path)
     loaded.model.to(resolve_device(cli.device))
     cfg = loaded.config
     train_log = read_log(cli.checkpoint)

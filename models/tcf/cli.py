@@ -20,6 +20,7 @@ import tyro
 
 from llmrec import assets, logs
 from llmrec.config import parse, to_dict
+from llmrec.errors import ConfigError, reading_checkpoint
 from models.data.config import DataConfig
 from models.data.dataset import InteractionData
 from models.data.loaders import load_data
@@ -72,6 +73,9 @@ def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
     torch.manual_seed(cli.train.seed)
     t0 = time.time()
     data = data if data is not None else load_data(cli.data)
+    if cli.model.item_tower == "text" and data.items_without_text() == data.num_items:
+        raise ConfigError("--model.item-tower text needs item text, but every item's text is its id: give an items "
+                          "file (--data.items-path; see --help) or train the ID tower (--model.item-tower id)")
     prepared, split = prepared_split(data, cli.model.max_seq_len, cli.recipe.keep_last, cli.data.split_seed)
     pre = lm = None
     if cli.model.item_tower == "text":
@@ -173,19 +177,20 @@ def eval_main(argv: list[str]) -> int:
     logs.setup()
     cfg = parse(EvalConfig, argv, prog="llmrec eval tcf", description="Evaluate TCF checkpoints (test split).")
     if not cfg.checkpoint:
-        raise SystemExit("llmrec eval tcf: give at least one --checkpoint DIR")
+        raise ConfigError("give at least one --checkpoint DIR (a folder written by `llmrec train tcf`)")
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     rows, split0, details = [], None, []
     for i, folder in enumerate(cfg.checkpoint):
         t0 = time.time()
-        ck = load_checkpoint(folder)
+        with reading_checkpoint(folder, "llmrec train tcf"):
+            ck = load_checkpoint(folder)
         ck.model.to(device)
         train_log = read_log(folder)
         if split0 is None:
             split0 = ck.split
         elif not _same_split(split0, ck.split):
-            raise SystemExit(f"{folder}: its split differs from {cfg.checkpoint[0]}'s; compare like with like")
+            raise ConfigError(f"{folder}: its split differs from {cfg.checkpoint[0]}'s; compare like with like")
         scorer = make_scorer(ck.model)
         test = evaluate(scorer, ck.split, "test", METRICS)
         label = cfg.label[i] if i < len(cfg.label) else _label(ck.config)
