@@ -7,6 +7,7 @@ nothing here touches the network. Any local folder or file can replace each defa
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from llmrec.errors import UserError
@@ -44,5 +45,7 @@ def ml100k_dir() -> Path:
 
 
 def work_dir() -> Path:
-    """Ignored folder for caches, checkpoints and the demo's model repository."""
-    return Path(__file__).resolve().parent.parent / "work"
+    """Folder for caches (converted LMs, pre-inferred item tables), default checkpoints and the demo:
+    ./work under the working directory, never inside the installed package, or $LLMREC_WORK_DIR
+    (e.g. to share one cache between checkouts). Relative, so it follows the working directory."""
+    return Path(os.environ.get("LLMREC_WORK_DIR") or "work")

@@ -40,7 +40,7 @@ from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import make_split
 from models.metrics import PROTOCOL_METRICS, evaluate
-from models.reports import invoking_command, markdown_table, write_report
+from models.reports import dataset_title, invoking_command, markdown_table, report_file_name, write_report
 from models.training.capacity import CapacityConfig
 from models.training.config import DeviceConfig, RunConfig, TrainConfig
 from models.training.devices import resolve_device
@@ -88,8 +88,8 @@ class EvalCli(DeviceConfig):
     batch_size: int = 32  # prompts per forward pass
     baselines: bool = True  # put most-popular / ALS / BPR / EASE on the same split beside it
     tune_baselines: bool = True  # tune the baselines on the validation part first
-    report_name: str = "quality_cllm4rec_ml100k"  # benchmarks/results/<name>.json/.md
-    results_dir: Path | None = None  # None: benchmarks/results/
+    report_name: str = "quality_cllm4rec_{data}"  # <results-dir>/<name>.json/.md; {data}: the data set's name
+    results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
     note: str = ""  # free text for the report (e.g. how the training run ended)
 
 
@@ -198,7 +198,7 @@ def eval_main(argv: list[str]) -> int:
     rows = [["cllm4rec", *(test[m] for m in metrics)], *_baseline_rows(baselines, metrics)]
     walls = payload["wall_time_s"]
     md = (
-        f"# CLLM4Rec on {data.name} ({split.protocol}, split seed {split.seed}, test part)\n\n"
+        f"# CLLM4Rec on {dataset_title(data.name)} ({split.protocol}, split seed {split.seed}, test part)\n\n"
         + markdown_table(["model", *metrics], rows)
         + f"\nSchedule `{cfg.get('schedule')}`; wall time (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
@@ -206,7 +206,7 @@ def eval_main(argv: list[str]) -> int:
         + _epochs_md(payload["training_log"])
         + (f"\n{cli.note}\n" if cli.note else "")
     )
-    path = write_report(cli.report_name, payload, md, cli.results_dir)
+    path = write_report(report_file_name(cli.report_name, data.name), payload, md, cli.results_dir)
     print(md)
     log.info("report", path=str(path))
     return 0
