@@ -250,7 +250,7 @@ class _Builder:
             log.warning("items without text; using their id", data=self.name, items=missing, of=len(items))
         unused = len(text.keys() - set(items.ids))
         if unused:
-            log.warning("items in the items file without interactions left out (nothing to learn from; "
+            log.warning("items in the items file without (kept) interactions left out (nothing to learn from; "
                         "a text model can serve them after export via `llmrec upsert`)",
                         data=self.name, items=unused, of=len(text))
         item_text = [text.get(i) or i for i in items.ids]
@@ -643,10 +643,11 @@ def load_data(cfg: DataConfig) -> InteractionData:
     if cfg.min_user_interactions <= 0 and cfg.min_item_interactions <= 0:
         return data
     kept = filter_min_interactions(data, cfg.min_user_interactions, cfg.min_item_interactions)
-    dropped = {k: data.summary()[k] - kept.summary()[k] for k in ("users", "items", "interactions")}
+    dropped = {f"dropped_{k}": data.summary()[k] - kept.summary()[k] for k in ("users", "items", "interactions")}
     if any(dropped.values()):
         log.warning("dropped users/items below the minimum interactions: not trained on, and the dropped users "
                     "are unknown to an exported model (send their history instead)",
                     data=data.name, min_user_interactions=cfg.min_user_interactions,
-                    min_item_interactions=cfg.min_item_interactions, **dropped, **{"kept": kept.summary()})
+                    min_item_interactions=cfg.min_item_interactions, **dropped, kept_users=kept.num_users,
+                    kept_items=kept.num_items)
     return kept
