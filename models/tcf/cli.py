@@ -55,8 +55,7 @@ def _train_defaults() -> TrainConfig:
 class TrainCli(RunConfig):
     out: Path = field(default_factory=lambda: assets.work_dir() / "checkpoints" / "tcf")  # checkpoint folder
     schedule: Literal["short", "full"] = "short"  # preset of the defaults below
-    # the paper's preparation: users with fewer than 5 interactions are dropped
-    data: DataConfig = field(default_factory=lambda: DataConfig(min_user_interactions=5))
+    data: DataConfig = field(default_factory=lambda: DataConfig(min_user_interactions=5))  # as TCF's paper: min 5 per user
     model: ModelConfig = field(default_factory=ModelConfig)
     text: te.TextEncoderConfig = field(default_factory=te.TextEncoderConfig)
     lm: CapacityConfig = field(default_factory=CapacityConfig)
@@ -236,10 +235,11 @@ def eval_main(argv: list[str]) -> int:
             [[d["label"], d["best_epoch"], d["epochs_run"], (d["valid"] or {}).get("hr@10", float("nan")),
               float(d["preinfer_s"] or float("nan")), float(d["train_wall_s"].get("train", float("nan"))),
               d["eval_wall_s"]] for d in details])
-        write_report(report_file_name(cfg.report, data_name),
-                     {"dataset": data_name, "split": split_desc, "split_counts": split0.counts(),
-                      "metrics": list(METRICS), "rows": rows, "baselines_note": note, "checkpoints": details}, md,
-                     cfg.results_dir)
+        path = write_report(report_file_name(cfg.report, data_name),
+                            {"dataset": data_name, "split": split_desc, "split_counts": split0.counts(),
+                             "metrics": list(METRICS), "rows": rows, "baselines_note": note, "checkpoints": details},
+                            md, cfg.results_dir)
+        print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 
 
