@@ -64,6 +64,27 @@ def test_bad_data_file_is_one_line(tmp_path, monkeypatch, capsys, command, name)
     assert re.search(pattern, message), message
 
 
+def test_unreadable_bytes_are_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "latin1.csv").write_bytes(b"user,item\nJos\xe9,1\n")
+    (tmp_path / "fake.parquet").write_text("user,item\n1,2\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "baselines", "--data.dataset", "interactions", "--data.path"]
+    assert one_line_error(capsys, [*argv, "latin1.csv"]).startswith(
+        "latin1.csv:2: not UTF-8 text (invalid continuation byte); expected a UTF-8 file")
+    assert one_line_error(capsys, [*argv, "fake.parquet"]).startswith("fake.parquet: not a readable Parquet file (")
+    (tmp_path / "folder.csv").mkdir()
+    assert one_line_error(capsys, [*argv, "folder.csv"]) == "folder.csv is a folder; expected a data file"
+
+
+def test_a_spreadsheet_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    from models.data.config import DataConfig
+    from models.data.loaders import load_data
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffuser,item\nu1,i1\nu1,i2\n".encode())
+    assert load_data(DataConfig(dataset="interactions", path=path)).summary()["users"] == 1
+
+
 def _checkpoint_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()

@@ -109,13 +109,19 @@ def _check_file(path: Path) -> None:
         raise DataFileNotFound(f"{path} is a folder; expected a data file")
 
 
-def _open_text(path: Path) -> Any:
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a text file, plain or gzipped, decoded one at a time so that a line that is not
+    UTF-8 is reported with its number (a text stream decodes in blocks and cannot say which line);
+    a leading byte-order mark, which spreadsheet exports write, is dropped."""
     _check_file(path)
     with path.open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+    with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason}); expected a UTF-8 file") from None
 
 
 def _read_parquet(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
@@ -150,14 +156,6 @@ def _check_separator(path: Path, names: list[str], delimiter: str) -> None:
     )
 
 
-def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
-    """The reader's rows; a file that is not UTF-8 text raises with the line it failed on."""
-    try:
-        yield from reader
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}:{reader.line_num + 1}: not UTF-8 text ({exc.reason}); expected a UTF-8 file") from None
-
-
 def _read_table(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """Header + (line number, row) for a CSV/TSV (optionally gzipped) or Parquet file.
 
@@ -167,26 +165,22 @@ def _read_table(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]
     if ".parquet" in [s.lower() for s in path.suffixes]:
         return _read_parquet(path)
     delimiter = _delimiter(path)
-    f = _open_text(path)
-    reader = csv.reader(f, delimiter=delimiter)
-    lines = _csv_rows(reader, path)
-    names = next(lines, None)
+    reader = csv.reader(_lines(path), delimiter=delimiter)
+    names = next(reader, None)
     if names is None:
-        f.close()
         raise DataError(f"{path}:1: empty file; expected a header line naming the columns")
     _check_separator(path, names, delimiter)
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        with f:
-            for row in lines:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(names):
-                    raise DataError(
-                        f"{path}:{reader.line_num}: expected {len(names)} fields separated by "
-                        f"{delimiter!r} (header {names}), got {len(row)}"
-                    )
-                yield reader.line_num, row
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(names):
+                raise DataError(
+                    f"{path}:{reader.line_num}: expected {len(names)} fields separated by "
+                    f"{delimiter!r} (header {names}), got {len(row)}"
+                )
+            yield reader.line_num, row
 
     return names, rows()
 
@@ -285,8 +279,7 @@ def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _read_atomic_typed(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
-    if not path.is_file():
-        raise DataFileNotFound(f"data file not found: {path}")
+    _check_file(path)
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
@@ -506,34 +499,32 @@ def load_tcf(path: Path, items_path: Path | None = None) -> InteractionData:
 
 def _tab_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Tab-separated fields of each non-blank line, with 1-based line numbers for error messages."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield lineno, line.split("\t")
+    for lineno, line in enumerate(_lines(path), start=1):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield lineno, line.split("\t")
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """JSON lines, plain or gzipped. Lines that are Python dict literals (the 2014 Amazon
     metadata dumps are written that way) are accepted too."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    for lineno, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                try:
-                    obj = ast.literal_eval(line.strip())
-                except (ValueError, SyntaxError):
-                    raise DataError(
-                        f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
-                    ) from None
-            if not isinstance(obj, dict):
+                obj = ast.literal_eval(line.strip())
+            except (ValueError, SyntaxError):
                 raise DataError(
-                    f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
-                )
-            yield lineno, obj
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
+                ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
+            )
+        yield lineno, obj
 
 
 def _flatten(value: Any) -> list[str]:
