@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target, rest = resolved
     module_name, func_name = target.split(":")
+    logs.quiet_libraries()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmrec: '{' '.join(argv[:2])}' is not yet available in this build ({exc})", file=sys.stderr)
             return 2
         raise
-    logs.quiet_libraries()
     token = _current.set(argv)
     try:
         return int(getattr(module, func_name)(rest) or 0)
