@@ -1,5 +1,6 @@
-"""`llmrec bench scale|encoders|grpc|resilience|train-speed`: each writes a report under benchmarks/results/
-(bench_<what>[_<tag>], serving_resilience_<tag>, train_speed: .json + .md)."""
+"""`llmrec bench scale|encoders|grpc|resilience|train-speed`: each writes a report under --results-dir, by default
+./llmrec-results/ (bench_<what>[_<tag>], serving_resilience_<tag>, train_speed: .json + .md); the shipped ones
+in benchmarks/results/ are rewritten only when that folder is named."""
 
 from __future__ import annotations
 
@@ -24,35 +25,35 @@ from models.reports import RESULTS_DIR, write_report
 @dataclass
 class ScaleArgs:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
-    results_dir: Path | None = None  # default benchmarks/results
+    results_dir: Path | None = None  # None: ./llmrec-results
     tag: str = ""  # appended to the report name
 
 
 @dataclass
 class EncoderArgs:
     bench: EncoderBenchConfig
-    results_dir: Path | None = None
+    results_dir: Path | None = None  # None: ./llmrec-results
     tag: str = ""  # default: the model name
 
 
 @dataclass
 class TrainSpeedArgs:
     bench: TrainSpeedConfig = field(default_factory=TrainSpeedConfig)
-    results_dir: Path | None = None  # default benchmarks/results
+    results_dir: Path | None = None  # None: ./llmrec-results
     name: str = "train_speed"  # report file name (without .json / .md)
 
 
 @dataclass
 class GrpcArgs:
     bench: GrpcBenchConfig
-    results_dir: Path | None = None
+    results_dir: Path | None = None  # None: ./llmrec-results
     tag: str = ""
 
 
 @dataclass
 class ResilienceArgs:
     bench: ResilienceConfig = field(default_factory=ResilienceConfig)
-    results_dir: Path | None = None
+    results_dir: Path | None = None  # None: ./llmrec-results
     tag: str = "ml100k"
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
 
+from llmrec.errors import ConfigError
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server.spawn import spawn_server, stop_server
@@ -199,13 +200,27 @@ def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int
     return out
 
 
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _latest_version(repository: Path, model: str) -> int:
+    """The newest version of `model`; a missing repository or model says what there is to choose from."""
+    if not repository.is_dir():
+        raise ConfigError(f"model repository {repository} does not exist; pass --bench.repository "
+                          "(a folder written by `llmrec export`)")
+    models = sorted(p.name for p in repository.iterdir() if p.is_dir() and _versions(p))
+    accepted = f"models in {repository}: {', '.join(models) or '(none: run `llmrec export` first)'}"
+    if not model:
+        raise ConfigError(f"--bench.model is required; {accepted}")
+    if model not in models:
+        raise ConfigError(f"no model {model!r} with a version in the repository; {accepted}")
+    return _versions(repository / model)[-1]
+
+
 def run_grpc(cfg: GrpcBenchConfig) -> dict:
-    if not cfg.model:
-        raise ValueError("--bench.model is required: the name of a model in --bench.repository")
     model_dir = cfg.repository / cfg.model
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) if model_dir.is_dir() else []
-    if not versions:
-        raise FileNotFoundError(f"no versions under {model_dir}")
+    versions = [_latest_version(cfg.repository, cfg.model)]
     version_dir = model_dir / str(versions[-1])
     manifest = json.loads((version_dir / "manifest.json").read_text())
     users, histories = _load_requests(version_dir, 500, cfg.history_len)

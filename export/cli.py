@@ -13,6 +13,7 @@ from typing import Any
 from export.config import ExportConfig
 from llmrec import logs
 from llmrec.config import parse, to_dict
+from llmrec.errors import reading_checkpoint
 
 
 def export_bundle(bundle: Any, repository: Path, name: str, cfg: ExportConfig | None = None,
@@ -81,7 +82,8 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(cfg.threads)
     try:
-        bundle = load_bundle(Path(cfg.checkpoint))
+        with reading_checkpoint(Path(cfg.checkpoint), "llmrec train cllm4rec|tcf"):
+            bundle = load_bundle(Path(cfg.checkpoint))
         version_dir = export_bundle(bundle, Path(cfg.repository), cfg.name, cfg, source_checkpoint=Path(cfg.checkpoint))
     except (ParityError, BundleError, IndexRecallError, VersionError, FileNotFoundError, ValueError) as exc:
         print(f"llmrec export: refused: {exc}", file=sys.stderr)

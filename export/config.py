@@ -43,7 +43,7 @@ class ExportConfig:
     # Fold the model's item journal (<repository>/<name>/items.journal: items added while serving) into
     # this version's catalogue, encoded by the new item tower; servers then replay only newer records.
     fold_journal: bool = False
-    report: bool = True  # also write benchmarks/results/export-<name>.json/.md
+    report: bool = True  # also write ./llmrec-results/export-<name>.json/.md
 
     def index_params(self) -> IndexParams:
         return IndexParams(type=self.index, nlist=self.nlist, nprobe=self.nprobe, hnsw_m=self.hnsw_m,

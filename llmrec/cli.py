@@ -1,7 +1,8 @@
 """One entry point, `llmrec`, routing subcommands to the module that owns them.
 
 Subcommand modules are imported lazily so that `llmrec serve` and `llmrec recommend` never
-import torch: the serving image does not have it.
+import torch: the serving image does not have it. A user's mistake (llmrec.errors.UserError) ends
+here as one line and its exit code; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import contextvars
 import difflib
 import importlib
+import itertools
+import os
 import shlex
 import sys
 
-from llmrec import __version__
+from llmrec import __version__, logs
+from llmrec.errors import UserError
 
 # command words -> "module:function"; each function takes the remaining argv and returns an exit code.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -48,6 +52,7 @@ def _usage() -> str:
     lines = ["usage: llmrec <command> [options]   (llmrec <command> --help for its options)", ""]
     for words, (_, help_text) in COMMANDS.items():
         lines.append(f"  {' '.join(words):<18} {help_text}")
+    lines += ["", "Mistakes in files or flags are reported in one line; LLMREC_DEBUG=1 adds the traceback."]
     return "\n".join(lines)
 
 
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target, rest = resolved
     module_name, func_name = target.split(":")
+    logs.quiet_libraries()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -94,5 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     token = _current.set(argv)
     try:
         return int(getattr(module, func_name)(rest) or 0)
+    except UserError as exc:
+        if os.environ.get("LLMREC_DEBUG", "0") not in ("", "0"):
+            raise
+        command = " ".join(itertools.takewhile(lambda a: not a.startswith("-"), argv))  # the words as typed
+        print(f"llmrec {command}: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return exc.exit_code
     finally:
         _current.reset(token)

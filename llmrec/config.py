@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import tyro
 
+from llmrec.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -39,13 +41,17 @@ def _split_config_flag(argv: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def load_file(path: Path) -> dict[str, Any]:
-    """Reads a config file; JSON or TOML by extension."""
+    """Reads a config file: TOML for .toml, JSON otherwise; a table/object at the top."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        return tomllib.loads(text)
-    return json.loads(text)
+        raise ConfigError(f"config file not found: {path}; expected a .json or .toml file (--config FILE)")
+    try:
+        values = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError
+        kind = "a TOML table" if path.suffix == ".toml" else "a JSON object"
+        raise ConfigError(f"{path}: not valid {kind.split()[1]} ({exc}); expected {kind} of config values") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config values, got {type(values).__name__}")
+    return values
 
 
 def _dataclass_in(tp: Any) -> type | None:
@@ -61,7 +67,7 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}; accepted: {', '.join(names)}")
+        raise ConfigError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}; accepted: {', '.join(names)}")
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         ftype = _dataclass_in(hints[key])

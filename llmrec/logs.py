@@ -20,7 +20,19 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+# Libraries whose INFO lines are noise to a user: FAISS's loader reports every CPU-specific build it
+# tries ("Could not load library with AVX512 support ...") before the one that works, at every import.
+QUIET_LOGGERS = ("faiss.loader",)
+
+
+def quiet_libraries() -> None:
+    """Keeps the noisy libraries' loggers to warnings and above, whatever the root level is."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def setup(level: str | None = None, json_lines: bool | None = None) -> None:
+    quiet_libraries()
     level = (level or os.environ.get("RECSYS_LOG_LEVEL", "INFO")).upper()
     if json_lines is None:
         json_lines = os.environ.get("RECSYS_LOG_JSON", "0") == "1"

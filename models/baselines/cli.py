@@ -8,8 +8,6 @@ timings are written beside the metrics.
 from __future__ import annotations
 
 import platform
-import re
-import sys
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -18,6 +16,7 @@ from typing import Any
 
 from llmrec import logs
 from llmrec.config import parse, to_dict
+from llmrec.errors import ConfigError
 from models.baselines.runner import (
     BASELINES,
     DEFAULT_NAMES,
@@ -30,7 +29,7 @@ from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import PROTOCOLS, make_split
 from models.metrics import PROTOCOL_METRICS
-from models.reports import invoking_command, markdown_table, write_report
+from models.reports import dataset_title, invoking_command, markdown_table, report_file_name, write_report
 
 log = logs.get(__name__)
 
@@ -45,21 +44,17 @@ class BaselinesEvalConfig:
     tune: bool = True  # grid search on the validation part; False uses `configs` as they are
     configs: BaselineConfigs = field(default_factory=BaselineConfigs)  # start values (and model seeds)
     grids: BaselineGrids = field(default_factory=BaselineGrids)
-    output: str = ""  # report name; "" -> quality_baselines_<data name> (ml-100k: quality_baselines_ml100k)
-    results_dir: Path | None = None  # None -> benchmarks/results
-
-
-def report_name(cfg: BaselinesEvalConfig, data_name: str) -> str:
-    return cfg.output or "quality_baselines_" + re.sub(r"[^a-z0-9]+", "", data_name.lower())
+    output: str = "quality_baselines_{data}"  # report name; {data}: the data set's name (ml-100k: ml100k)
+    results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
 
 
 def _validate(cfg: BaselinesEvalConfig) -> None:
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad or not cfg.protocols:
-        raise ValueError(f"bad protocol(s) {bad or '(none)'}; accepted: {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"bad protocol(s) {bad or '(none)'}; accepted: {', '.join(PROTOCOLS)}")
     bad = [m for m in cfg.models if m not in BASELINES]
     if bad or not cfg.models:
-        raise ValueError(f"bad model(s) {bad or '(none)'}; accepted: {', '.join(BASELINES)}")
+        raise ConfigError(f"bad model(s) {bad or '(none)'}; accepted: {', '.join(BASELINES)}")
 
 
 def _model_entry(r: BaselineResult) -> dict[str, Any]:
@@ -77,7 +72,7 @@ def _model_entry(r: BaselineResult) -> dict[str, Any]:
 def _markdown(payload: dict[str, Any]) -> str:
     data = payload["data"]
     lines = [
-        f"# Baselines on {data['name']}",
+        f"# Baselines on {dataset_title(data['name'])}",
         "",
         f"{data['users']} users, {data['items']} items, {data['interactions']} interactions. "
         "Test part, full ranking over all items, the user's train + valid items masked; hyper-parameters "
@@ -152,18 +147,14 @@ def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
         "command": invoking_command(),
     }
     markdown = _markdown(payload)
-    path = write_report(report_name(cfg, data.name), payload, markdown, cfg.results_dir)
+    path = write_report(report_file_name(cfg.output, data.name), payload, markdown, cfg.results_dir)
     return payload, markdown, path
 
 
 def eval_main(argv: list[str]) -> int:
     logs.setup()
     cfg = parse(BaselinesEvalConfig, argv, prog="llmrec eval baselines", description=__doc__)
-    try:
-        _, markdown, path = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"llmrec eval baselines: {exc}", file=sys.stderr)
-        return 2
+    _, markdown, path = run(cfg)
     print(markdown)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0

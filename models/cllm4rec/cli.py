@@ -28,6 +28,7 @@ import torch
 from llmrec import logs
 from llmrec.assets import work_dir
 from llmrec.config import parse, to_dict
+from llmrec.errors import reading_checkpoint
 from models.cllm4rec import backbone as bb
 from models.cllm4rec.checkpoint import load_checkpoint
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
@@ -39,7 +40,7 @@ from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import make_split
 from models.metrics import PROTOCOL_METRICS, evaluate
-from models.reports import invoking_command, markdown_table, write_report
+from models.reports import dataset_title, invoking_command, markdown_table, report_file_name, write_report
 from models.training.capacity import CapacityConfig
 from models.training.config import DeviceConfig, RunConfig, TrainConfig
 from models.training.devices import resolve_device
@@ -87,8 +88,8 @@ class EvalCli(DeviceConfig):
     batch_size: int = 32  # prompts per forward pass
     baselines: bool = True  # put most-popular / ALS / BPR / EASE on the same split beside it
     tune_baselines: bool = True  # tune the baselines on the validation part first
-    report_name: str = "quality_cllm4rec_ml100k"  # benchmarks/results/<name>.json/.md
-    results_dir: Path | None = None  # None: benchmarks/results/
+    report_name: str = "quality_cllm4rec_{data}"  # <results-dir>/<name>.json/.md; {data}: the data set's name
+    results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
     note: str = ""  # free text for the report (e.g. how the training run ended)
 
 
@@ -152,7 +153,8 @@ def eval_main(argv: list[str]) -> int:
     log = logs.get("cllm4rec.eval")
     cli = parse(EvalCli, argv, prog="llmrec eval cllm4rec", description="test metrics of a CLLM4Rec checkpoint")
     torch.set_num_threads(cli.threads)
-    loaded = load_checkpoint(cli.checkpoint, cli.backbone_path)
+    with reading_checkpoint(cli.checkpoint, "llmrec train cllm4rec"):
+        loaded = load_checkpoint(cli.checkpoint, cli.backbone_path)
     loaded.model.to(resolve_device(cli.device))
     cfg = loaded.config
     train_log = read_log(cli.checkpoint)
@@ -196,7 +198,7 @@ def eval_main(argv: list[str]) -> int:
     rows = [["cllm4rec", *(test[m] for m in metrics)], *_baseline_rows(baselines, metrics)]
     walls = payload["wall_time_s"]
     md = (
-        f"# CLLM4Rec on {data.name} ({split.protocol}, split seed {split.seed}, test part)\n\n"
+        f"# CLLM4Rec on {dataset_title(data.name)} ({split.protocol}, split seed {split.seed}, test part)\n\n"
         + markdown_table(["model", *metrics], rows)
         + f"\nSchedule `{cfg.get('schedule')}`; wall time (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
@@ -204,7 +206,7 @@ def eval_main(argv: list[str]) -> int:
         + _epochs_md(payload["training_log"])
         + (f"\n{cli.note}\n" if cli.note else "")
     )
-    path = write_report(cli.report_name, payload, md, cli.results_dir)
+    path = write_report(report_file_name(cli.report_name, data.name), payload, md, cli.results_dir)
     print(md)
     log.info("report", path=str(path))
     return 0

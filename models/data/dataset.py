@@ -98,6 +98,10 @@ class InteractionData:
     def num_interactions(self) -> int:
         return len(self.user)
 
+    def items_without_text(self) -> int:
+        """Items whose text is only their id: the loaders' fallback when no item text was given."""
+        return sum(text == ext for text, ext in zip(self.item_text, self.items.ids, strict=True))
+
     def order(self) -> np.ndarray:
         """Interaction order by (user, time); input order breaks ties, so it is deterministic."""
         if self.timestamp is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from llmrec.errors import DataError
 from models.data.dataset import IdMap, InteractionData
 
 
@@ -30,7 +31,7 @@ def filter_min_interactions(data: InteractionData, min_user: int = 0, min_item: 
             break
         keep = new_keep
     if not keep.any():
-        raise ValueError(
+        raise DataError(
             f"{data.name}: no interactions left after requiring >= {min_user} per user and >= {min_item} per item"
         )
     users_kept = np.unique(data.user[keep])

@@ -10,7 +10,7 @@ Conventions shared by every loader (so a model trained on one format behaves lik
   still be served later by TCF's item tower; that goes through the exporter, not the loader.)
 - An interacted item missing from the item-text file gets its id as text, and the loader logs
   how many did.
-- Malformed input raises ValueError("<file>:<line>: <what was wrong>; expected <what>").
+- Malformed input raises DataError("<file>:<line>: <what was wrong>; expected <what>").
 - `min_rating` keeps interactions with rating >= it; asking for it on a file without ratings
   is an error rather than a silent no-op.
 """
@@ -31,6 +31,7 @@ import numpy as np
 
 from llmrec import logs
 from llmrec.assets import ml100k_dir
+from llmrec.errors import ConfigError, DataError, DataFileNotFound
 from models.data.config import DataConfig
 from models.data.dataset import IdMap, InteractionData
 from models.data.filters import filter_min_interactions
@@ -65,7 +66,7 @@ def _find_column(names: list[str], accepted: tuple[str, ...]) -> int | None:
 def _require_column(names: list[str], accepted: tuple[str, ...], what: str, path: Path) -> int:
     idx = _find_column(names, accepted)
     if idx is None:
-        raise ValueError(
+        raise DataError(
             f"{path}:1: no {what} column in header {names}; expected one of: {', '.join(accepted)}"
         )
     return idx
@@ -82,28 +83,77 @@ def _parse_float(value: str, path: Path, lineno: int, what: str) -> float:
         except ValueError:
             pass
     accepted = "a number or an ISO date/time" if what == "timestamp" else "a number"
-    raise ValueError(f"{path}:{lineno}: bad {what} {value!r}; expected {accepted}") from None
+    raise DataError(f"{path}:{lineno}: bad {what} {value!r}; expected {accepted}") from None
+
+
+# Extension -> field separator of the text tables (each may also end in .gz).
+SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+TABLE_TYPES = ".csv, .tsv, .tab, .txt (each optionally .gz), .parquet"
 
 
 def _delimiter(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
-    if ".csv" in suffixes:
-        return ","
-    if ".tsv" in suffixes or ".tab" in suffixes or ".txt" in suffixes:
-        return "\t"
-    raise ValueError(
-        f"{path}: cannot tell the format from the extension; accepted: .csv, .tsv, .tab, .parquet"
+    found = next((SEPARATORS[s] for s in suffixes if s in SEPARATORS), None)
+    if found is not None:
+        return found
+    hint = "; review JSON lines load with --data.dataset amazon" if {".json", ".jsonl"} & set(suffixes) else ""
+    raise DataError(
+        f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'!r}; accepted: {TABLE_TYPES}{hint}"
     )
 
 
-def _open_text(path: Path) -> Any:
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataFileNotFound(f"data file not found: {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise DataFileNotFound(f"{path} is a folder; expected a data file")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a text file, plain or gzipped, decoded one at a time so that a line that is not
+    UTF-8 is reported with its number (a text stream decodes in blocks and cannot say which line);
+    a leading byte-order mark, which spreadsheet exports write, is dropped."""
+    _check_file(path)
     with path.open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+    with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason}); expected a UTF-8 file") from None
+
+
+def _read_parquet(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _check_file(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = list(table.column_names)
+    cols = [table.column(n).to_pylist() for n in names]
+
+    def parquet_rows() -> Iterator[tuple[int, list[str]]]:
+        for i, row in enumerate(zip(*cols, strict=True)):
+            yield i + 2, ["" if v is None else str(v) for v in row]
+
+    return names, parquet_rows()
+
+
+def _check_separator(path: Path, names: list[str], delimiter: str) -> None:
+    """A one-column header holding another separator means the file type (extension) is wrong:
+    say so, instead of a missing-column error about a header like 'user;item;rating'."""
+    other = next((d for d in (",", "\t", ";", "|") if d != delimiter and len(names) == 1 and d in names[0]), None)
+    if other is None:
+        return
+    kind = "comma-separated (.csv)" if delimiter == "," else "tab-separated (.tsv/.tab/.txt)"
+    raise DataError(
+        f"{path}:1: header {names[0]!r} looks separated by {other!r}, but the extension says {kind}; "
+        f"expected {delimiter!r} between fields (save tab-separated files as .tsv, comma-separated ones as .csv)"
+    )
 
 
 def _read_table(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
@@ -113,40 +163,24 @@ def _read_table(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]
     if the file had a header line, so messages read the same for every format.
     """
     if ".parquet" in [s.lower() for s in path.suffixes]:
-        import pyarrow.parquet as pq
-
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
-        table = pq.read_table(path)
-        names = list(table.column_names)
-        cols = [table.column(n).to_pylist() for n in names]
-
-        def parquet_rows() -> Iterator[tuple[int, list[str]]]:
-            for i, row in enumerate(zip(*cols, strict=True)):
-                yield i + 2, ["" if v is None else str(v) for v in row]
-
-        return names, parquet_rows()
-
+        return _read_parquet(path)
     delimiter = _delimiter(path)
-    f = _open_text(path)
-    reader = csv.reader(f, delimiter=delimiter)
-    try:
-        names = next(reader)
-    except StopIteration:
-        f.close()
-        raise ValueError(f"{path}:1: empty file; expected a header line naming the columns") from None
+    reader = csv.reader(_lines(path), delimiter=delimiter)
+    names = next(reader, None)
+    if names is None:
+        raise DataError(f"{path}:1: empty file; expected a header line naming the columns")
+    _check_separator(path, names, delimiter)
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        with f:
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(names):
-                    raise ValueError(
-                        f"{path}:{reader.line_num}: expected {len(names)} fields separated by "
-                        f"{delimiter!r} (header {names}), got {len(row)}"
-                    )
-                yield reader.line_num, row
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(names):
+                raise DataError(
+                    f"{path}:{reader.line_num}: expected {len(names)} fields separated by "
+                    f"{delimiter!r} (header {names}), got {len(row)}"
+                )
+            yield reader.line_num, row
 
     return names, rows()
 
@@ -156,11 +190,19 @@ class _Builder:
     """Collects interactions in file order, then indexes them the same way for every format."""
 
     name: str
+    source: Path  # the interactions file, for messages
     users: list[str] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     reviews: list[str] = field(default_factory=list)
     has_time: bool = True
+    below_min_rating: int = 0
+
+    def keep(self, rating: float | None, min_rating: float | None) -> bool:
+        """Whether an interaction with `rating` passes `min_rating`; counts the ones that do not."""
+        kept = min_rating is None or (rating is not None and rating >= min_rating)
+        self.below_min_rating += not kept
+        return kept
 
     def add(self, user: str, item: str, time: float | None = None, review: str | None = None) -> None:
         self.users.append(user)
@@ -172,20 +214,39 @@ class _Builder:
         if review is not None:
             self.reviews.append(review)
 
+    def _check_not_empty(self) -> None:
+        if self.users:
+            return
+        if self.below_min_rating:
+            raise DataError(f"{self.source}: every one of the {self.below_min_rating} interactions is rated below "
+                            "min_rating; expected some at or above it (lower --data.min-rating)")
+        raise DataError(f"{self.source}: no interactions (an empty file or a header line only); "
+                        "expected one interaction per line")
+
     def build(
         self, text: dict[str, str] | None = None, title: dict[str, str] | None = None
     ) -> InteractionData:
-        if not self.users:
-            raise ValueError(
-                f"{self.name}: no interactions left to load (empty file or every rating filtered out)"
-            )
+        """Indexes the interactions. Items of the item-text file that nobody interacted with are left
+        out (see the module docstring) and counted in a warning; without any item text, every item's
+        text is its id, and the warning says so: a text model would learn from "1", "2", ..."""
+        self._check_not_empty()
         text = text or {}
         title = title or {}
         users = IdMap(_natural_sorted(set(self.users)))
         items = IdMap(_natural_sorted(set(self.items)))
+        if self.below_min_rating:
+            log.info("interactions below min_rating left out", data=self.name, interactions=self.below_min_rating)
+        if not text:
+            log.warning("no item text: each item's text is its id (give an items file with --data.items-path; "
+                        "a text item tower refuses to train on ids)", data=self.name, items=len(items))
         missing = sum(1 for i in items.ids if i not in text)
         if text and missing:
             log.warning("items without text; using their id", data=self.name, items=missing, of=len(items))
+        unused = len(text.keys() - set(items.ids))
+        if unused:
+            log.warning("items in the items file without (kept) interactions left out (nothing to learn from; "
+                        "a text model can serve them after export via `llmrec upsert`)",
+                        data=self.name, items=unused, of=len(text))
         item_text = [text.get(i) or i for i in items.ids]
         item_title = [title.get(i) or text.get(i) or i for i in items.ids]
         return InteractionData(
@@ -201,12 +262,8 @@ class _Builder:
         )
 
 
-def _keep(rating: float | None, min_rating: float | None) -> bool:
-    return min_rating is None or (rating is not None and rating >= min_rating)
-
-
-def _no_rating_error(path: Path, accepted: tuple[str, ...]) -> ValueError:
-    return ValueError(
+def _no_rating_error(path: Path, accepted: tuple[str, ...]) -> DataError:
+    return DataError(
         f"{path}: min_rating is set but the file has no rating column; expected one of: {', '.join(accepted)} "
         f"(or leave min_rating unset)"
     )
@@ -222,17 +279,16 @@ def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _read_atomic_typed(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+    _check_file(path)
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
             header = next(reader)
         except StopIteration:
-            raise ValueError(f"{path}:1: empty file; expected a header of name:type fields") from None
+            raise DataError(f"{path}:1: empty file; expected a header of name:type fields") from None
         for h in header:
             if ":" not in h:
-                raise ValueError(f"{path}:1: header field {h!r} is not name:type (e.g. user_id:token)")
+                raise DataError(f"{path}:1: header field {h!r} is not name:type (e.g. user_id:token)")
         names = [h.split(":", 1)[0] for h in header]
         types = [h.split(":", 1)[1] for h in header]
         rows = []
@@ -240,7 +296,7 @@ def _read_atomic_typed(path: Path) -> tuple[list[str], list[str], list[list[str]
             if not row:
                 continue
             if len(row) != len(names):
-                raise ValueError(
+                raise DataError(
                     f"{path}:{lineno}: expected {len(names)} tab-separated fields, got {len(row)}"
                 )
             rows.append(row)
@@ -289,10 +345,10 @@ def _atomic_paths(path: Path) -> tuple[str, Path, Path]:
         if len(found) == 1:
             return found[0].stem, found[0], found[0].with_suffix(".item")
         if len(found) > 1:
-            raise ValueError(
+            raise DataError(
                 f"{path}: several .inter files ({[p.name for p in found]}); pass the one to load"
             )
-    raise FileNotFoundError(
+    raise DataFileNotFound(
         f"{path}: expected a folder holding <name>.inter (RecBole atomic files) or a .inter file"
     )
 
@@ -311,14 +367,14 @@ def load_atomic(path: Path, min_rating: float | None = None) -> InteractionData:
     rcol = _find_column(names, RATING_COLUMNS)
     if min_rating is not None and rcol is None:
         raise _no_rating_error(inter_path, RATING_COLUMNS)
-    builder = _Builder(name)
+    builder = _Builder(name, inter_path)
     for lineno, row in enumerate(rows, start=2):
         rating = _parse_float(row[rcol], inter_path, lineno, "rating") if rcol is not None else None
-        if not _keep(rating, min_rating):
+        if not builder.keep(rating, min_rating):
             continue
         user, item = row[ucol].strip(), row[icol].strip()
         if not user or not item:
-            raise ValueError(f"{inter_path}:{lineno}: empty user or item id; expected both")
+            raise DataError(f"{inter_path}:{lineno}: empty user or item id; expected both")
         time = _parse_float(row[tcol], inter_path, lineno, "timestamp") if tcol is not None else None
         builder.add(user, item, time)
     text: dict[str, str] = {}
@@ -362,7 +418,7 @@ def load_item_text(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     for lineno, row in rows:
         key = row[iid].strip()
         if not key:
-            raise ValueError(f"{path}:{lineno}: empty item id; expected an id in column {names[iid]!r}")
+            raise DataError(f"{path}:{lineno}: empty item id; expected an id in column {names[iid]!r}")
         if title_col is not None:
             title[key] = row[title_col].strip()
         if text_col is not None:
@@ -386,15 +442,15 @@ def load_interactions(
     rcol = _find_column(names, RATING_COLUMNS)
     if min_rating is not None and rcol is None:
         raise _no_rating_error(path, RATING_COLUMNS)
-    builder = _Builder(path.name.split(".")[0])
+    builder = _Builder(path.name.split(".")[0], path)
     for lineno, row in rows:
         user, item = row[ucol].strip(), row[icol].strip()
         if not user or not item:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: empty user or item id; expected values in columns {names[ucol]!r}, {names[icol]!r}"
             )
         rating = _parse_float(row[rcol], path, lineno, "rating") if rcol is not None else None
-        if not _keep(rating, min_rating):
+        if not builder.keep(rating, min_rating):
             continue
         time = _parse_float(row[tcol], path, lineno, "timestamp") if tcol is not None else None
         builder.add(user, item, time)
@@ -412,11 +468,11 @@ def load_tcf(path: Path, items_path: Path | None = None) -> InteractionData:
     counting, so later lines are later. Items-file columns after the id are joined with " ".
     """
     path = Path(path)
-    builder = _Builder(path.parent.name or path.stem)
+    builder = _Builder(path.parent.name or path.stem, path)
     position: dict[str, int] = {}
     for lineno, fields in _tab_lines(path):
         if len(fields) != 2 or not fields[0].strip() or not fields[1].split():
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: expected 'user<TAB>item item ...' (a user id, one tab, "
                 f"space-separated item ids), got {len(fields)} tab-separated field(s)"
             )
@@ -431,7 +487,7 @@ def load_tcf(path: Path, items_path: Path | None = None) -> InteractionData:
         items_path = Path(items_path)
         for lineno, fields in _tab_lines(items_path):
             if len(fields) < 2 or not fields[0].strip():
-                raise ValueError(
+                raise DataError(
                     f"{items_path}:{lineno}: expected 'item<TAB>text', got {len(fields)} field(s)"
                 )
             text[fields[0].strip()] = " ".join(" ".join(fields[1:]).split())
@@ -443,34 +499,32 @@ def load_tcf(path: Path, items_path: Path | None = None) -> InteractionData:
 
 def _tab_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Tab-separated fields of each non-blank line, with 1-based line numbers for error messages."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield lineno, line.split("\t")
+    for lineno, line in enumerate(_lines(path), start=1):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield lineno, line.split("\t")
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """JSON lines, plain or gzipped. Lines that are Python dict literals (the 2014 Amazon
     metadata dumps are written that way) are accepted too."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    for lineno, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                try:
-                    obj = ast.literal_eval(line.strip())
-                except (ValueError, SyntaxError):
-                    raise ValueError(
-                        f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
-                    ) from None
-            if not isinstance(obj, dict):
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
-                )
-            yield lineno, obj
+                obj = ast.literal_eval(line.strip())
+            except (ValueError, SyntaxError):
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
+                ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
+            )
+        yield lineno, obj
 
 
 def _flatten(value: Any) -> list[str]:
@@ -489,7 +543,7 @@ def load_amazon_meta(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     for lineno, obj in _json_lines(path):
         asin = obj.get("asin")
         if not asin:
-            raise ValueError(f"{path}:{lineno}: missing 'asin'; expected item metadata with asin and title")
+            raise DataError(f"{path}:{lineno}: missing 'asin'; expected item metadata with asin and title")
         asin = str(asin).strip()
         name = " ".join(str(obj.get("title") or "").split())
         cats = list(dict.fromkeys(_flatten(obj.get("categories", obj.get("category")))))
@@ -513,13 +567,13 @@ def load_amazon(
     metadata file when given, else it is the asin.
     """
     path = Path(path)
-    builder = _Builder(path.name.split(".")[0])
+    builder = _Builder(path.name.split(".")[0], path)
     has_time: bool | None = None
     saw_rating = False
     for lineno, obj in _json_lines(path):
         user, item = obj.get("reviewerID"), obj.get("asin")
         if not user or not item:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: missing 'reviewerID' or 'asin'; expected both in every review"
             )
         rating = obj.get("overall")
@@ -528,16 +582,16 @@ def load_amazon(
             try:
                 rating = float(rating)
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{lineno}: bad 'overall' {rating!r}; expected a number") from None
+                raise DataError(f"{path}:{lineno}: bad 'overall' {rating!r}; expected a number") from None
         if min_rating is not None and rating is None:
-            raise ValueError(f"{path}:{lineno}: min_rating is set but the review has no 'overall' rating")
-        if not _keep(rating, min_rating):
+            raise DataError(f"{path}:{lineno}: min_rating is set but the review has no 'overall' rating")
+        if not builder.keep(rating, min_rating):
             continue
         raw_time = obj.get("unixReviewTime")
         if has_time is None:
             has_time = raw_time is not None
         if has_time != (raw_time is not None):
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: 'unixReviewTime' present on some reviews only; expected all or none"
             )
         time = _parse_float(str(raw_time), path, lineno, "timestamp") if raw_time is not None else None
@@ -558,18 +612,18 @@ def _load_unfiltered(cfg: DataConfig) -> InteractionData:
     if cfg.dataset == "ml-100k":
         return load_ml100k(cfg.path, cfg.min_rating)
     if cfg.path is None:
-        raise ValueError(f"dataset {cfg.dataset!r} needs a path (--data.path)")
+        raise ConfigError(f"dataset {cfg.dataset!r} needs a path (--data.path)")
     if cfg.dataset == "interactions":
         return load_interactions(cfg.path, cfg.items_path, cfg.min_rating)
     if cfg.dataset == "atomic":
         return load_atomic(cfg.path, cfg.min_rating)
     if cfg.dataset == "tcf":
         if cfg.min_rating is not None:
-            raise ValueError("min_rating does not apply to the tcf format (behaviors.tsv has no ratings)")
+            raise ConfigError("min_rating does not apply to the tcf format (behaviors.tsv has no ratings)")
         return load_tcf(cfg.path, cfg.items_path)
     if cfg.dataset == "amazon":
         return load_amazon(cfg.path, cfg.items_path, cfg.min_rating)
-    raise ValueError(
+    raise ConfigError(
         f"unknown dataset format {cfg.dataset!r}; accepted: ml-100k, interactions, atomic, tcf, amazon"
     )
 
@@ -577,8 +631,14 @@ def _load_unfiltered(cfg: DataConfig) -> InteractionData:
 def load_data(cfg: DataConfig) -> InteractionData:
     """Loads `cfg.dataset`, then applies the min-interactions filter when the config asks for it."""
     data = _load_unfiltered(cfg)
-    if cfg.min_user_interactions > 0 or cfg.min_item_interactions > 0:
-        before = data.summary()
-        data = filter_min_interactions(data, cfg.min_user_interactions, cfg.min_item_interactions)
-        log.info("filtered", before=before, after=data.summary())
-    return data
+    if cfg.min_user_interactions <= 0 and cfg.min_item_interactions <= 0:
+        return data
+    kept = filter_min_interactions(data, cfg.min_user_interactions, cfg.min_item_interactions)
+    dropped = {f"dropped_{k}": data.summary()[k] - kept.summary()[k] for k in ("users", "items", "interactions")}
+    if any(dropped.values()):
+        log.warning("dropped users/items below the minimum interactions: not trained on, and the dropped users "
+                    "are unknown to an exported model (send their history instead)",
+                    data=data.name, min_user_interactions=cfg.min_user_interactions,
+                    min_item_interactions=cfg.min_item_interactions, **dropped, kept_users=kept.num_users,
+                    kept_items=kept.num_items)
+    return kept

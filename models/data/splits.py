@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmrec.errors import ConfigError
 from models.data.dataset import InteractionData
 
 PROTOCOLS = ("random_80_10_10", "leave_one_out")
@@ -111,4 +112,4 @@ def make_split(data: InteractionData, protocol: str, seed: int = 0) -> Split:
         return random_split(data, seed)
     if protocol == "leave_one_out":
         return leave_one_out_split(data, seed)
-    raise ValueError(f"unknown protocol {protocol!r}; accepted: {', '.join(PROTOCOLS)}")
+    raise ConfigError(f"unknown protocol {protocol!r}; accepted: {', '.join(PROTOCOLS)}")

@@ -20,11 +20,12 @@ import tyro
 
 from llmrec import assets, logs
 from llmrec.config import parse, to_dict
+from llmrec.errors import ConfigError, reading_checkpoint
 from models.data.config import DataConfig
 from models.data.dataset import InteractionData
 from models.data.loaders import load_data
 from models.metrics import evaluate, per_user_metrics
-from models.reports import invoking_command, markdown_table, write_report
+from models.reports import dataset_title, invoking_command, markdown_table, report_file_name, write_report
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import load_checkpoint
 from models.tcf.model import ModelConfig, build_model
@@ -54,8 +55,7 @@ def _train_defaults() -> TrainConfig:
 class TrainCli(RunConfig):
     out: Path = field(default_factory=lambda: assets.work_dir() / "checkpoints" / "tcf")  # checkpoint folder
     schedule: Literal["short", "full"] = "short"  # preset of the defaults below
-    # the paper's preparation: users with fewer than 5 interactions are dropped
-    data: DataConfig = field(default_factory=lambda: DataConfig(min_user_interactions=5))
+    data: DataConfig = field(default_factory=lambda: DataConfig(min_user_interactions=5))  # as TCF's paper: min 5 per user
     model: ModelConfig = field(default_factory=ModelConfig)
     text: te.TextEncoderConfig = field(default_factory=te.TextEncoderConfig)
     lm: CapacityConfig = field(default_factory=CapacityConfig)
@@ -72,6 +72,9 @@ def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
     torch.manual_seed(cli.train.seed)
     t0 = time.time()
     data = data if data is not None else load_data(cli.data)
+    if cli.model.item_tower == "text" and data.items_without_text() == data.num_items:
+        raise ConfigError("--model.item-tower text needs item text, but every item's text is its id: give an items "
+                          "file (--data.items-path; see --help) or train the ID tower (--model.item-tower id)")
     prepared, split = prepared_split(data, cli.model.max_seq_len, cli.recipe.keep_last, cli.data.split_seed)
     pre = lm = None
     if cli.model.item_tower == "text":
@@ -109,9 +112,9 @@ class EvalConfig(DeviceConfig):
     # one or more checkpoint folders on the same split: --checkpoint A --checkpoint B
     checkpoint: Annotated[list[Path], tyro.conf.UseAppendAction] = field(default_factory=list)
     label: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)  # optional display name per checkpoint
-    report: str = "quality_tcf_ml100k"  # benchmarks/results/<report>.json/.md; "" = print only
+    report: str = "quality_tcf_{data}"  # <results-dir>/<report>.json/.md, {data}: the data set's name; "" = print only
     baselines: bool = True  # add most-popular (and the baselines package's models when available)
-    results_dir: Path | None = None  # default: benchmarks/results
+    results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
 
 
 def most_popular_scorer(split):
@@ -173,19 +176,20 @@ def eval_main(argv: list[str]) -> int:
     logs.setup()
     cfg = parse(EvalConfig, argv, prog="llmrec eval tcf", description="Evaluate TCF checkpoints (test split).")
     if not cfg.checkpoint:
-        raise SystemExit("llmrec eval tcf: give at least one --checkpoint DIR")
+        raise ConfigError("give at least one --checkpoint DIR (a folder written by `llmrec train tcf`)")
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    rows, split0, details = [], None, []
+    rows, split0, config0, details = [], None, {}, []
     for i, folder in enumerate(cfg.checkpoint):
         t0 = time.time()
-        ck = load_checkpoint(folder)
+        with reading_checkpoint(folder, "llmrec train tcf"):
+            ck = load_checkpoint(folder)
         ck.model.to(device)
         train_log = read_log(folder)
         if split0 is None:
-            split0 = ck.split
+            split0, config0 = ck.split, ck.config
         elif not _same_split(split0, ck.split):
-            raise SystemExit(f"{folder}: its split differs from {cfg.checkpoint[0]}'s; compare like with like")
+            raise ConfigError(f"{folder}: its split differs from {cfg.checkpoint[0]}'s; compare like with like")
         scorer = make_scorer(ck.model)
         test = evaluate(scorer, ck.split, "test", METRICS)
         label = cfg.label[i] if i < len(cfg.label) else _label(ck.config)
@@ -211,25 +215,31 @@ def eval_main(argv: list[str]) -> int:
                             for r in rows])
     print(table)
     if cfg.report:
-        split_desc = (f"MovieLens-100K, users with < 5 interactions dropped, each user's last max_seq_len + 3 "
+        data_name = config0.get("prepared", {}).get("name", "unnamed data")
+        split_desc = (f"{dataset_title(data_name)}, users with < {config0.get('data', {}).get('min_user_interactions')} "
+                      f"interactions dropped, each user's last max_seq_len + 3 "
                       f"interactions kept (see training.keep_last), leave-one-out by time (valid = second-to-last, "
                       f"test = last), full ranking over all {split0.num_items} items with the user's "
                       f"train(+valid) items masked")
-        md = (f"# TCF on MovieLens-100K (test split)\n\n{split_desc}.\nModel selection (epoch, and "
+        md = (f"# TCF on {dataset_title(data_name)} (test split)\n\n{split_desc}.\nModel selection (epoch, and "
               f"among variants of one family, e.g. with/without the LayerNorm before the MLP) on validation "
               f"HR@10 only; the test split is read once, for this table. Unselected variants are listed for "
               f"transparency, not as results. Pre-inference seconds show a cache load when the table was "
-              f"already cached.\n\n{table}\nBaselines: {note}.\n\nReference points (performance-notes, full-history "
-              f"leave-one-out, not this truncated split): most-popular 0.050, ALS 0.084, ID-SASRec 0.179.\n")
+              f"already cached.\n\n{table}\nBaselines: {note}.\n")
+        if data_name == "ml-100k":
+            md += ("\nReference points (performance-notes, full-history leave-one-out, not this truncated split): "
+                   "most-popular 0.050, ALS 0.084, ID-SASRec 0.179.\n")
         md += "\n" + markdown_table(
             ["model", "best epoch", "epochs run", "valid HR@10", "pre-inference s (cache hit: load only)", "train s (all epochs)",
              "eval s (load + test)"],
             [[d["label"], d["best_epoch"], d["epochs_run"], (d["valid"] or {}).get("hr@10", float("nan")),
               float(d["preinfer_s"] or float("nan")), float(d["train_wall_s"].get("train", float("nan"))),
               d["eval_wall_s"]] for d in details])
-        write_report(cfg.report, {"split": split_desc, "split_counts": split0.counts(), "metrics": list(METRICS),
-                                  "rows": rows, "baselines_note": note, "checkpoints": details}, md,
-                     cfg.results_dir)
+        path = write_report(report_file_name(cfg.report, data_name),
+                            {"dataset": data_name, "split": split_desc, "split_counts": split0.counts(),
+                             "metrics": list(METRICS), "rows": rows, "baselines_note": note, "checkpoints": details},
+                            md, cfg.results_dir)
+        print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 
 
