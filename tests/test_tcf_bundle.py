@@ -93,3 +93,22 @@ def test_dssm_and_id_bundles(tmp_path: Path, data_dir: Path) -> None:
     ids = load_bundle(_train(tmp_path / "i", data_dir, "--model.item-tower", "id"))
     assert set(ids.encoders) == {"user_encoder"} and ids.model_config["tokenizer"] is None
     assert ids.item_vectors.shape == (len(ids.item_ids), 16)
+
+
+def test_items_without_interactions_join_a_text_catalogue_only(tmp_path: Path) -> None:
+    """Every item of the items file is served by a text tower (by its text alone); an ID tower cannot."""
+    data = write_ml100k(tmp_path / "data")
+    with (data / "ml-100k.item").open("a") as f:
+        f.write("901\tnew drama film\t1999\tdrama\n902\tanother comedy\t1998\tcomedy\n")
+    ck_dir = _train(tmp_path / "text", data)
+    ck = load_checkpoint(ck_dir)
+    assert [i for i, _, _ in ck.catalogue_only] == ["901", "902"]  # not trained on: no interactions
+    text = load_bundle(ck_dir)
+    assert text.item_ids[-2:] == ["901", "902"] and text.item_titles[-2:] == ["new drama film", "another comedy"]
+    enc = text.encoders["item_encoder"]
+    tok = te.load_tokenizer(te.resolve_encoder_dir(ck.text.encoder), ck.text.max_length, ck.text.lowercase)
+    with torch.no_grad():
+        want = enc.module(*te.tokenize(tok, [t for _, t, _ in ck.catalogue_only])).numpy()
+    assert np.allclose(text.item_vectors[-2:], want, atol=1e-5)  # what the served item encoder gives them
+    ids_only = load_bundle(_train(tmp_path / "id", data, "--model.item-tower", "id"))
+    assert "901" not in ids_only.item_ids and len(ids_only.item_ids) == len(text.item_ids) - 2

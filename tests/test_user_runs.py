@@ -55,7 +55,7 @@ def test_left_out_users_and_items_are_logged_with_counts(user_data, capsys):
                                   min_user_interactions=5))
     err = capsys.readouterr().err
     assert loaded.num_users == 10 and not set(SPARSE_USERS) & set(loaded.users.ids)
-    assert "[warning  ] items in the items file without (kept) interactions left out" in err
+    assert "[warning  ] items in the items file without (kept) interactions: not trained on" in err
     assert "items=3 of=13" in err
     assert "[warning  ] dropped users/items below the minimum interactions" in err
     assert "dropped_users=2" in err and "dropped_interactions=4" in err and "min_user_interactions=5" in err

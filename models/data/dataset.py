@@ -72,6 +72,9 @@ class InteractionData:
     item_text: list[str] = field(default_factory=list)
     item_title: list[str] = field(default_factory=list)
     review: list[str] | None = None
+    # Items known by their text but with no (kept) interaction: nothing to learn from, but a text item
+    # tower can encode them, so they join the served catalogue at export. item id -> (text, title).
+    catalogue_only: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.user)

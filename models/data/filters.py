@@ -51,4 +51,7 @@ def filter_min_interactions(data: InteractionData, min_user: int = 0, min_item: 
         item_text=[data.item_text[i] for i in items_kept],
         item_title=[data.item_title[i] for i in items_kept],
         review=None if data.review is None else [data.review[k] for k in rows],
+        # items the filter left without interactions still have their text: still catalogue items
+        catalogue_only={**data.catalogue_only, **{data.items.ids[i]: (data.item_text[i], data.item_title[i])
+                                                  for i in np.setdiff1d(np.arange(data.num_items), items_kept)}},
     )

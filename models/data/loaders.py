@@ -242,11 +242,12 @@ class _Builder:
         missing = sum(1 for i in items.ids if i not in text)
         if text and missing:
             log.warning("items without text; using their id", data=self.name, items=missing, of=len(items))
-        unused = len(text.keys() - set(items.ids))
+        kept = set(items.ids)
+        unused = {i: (text[i], title.get(i) or text[i]) for i in _natural_sorted(text.keys() - kept)}
         if unused:
-            log.warning("items in the items file without (kept) interactions left out (nothing to learn from; "
-                        "a text model can serve them after export via `llmrec upsert`)",
-                        data=self.name, items=unused, of=len(text))
+            log.warning("items in the items file without (kept) interactions: not trained on (nothing to learn "
+                        "from); a text item tower serves them by their text after export, an ID tower cannot",
+                        data=self.name, items=len(unused), of=len(text))
         item_text = [text.get(i) or i for i in items.ids]
         item_title = [title.get(i) or text.get(i) or i for i in items.ids]
         return InteractionData(
@@ -259,6 +260,7 @@ class _Builder:
             item_text=item_text,
             item_title=item_title,
             review=list(self.reviews) if self.reviews else None,
+            catalogue_only=unused,
         )
 
 
@@ -316,14 +318,21 @@ def load_ml100k(path: Path | None = None, min_rating: float | None = None) -> In
     item_ids = sorted({r[col["item_id"]] for r in rows}, key=int)
     user_ids = sorted({r[col["user_id"]] for r in rows}, key=int)
     users, items = IdMap(user_ids), IdMap(item_ids)
-    titles, texts = [], []
-    for iid in item_ids:
+
+    def describe(iid: str) -> tuple[str, str]:
         r = meta.get(iid)
         title = r[icol["movie_title"]].strip() if r else f"item {iid}"
         year = r[icol["release_year"]].strip() if r else ""
         genres = ", ".join(r[icol["class"]].split()) if r else ""
-        titles.append(title)
-        texts.append(f"{title} ({year}), genres: {genres}" if year else f"{title}, genres: {genres}")
+        return (f"{title} ({year}), genres: {genres}" if year else f"{title}, genres: {genres}"), title
+
+    texts, titles = zip(*(describe(i) for i in item_ids), strict=True) if item_ids else ((), ())
+    kept = set(item_ids)
+    unused = {i: describe(i) for i in sorted(meta.keys() - kept, key=int)}
+    if unused:  # e.g. every rating of a movie below --data.min-rating
+        log.warning("items in the items file without (kept) interactions: not trained on (nothing to learn "
+                    "from); a text item tower serves them by their text after export, an ID tower cannot",
+                    data="ml-100k", items=len(unused), of=len(meta))
     return InteractionData(
         name="ml-100k",
         users=users,
@@ -331,8 +340,9 @@ def load_ml100k(path: Path | None = None, min_rating: float | None = None) -> In
         user=users.indices([r[col["user_id"]] for r in rows]),
         item=items.indices([r[col["item_id"]] for r in rows]),
         timestamp=np.array([float(r[col["timestamp"]]) for r in rows], dtype=np.float64),
-        item_text=texts,
-        item_title=titles,
+        item_text=list(texts),
+        item_title=list(titles),
+        catalogue_only=unused,
     )
 
 

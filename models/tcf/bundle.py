@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmrec import logs
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -22,6 +23,7 @@ from models.tcf.item_tower import FullTextItemEncoder
 from models.tcf.user_tower import SASRecUserEncoder
 
 PROBE_USERS = 200
+log = logs.get(__name__)
 
 
 def full_item_encoder(ck: LoadedCheckpoint) -> FullTextItemEncoder:
@@ -57,6 +59,9 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
         assets["tokenizer.json"] = tok_path
         enc = full_item_encoder(ck)
         item_vectors = encode_texts(enc, tok, ck.item_texts, batch)
+        if ck.catalogue_only:  # every item of the items file is served: these by their text alone
+            extra_vectors = encode_texts(enc, tok, [t for _, t, _ in ck.catalogue_only], batch)
+            log.info("items without interactions added to the catalogue by their text", items=len(ck.catalogue_only))
         samples = [te.tokenize(tok, ck.item_texts[:1]), te.tokenize(tok, ck.item_texts[1:4]),
                    te.tokenize(tok, ["a new item", "Another brand new movie (2030), genres: Drama"])]
         encoders["item_encoder"] = EncoderExport(
@@ -67,6 +72,9 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
                            pad_token_id=te.pad_token_id(folder, tok))
     else:
         item_vectors = model.all_item_vectors().numpy().astype(np.float32)
+        if ck.catalogue_only:
+            log.warning("items without interactions are not served: an ID item tower has no vector for them",
+                        items=len(ck.catalogue_only))
     split = ck.split
     histories = [np.concatenate([a, b, c]) for a, b, c in zip(split.train, split.valid, split.test, strict=True)]
     probe = None
@@ -95,8 +103,13 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
     user_ids = list(ck.users.ids)
     if not known_users:  # cheap here, but benchmarks ask both kinds the same way
         user_ids, user_vectors = [], user_vectors[:0]
+    item_ids, titles, served_vectors = list(ck.items.ids), list(ck.item_titles), item_vectors
+    if cfg.item_tower == "text" and ck.catalogue_only:  # after the known users: their rows stay the trained ones
+        item_ids += [i for i, _, _ in ck.catalogue_only]
+        titles += [title for _, _, title in ck.catalogue_only]
+        served_vectors = np.concatenate([item_vectors, extra_vectors])
     return ServingBundle(
-        kind="tcf", user_tower=cfg.user_tower, item_tower=cfg.item_tower, dim=cfg.dim, item_ids=list(ck.items.ids),
-        item_vectors=item_vectors, item_titles=list(ck.item_titles), user_ids=user_ids,
+        kind="tcf", user_tower=cfg.user_tower, item_tower=cfg.item_tower, dim=cfg.dim, item_ids=item_ids,
+        item_vectors=served_vectors, item_titles=titles, user_ids=user_ids,
         user_vectors=user_vectors, user_histories=histories, encoders=encoders, model_config=tcf_section,
         assets=assets, probe=probe)

@@ -5,6 +5,7 @@
     weights.safetensors  trainable weights only: MLP, unfrozen top LM blocks, SASRec/DSSM, ID table
     users.json/items.json  IdMap of the external ids
     item_texts.json/item_titles.json
+    catalogue_only.json  [id, text, title] of items without interactions (served by a text tower)
     split.json           per-user train/valid/test item rows (leave-one-out, after preparation)
 
 The frozen LM is referenced, not copied; its pre-inferred table is re-derived from the cache on
@@ -34,7 +35,7 @@ KIND = "tcf"
 
 def save_checkpoint(out: Path, model: TCFModel, text: te.TextEncoderConfig, lm_cfg: CapacityConfig, users: IdMap,
                     items: IdMap, item_texts: list[str], item_titles: list[str], split: Split,
-                    extra: dict[str, Any]) -> None:
+                    extra: dict[str, Any], catalogue_only: dict[str, tuple[str, str]] | None = None) -> None:
     text_ref = None
     if model.cfg.item_tower == "text":
         text_ref = {**to_dict(text), **ckpt.lm_identity(te.resolve_encoder_dir(text.encoder))}
@@ -50,6 +51,7 @@ def save_checkpoint(out: Path, model: TCFModel, text: te.TextEncoderConfig, lm_c
     files = {
         "users.json": users.ids, "items.json": items.ids, "item_texts.json": item_texts,
         "item_titles.json": item_titles,
+        "catalogue_only.json": [[i, t, ti] for i, (t, ti) in (catalogue_only or {}).items()],
         "split.json": {"protocol": split.protocol, "seed": split.seed, "too_short": split.too_short,
                        "train": [t.tolist() for t in split.train], "valid": [t.tolist() for t in split.valid],
                        "test": [t.tolist() for t in split.test]},
@@ -69,6 +71,7 @@ class LoadedCheckpoint:
     item_texts: list[str]
     item_titles: list[str]
     split: Split
+    catalogue_only: list[tuple[str, str, str]]  # (id, text, title) of items without training interactions
 
 
 def load_split(s: dict[str, Any], num_items: int) -> Split:
@@ -101,4 +104,6 @@ def load_checkpoint(folder: Path, need_full_lm: bool = False, preinfer_cache: Pa
     model = build_model(mcfg, text or te.TextEncoderConfig(), lm_cfg.unfreeze_top, len(users), len(items), pre, lm)
     model.load_state_dict(weights, strict=True)
     model.eval()
-    return LoadedCheckpoint(cfg, model, text, lm_cfg, lm, users, items, texts, titles, split)
+    extra_items = [tuple(x) for x in ckpt.read_json(folder, "catalogue_only.json")] \
+        if (folder / "catalogue_only.json").is_file() else []
+    return LoadedCheckpoint(cfg, model, text, lm_cfg, lm, users, items, texts, titles, split, extra_items)

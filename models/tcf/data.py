@@ -38,6 +38,7 @@ def keep_recent(data: InteractionData, keep_last: int = 23) -> InteractionData:
         item_text=data.item_text,
         item_title=data.item_title,
         review=None if data.review is None else [data.review[i] for i in idx],
+        catalogue_only=data.catalogue_only,
     )
 
 

@@ -117,7 +117,7 @@ class TCFTask:
     def save_checkpoint(self, out: Path, log: dict[str, Any]) -> None:
         d = self.data
         save_checkpoint(out, self.model, self.text, self.lm_cfg, d.users, d.items, d.item_text, d.item_title,
-                        self.split, {**self.extra_config, "best": log["best"]})
+                        self.split, {**self.extra_config, "best": log["best"]}, d.catalogue_only)
 
     def _batch(self, units: np.ndarray) -> Batch:
         if self.model.cfg.user_tower == "sasrec":
