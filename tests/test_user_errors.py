@@ -192,3 +192,11 @@ def test_faiss_loader_is_quiet_after_logs_setup():
     code = "from llmrec import logs; logs.setup('INFO'); import faiss; faiss.IndexFlatIP(4)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "AVX" not in proc.stderr and "faiss" not in proc.stderr, proc.stderr
+
+
+def test_a_wrong_encoder_or_backbone_folder_is_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    line = one_line_error(capsys, ["train", "tcf", "--text.encoder", missing, "--out", str(tmp_path / "ck")])
+    assert f"text encoder {missing!r}: accepted are 'minilm', 'smollm2' or a local Hugging Face folder" in line
+    line = one_line_error(capsys, ["train", "cllm4rec", "--backbone.path", missing, "--out", str(tmp_path / "ck")])
+    assert f"backbone path {missing} is not a folder; give a local HF causal-LM folder" in line

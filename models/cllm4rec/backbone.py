@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmrec import logs
-from llmrec.assets import SMOLLM2_GGUF, smollm2_dir, work_dir
+from llmrec.assets import SMOLLM2_GGUF, AssetMissing, smollm2_dir, work_dir
 from models.training.capacity import CapacityConfig, apply_capacity
 from models.training.checkpoint import lm_identity
 
@@ -41,9 +41,9 @@ def resolve(cfg: BackboneConfig) -> tuple[Path, str | None]:
         return smollm2_dir(), cfg.gguf_file or SMOLLM2_GGUF
     path = Path(cfg.path)
     if not path.is_dir():
-        raise FileNotFoundError(f"backbone path {path} is not a folder; give a local HF causal-LM folder")
+        raise AssetMissing(f"backbone path {path} is not a folder; give a local HF causal-LM folder")
     if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
-        raise FileNotFoundError(f"GGUF file {cfg.gguf_file!r} not found in {path}")
+        raise AssetMissing(f"GGUF file {cfg.gguf_file!r} not found in {path}")
     return path, cfg.gguf_file
 
 
@@ -99,7 +99,8 @@ def load_backbone(cfg: BackboneConfig, capacity: CapacityConfig | None = None
     if gguf:
         path = plain_hf_folder(path, gguf, cfg.cache_dir)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+        raise AssetMissing(f"{path} has no config.json: not a Hugging Face model folder; give a local HF "
+                           "causal-LM folder (--backbone.path)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()

@@ -20,6 +20,7 @@ import torch
 from tokenizers import Tokenizer, normalizers
 
 from llmrec import assets, logs
+from llmrec.assets import AssetMissing
 from models.training.capacity import blocks, keep_first_blocks
 
 log = logs.get(__name__)
@@ -55,7 +56,7 @@ def resolve_encoder_dir(encoder: str) -> Path:
         return smollm2_hf_dir()
     path = Path(encoder)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise AssetMissing(
             f"text encoder {encoder!r}: accepted are 'minilm', 'smollm2' or a local Hugging Face folder "
             f"with config.json and tokenizer.json ({path / 'config.json'} is missing)"
         )
@@ -66,7 +67,7 @@ def load_tokenizer(folder: Path, max_length: int, lowercase: bool) -> Tokenizer:
     """The folder's tokenizer.json, truncating to max_length and padding right, lower-casing if asked."""
     path = folder / "tokenizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the text encoder needs a `tokenizers` JSON file")
+        raise AssetMissing(f"{path} is missing: the text encoder needs a `tokenizers` JSON file")
     tok = Tokenizer.from_file(str(path))
     if lowercase:
         parts = [normalizers.Lowercase()] + ([tok.normalizer] if tok.normalizer is not None else [])
