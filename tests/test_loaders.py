@@ -215,3 +215,22 @@ def test_min_interactions_filter_is_iterative(tmp_path):
     assert again.num_interactions == data.num_interactions
     with pytest.raises(ValueError, match="no interactions left"):
         filter_min_interactions(data, 3, 0)
+
+
+def test_item_text_from_a_template_over_the_items_columns(tmp_path):
+    from llmrec.errors import ConfigError
+    from models.tiny import write_ml100k
+
+    inter = tmp_path / "i.csv"
+    inter.write_text("user,item\nu1,a\nu1,b\nu2,a\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,title,year,genres,price\na,Alpha,1999,Drama,3\nb,Beta,,Comedy,4\nc,Gamma,2001,Horror,5\n")
+    cfg = DataConfig(dataset="interactions", path=inter, items_path=items,
+                     item_template="{title} ({year}), genres: {genres}")
+    data = load_data(cfg)
+    assert data.item_text == ["Alpha (1999), genres: Drama", "Beta (), genres: Comedy"]
+    assert data.catalogue_only == {"c": ("Gamma (2001), genres: Horror", "Gamma")}  # no interactions: catalogue only
+    ml = load_data(DataConfig(path=write_ml100k(tmp_path / "ml"), item_template="{title} | {genres} | {year}"))
+    assert all(t.count(" | ") == 2 for t in ml.item_text)
+    with pytest.raises(ConfigError, match=r"field\(s\) 'plot' not in the items data; fields: .*genres"):
+        load_data(DataConfig(dataset="interactions", path=inter, items_path=items, item_template="{plot}"))

@@ -28,6 +28,9 @@ class DataConfig:
     # text; for "amazon": metadata JSON lines (asin, title, categories, description). Items in it without
     # interactions are left out (logged); without it every item's text is its id (a text tower refuses).
     items_path: Path | None = None
+    # build each item's text from the items data's fields instead, e.g. "{title} ({year}), genres: {genres}":
+    # placeholders are column names (ml-100k also has title, year, genres); ml-100k, interactions and atomic
+    item_template: str | None = None
     min_rating: float | None = None  # keep interactions with rating >= this (None: every rating counts)
     # users with fewer distinct items are dropped, after loading, together with items below
     # min_item_interactions, repeated until both hold (k-core style); one name in every command

@@ -21,6 +21,7 @@ import ast
 import csv
 import gzip
 import json
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -305,8 +306,10 @@ def _read_atomic_typed(path: Path) -> tuple[list[str], list[str], list[list[str]
     return names, types, rows
 
 
-def load_ml100k(path: Path | None = None, min_rating: float | None = None) -> InteractionData:
-    """MovieLens-100K; item text = "<title> (<year>), genres: <genres>"."""
+def load_ml100k(path: Path | None = None, min_rating: float | None = None,
+                template: str | None = None) -> InteractionData:
+    """MovieLens-100K; item text = "<title> (<year>), genres: <genres>", or `template` over the fields
+    title, year, genres (and the .item file's own columns)."""
     folder = Path(path) if path else ml100k_dir()
     names, rows = _read_atomic(folder / "ml-100k.inter")
     col = {n: i for i, n in enumerate(names)}
@@ -324,6 +327,10 @@ def load_ml100k(path: Path | None = None, min_rating: float | None = None) -> In
         title = r[icol["movie_title"]].strip() if r else f"item {iid}"
         year = r[icol["release_year"]].strip() if r else ""
         genres = ", ".join(r[icol["class"]].split()) if r else ""
+        if template:
+            raw = {n: r[j].strip() for n, j in icol.items()} if r else {}
+            return templated(template, {**raw, "title": title, "year": year, "genres": genres},
+                             folder / "ml-100k.item"), title
         return (f"{title} ({year}), genres: {genres}" if year else f"{title}, genres: {genres}"), title
 
     texts, titles = zip(*(describe(i) for i in item_ids), strict=True) if item_ids else ((), ())
@@ -363,7 +370,7 @@ def _atomic_paths(path: Path) -> tuple[str, Path, Path]:
     )
 
 
-def load_atomic(path: Path, min_rating: float | None = None) -> InteractionData:
+def load_atomic(path: Path, min_rating: float | None = None, template: str | None = None) -> InteractionData:
     """RecBole atomic files. Item text joins the `.item` file's token_seq/token fields.
 
     The field that looks like a title (named *title* or *name*, else the first token_seq
@@ -405,18 +412,38 @@ def load_atomic(path: Path, min_rating: float | None = None) -> InteractionData:
             for j in fields:
                 if j != title_col and row[j].strip():
                     parts.append(f"{inames[j]}: {' '.join(row[j].split())}")
-            text[key] = ", ".join(parts)
+            text[key] = (templated(template, {n: v.strip() for n, v in zip(inames, row, strict=True)}, item_path)
+                         if template else ", ".join(parts))
     return builder.build(text, title)
+
+
+# --------------------------------------------------------------------------- item text templates
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholders of an item-text template ("{title} ({year})" -> ["title", "year"])."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def templated(template: str, fields: dict[str, str], where: Path) -> str:
+    """The item text from `template` over one item's fields; a placeholder that is not a field is one error
+    naming the fields there are (values missing for one item render as empty)."""
+    unknown = [f for f in template_fields(template) if f not in fields]
+    if unknown:
+        raise ConfigError(f"{where}: item template field(s) {', '.join(map(repr, unknown))} not in the items "
+                          f"data; fields: {', '.join(sorted(fields))} (--data.item-template)")
+    return " ".join(template.format_map(fields).split())
 
 
 # --------------------------------------------------------------------------- generic tables
 
 
-def load_item_text(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+def load_item_text(path: Path, template: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Item id -> text, item id -> title, from a CSV/TSV/Parquet file with a header.
 
-    Text: the `text` column when there is one; otherwise every non-id column joined, the title
-    first and the others as "column: value", so an LM sees what each field is.
+    Text: `template` over the row's columns when given (e.g. "{title} ({year}), genres: {genres}");
+    else the `text` column when there is one; else every non-id column joined, the title first and the
+    others as "column: value", so an LM sees what each field is.
     """
     names, rows = _read_table(path)
     iid = _require_column(names, ITEM_COLUMNS, "item id", path)
@@ -431,7 +458,9 @@ def load_item_text(path: Path) -> tuple[dict[str, str], dict[str, str]]:
             raise DataError(f"{path}:{lineno}: empty item id; expected an id in column {names[iid]!r}")
         if title_col is not None:
             title[key] = row[title_col].strip()
-        if text_col is not None:
+        if template:
+            text[key] = templated(template, {n.strip(): v.strip() for n, v in zip(names, row, strict=True)}, path)
+        elif text_col is not None:
             text[key] = row[text_col].strip()
         else:
             parts = [title[key]] if title.get(key) else []
@@ -441,7 +470,7 @@ def load_item_text(path: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def load_interactions(
-    path: Path, items_path: Path | None = None, min_rating: float | None = None
+    path: Path, items_path: Path | None = None, min_rating: float | None = None, template: str | None = None
 ) -> InteractionData:
     """CSV / TSV (optionally .gz) / Parquet with user, item[, timestamp][, rating] columns."""
     path = Path(path)
@@ -464,7 +493,7 @@ def load_interactions(
             continue
         time = _parse_float(row[tcol], path, lineno, "timestamp") if tcol is not None else None
         builder.add(user, item, time)
-    text, title = load_item_text(Path(items_path)) if items_path else ({}, {})
+    text, title = load_item_text(Path(items_path), template) if items_path else ({}, {})
     return builder.build(text, title)
 
 
@@ -619,14 +648,17 @@ def load_amazon(
 
 
 def _load_unfiltered(cfg: DataConfig) -> InteractionData:
+    if cfg.item_template and cfg.dataset not in ("ml-100k", "interactions", "atomic"):
+        raise ConfigError(f"--data.item-template works with the ml-100k, interactions and atomic formats, "
+                          f"not {cfg.dataset!r} (its item text is given as it is)")
     if cfg.dataset == "ml-100k":
-        return load_ml100k(cfg.path, cfg.min_rating)
+        return load_ml100k(cfg.path, cfg.min_rating, cfg.item_template)
     if cfg.path is None:
         raise ConfigError(f"dataset {cfg.dataset!r} needs a path (--data.path)")
     if cfg.dataset == "interactions":
-        return load_interactions(cfg.path, cfg.items_path, cfg.min_rating)
+        return load_interactions(cfg.path, cfg.items_path, cfg.min_rating, cfg.item_template)
     if cfg.dataset == "atomic":
-        return load_atomic(cfg.path, cfg.min_rating)
+        return load_atomic(cfg.path, cfg.min_rating, cfg.item_template)
     if cfg.dataset == "tcf":
         if cfg.min_rating is not None:
             raise ConfigError("min_rating does not apply to the tcf format (behaviors.tsv has no ratings)")
