@@ -105,8 +105,12 @@ class ReceivedCounter(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
+    KNOWN = frozenset({*pb.DESCRIPTOR.services_by_name["Recommender"].methods_by_name, "Check", "Watch",
+                       "ServerReflectionInfo"})
+
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
-        self._metrics.received.labels(method=str(details.method).rsplit("/", 1)[-1][:64]).inc()
+        method = str(details.method).rsplit("/", 1)[-1]
+        self._metrics.received.labels(method=method if method in self.KNOWN else "other").inc()  # bounded labels
         return await continuation(details)
 
 
