@@ -1,0 +1,94 @@
+"""New items served live: a version exported without some items gets them through UpsertItems by their
+text alone, then next-item requests whose target is one of them are replayed over gRPC. The hit rate
+over gRPC must equal the offline figure for the same version exactly: offline runs the server's own
+code in process (same engine, same index, the same one-item-per-call encoding), so the two can only
+differ if the serving path (journal, catalogue, search) loses or changes something.
+
+Also measures each upsert's latency (text -> searchable: encode + fsynced journal append + apply).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.journal import JournalRecord
+from llmrec.client import RecommenderClient
+from server.spawn import spawn_server, stop_server
+
+TOKEN = "coldstart-bench"
+
+
+@dataclass(frozen=True)
+class ColdRequest:
+    history: tuple[str, ...]  # item ids, oldest first (the user's known past)
+    target: str  # the next item: one of the new items
+
+
+def offline_hits(version: Path, new_items: Sequence[tuple[str, str, str]], requests: Sequence[ColdRequest],
+                 k: int, engine: str = "onnxruntime-cpu") -> list[bool]:
+    """Top-k hits of each request, computed by the server's own code in this process."""
+    from server.config import ServeConfig
+    from server.models_runtime import ModelVersion
+    from server.repository import load_files
+
+    mv = ModelVersion(version.parent.name, load_files(version), ServeConfig(repository=version.parent.parent,
+                                                                            engine=engine))
+    try:
+        for seq, (item_id, text, title) in enumerate(new_items, start=1):  # one per call, as the replay does
+            mv.apply_journal([JournalRecord(seq, "upsert", item_id, text, title)])
+        cat = mv.catalogue
+        hits = []
+        for r in requests:
+            rows = [cat.row(i) for i in r.history]
+            vec = mv.history_encoder.run([mv.history_payload(None, rows, cat)])[0]
+            top = cat.search(vec, k, set(rows))
+            hits.append(r.target in {cat.item_id(row) for row, _ in top})
+        return hits
+    finally:
+        mv.retire()
+
+
+def served_hits(repository: Path, model: str, new_items: Sequence[tuple[str, str, str]],
+                requests: Sequence[ColdRequest], k: int, engine: str = "onnxruntime-cpu",
+                ) -> tuple[list[bool], list[float]]:
+    """The same over gRPC against a fresh server on a copy of the repository; also upsert latencies (ms)."""
+    scratch = repository.parent / f"{repository.name}-coldstart"
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(repository / model, scratch / model, ignore=shutil.ignore_patterns("items.journal"))
+    proc, target = spawn_server(scratch, ["--metrics-port", "-1", "--poll-seconds", "0", "--engine", engine],
+                                env={"RECSYS_ADMIN_TOKEN": TOKEN})
+    try:
+        with RecommenderClient(target, admin_token=TOKEN, timeout=60) as c:
+            latencies = []
+            for item in new_items:
+                t0 = time.perf_counter()
+                c.upsert_items(model, [item])
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+            hits = [r.target in {i for i, _ in c.recommend(model, history=list(r.history), top_k=k).items}
+                    for r in requests]
+    finally:
+        stop_server(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return hits, latencies
+
+
+def replay(repository: Path, model: str, new_items: Sequence[tuple[str, str, str]],
+           requests: Sequence[ColdRequest], k: int = 10, engine: str = "onnxruntime-cpu") -> dict[str, Any]:
+    versions = sorted(int(p.name) for p in (repository / model).iterdir() if p.name.isdigit())
+    version = repository / model / str(versions[-1])
+    offline = offline_hits(version, new_items, requests, k, engine)
+    served, latencies = served_hits(repository, model, new_items, requests, k, engine)
+    lat = np.asarray(latencies)
+    return {"version": versions[-1], "k": k, "new_items": len(new_items), "requests": len(requests),
+            f"offline_hr@{k}": float(np.mean(offline)) if offline else float("nan"),
+            f"grpc_hr@{k}": float(np.mean(served)) if served else float("nan"),
+            "identical_rankings": offline == served,
+            "upsert_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                          "n": len(lat)} if len(lat) else {}}
