@@ -11,7 +11,7 @@ from torch import nn
 
 from models.tcf import text_encoder as te
 from models.tcf.data import Batch, left_pad
-from models.tcf.item_tower import IdItemTower, TextItemTower
+from models.tcf.item_tower import HybridItemTower, IdItemTower, TextItemTower
 from models.tcf.loss import ibce_loss
 from models.tcf.preinfer import PreInferred
 from models.tcf.user_tower import DSSM, SASRec
@@ -20,7 +20,12 @@ from models.tcf.user_tower import DSSM, SASRec
 @dataclass
 class ModelConfig:
     user_tower: Literal["sasrec", "dssm"] = "sasrec"
-    item_tower: Literal["text", "id"] = "text"
+    # text: LM features + MLP (new items by their text); id: one learned vector per item (no new items);
+    # hybrid: text + ID vector, the ID part dropped for a share `id_dropout` of items in training so that the
+    # text part stands on its own (new items are served by it)
+    item_tower: Literal["text", "id", "hybrid"] = "text"
+    id_dropout: float = 0.5
+    standardize: bool = False  # standardise the frozen LM features per dimension before the MLP (floored std)
     dim: int = 64  # D: item/user vector size (the paper uses 512; 64 keeps CPU training quick)
     mlp_layers: int = 2
     mlp_input_norm: bool = False  # LayerNorm on the pooled LM state before the MLP (beyond the paper)
@@ -28,6 +33,11 @@ class ModelConfig:
     blocks: int = 2
     heads: int = 2
     dropout: float = 0.1
+
+
+def uses_text(item_tower: str) -> bool:
+    """Item towers that read the item's text (and so can encode an item that was not trained on)."""
+    return item_tower in ("text", "hybrid")
 
 
 class TCFModel(nn.Module):
@@ -80,7 +90,7 @@ def build_model(cfg: ModelConfig, text: te.TextEncoderConfig, unfreeze_top: int,
     """
     if cfg.item_tower == "id":
         tower: nn.Module = IdItemTower(num_items, cfg.dim)
-    elif cfg.item_tower == "text":
+    elif uses_text(cfg.item_tower):
         if pre is None:
             raise ValueError("the text item tower needs the pre-inferred item table")
         top = None
@@ -92,10 +102,13 @@ def build_model(cfg: ModelConfig, text: te.TextEncoderConfig, unfreeze_top: int,
             for p in top.parameters():
                 p.requires_grad_(True)
         in_dim = (pre.pooled if pre.pooled is not None else pre.hidden).shape[-1]
-        tower = TextItemTower(in_dim, cfg.dim, cfg.mlp_layers, text.pooling, top, cfg.mlp_input_norm)
+        tower = TextItemTower(in_dim, cfg.dim, cfg.mlp_layers, text.pooling, top, cfg.mlp_input_norm,
+                              cfg.standardize)
         tower.set_table(pre)
         if tower.num_items != num_items:
             raise ValueError(f"pre-inferred table has {tower.num_items} items, the item map {num_items}")
+        if cfg.item_tower == "hybrid":
+            tower = HybridItemTower(tower, num_items, cfg.dim, cfg.id_dropout)
     else:
-        raise ValueError(f"unknown item_tower {cfg.item_tower!r}; accepted: text, id")
+        raise ValueError(f"unknown item_tower {cfg.item_tower!r}; accepted: text, id, hybrid")
     return TCFModel(cfg, tower, num_users)
