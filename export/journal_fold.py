@@ -25,8 +25,10 @@ class FoldError(ValueError):
 
 def fold_journal(journal_path: Path, item_encoder: Path | None, tokenizer: Path | None, tcf: dict[str, Any],
                  encoder_entry: dict[str, Any] | None, item_ids: list[str], item_vectors: np.ndarray,
-                 item_titles: list[str]) -> tuple[list[str], np.ndarray, list[str], dict[str, Any]]:
-    """(item ids, vectors, titles) with the journal's live upserts folded in, and the manifest entry."""
+                 item_titles: list[str], id_part: np.ndarray | None = None
+                 ) -> tuple[list[str], np.ndarray, list[str], dict[str, Any]]:
+    """(item ids, vectors, titles) with the journal's live upserts folded in, and the manifest entry.
+    `id_part` (hybrid item towers): an exported item whose text was replaced keeps its ID part."""
     state, last = journal.read_state(journal_path)
     upserts = [r for r in state.values() if r.op == "upsert"]
     entry = {"file": journal.JOURNAL, "folded_through": last, "folded_upserts": len(upserts)}
@@ -55,7 +57,7 @@ def fold_journal(journal_path: Path, item_encoder: Path | None, tokenizer: Path 
             titles.append(rec.title)
             new.append(vec)
         else:
-            vecs[row] = vec
+            vecs[row] = vec + (id_part[row] if id_part is not None and row < len(id_part) else 0.0)
             titles[row] = rec.title or titles[row]
     if new:
         vecs = np.concatenate([vecs, np.stack(new)])

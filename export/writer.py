@@ -234,10 +234,11 @@ def export_bundle(
         journal_entry = None
         if cfg.fold_journal:
             has_text = "item_encoder" in encoders and M.TOKENIZER in bundle.assets
+            id_file = bundle.model_config.get("id_part")
             item_ids, item_vectors, item_titles, journal_entry = fold_journal(
                 model_dir / JOURNAL, tmp / "item_encoder.onnx" if has_text else None,
                 bundle.assets.get(M.TOKENIZER), bundle.model_config, encoders.get("item_encoder"), item_ids,
-                item_vectors, item_titles)
+                item_vectors, item_titles, np.load(bundle.assets[id_file]) if id_file else None)
             log.info("item journal folded", **journal_entry)
 
         params = cfg.index_params()

@@ -59,8 +59,11 @@ class ModelVersion:
         self.can_user = bool(caps.get("user_id"))
         self.can_history = bool(caps.get("history")) and adapter_cls.history
         self.can_upsert = bool(caps.get("upsert_items"))
-        if self.can_upsert and self.item_tower != "text":
+        if self.can_upsert and self.item_tower not in ("text", "hybrid"):
             raise VersionError(f"{self.path}: upsert_items needs a text item tower (got {self.item_tower})")
+        # hybrid towers: an item with an exported row keeps its trained ID part when its text is replaced;
+        # a new item is served by its text alone
+        self._id_part = files.id_part
         self.index_type = str((m.get("index") or {}).get("type", "flat"))
         self.pinned = pinned
         self.loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -230,6 +233,11 @@ class ModelVersion:
         t0 = time.perf_counter()
         if todo:
             known.update(zip((r.item_id for r in todo), self.encode_texts([r.text for r in todo]), strict=True))
+        if self._id_part is not None:
+            for r in upserts:
+                row = self._catalogue.base.rows.get(r.item_id)
+                if row is not None and row < len(self._id_part):
+                    known[r.item_id] = known[r.item_id] + self._id_part[row]
         with self._change_lock:
             before = self._catalogue
             cat, added, replaced = before.changed([(r.item_id, known[r.item_id], r.title) for r in upserts], deletes)

@@ -65,6 +65,7 @@ class VersionFiles:
     history_indices: np.ndarray
     encoders: dict[str, Path] = field(default_factory=dict)  # role -> ONNX graph (engines load them)
     tokenizer: Any = None
+    id_part: np.ndarray | None = None  # hybrid item towers: the ID part of each exported item
 
 
 def _json_list(path: Path, required: bool = True) -> list[str]:
@@ -117,6 +118,11 @@ def load_files(path: Path) -> VersionFiles:
             files.encoders[role] = path / rel
     if caps.get("history") and "user_encoder" not in files.encoders:
         raise VersionError(f"{path}: capabilities.history is true but there is no user_encoder.onnx")
+    id_part = (manifest.get("tcf") or {}).get("id_part")
+    if id_part:
+        files.id_part = np.ascontiguousarray(np.load(path / id_part), dtype=np.float32)
+        if files.id_part.ndim != 2 or files.id_part.shape[0] > n or files.id_part.shape[1] != dim:
+            raise VersionError(f"{path}: {id_part} has shape {files.id_part.shape}; expected (<= {n}, {dim})")
     if caps.get("upsert_items"):
         if "item_encoder" not in files.encoders:
             raise VersionError(f"{path}: capabilities.upsert_items is true but there is no item_encoder.onnx")

@@ -20,9 +20,11 @@ from models.tcf import text_encoder as te
 from models.tcf.checkpoint import LoadedCheckpoint, load_checkpoint
 from models.tcf.data import left_pad
 from models.tcf.item_tower import FullTextItemEncoder
+from models.tcf.model import uses_text
 from models.tcf.user_tower import SASRecUserEncoder
 
 PROBE_USERS = 200
+ID_PART = "item_id_part.npy"  # hybrid towers: the ID part of each trained item, added to its text vector
 log = logs.get(__name__)
 
 
@@ -50,7 +52,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
     assets: dict[str, Path] = {}
     tcf_section: dict = {"max_seq_len": cfg.max_seq_len, "text_max_length": None, "tokenizer": None,
                          "pad_token_id": 0}
-    if cfg.item_tower == "text":
+    if uses_text(cfg.item_tower):
         assert ck.text is not None
         folder = te.resolve_encoder_dir(ck.text.encoder)
         tok = te.load_tokenizer(folder, ck.text.max_length, ck.text.lowercase)
@@ -59,6 +61,12 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
         assets["tokenizer.json"] = tok_path
         enc = full_item_encoder(ck)
         item_vectors = encode_texts(enc, tok, ck.item_texts, batch)
+        if cfg.item_tower == "hybrid":  # served vector = text part (the item encoder) + the trained ID part
+            id_part = model.item_tower.emb.weight.detach().float().numpy()
+            item_vectors = item_vectors + id_part
+            np.save(tok_path.parent / ID_PART, id_part)
+            assets[ID_PART] = tok_path.parent / ID_PART
+            tcf_section["id_part"] = ID_PART
         if ck.catalogue_only:  # every item of the items file is served: these by their text alone
             extra_vectors = encode_texts(enc, tok, [t for _, t, _ in ck.catalogue_only], batch)
             log.info("items without interactions added to the catalogue by their text", items=len(ck.catalogue_only))
@@ -104,7 +112,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
     if not known_users:  # cheap here, but benchmarks ask both kinds the same way
         user_ids, user_vectors = [], user_vectors[:0]
     item_ids, titles, served_vectors = list(ck.items.ids), list(ck.item_titles), item_vectors
-    if cfg.item_tower == "text" and ck.catalogue_only:  # after the known users: their rows stay the trained ones
+    if uses_text(cfg.item_tower) and ck.catalogue_only:  # appended: the trained rows keep their numbers
         item_ids += [i for i, _, _ in ck.catalogue_only]
         titles += [title for _, _, title in ck.catalogue_only]
         served_vectors = np.concatenate([item_vectors, extra_vectors])

@@ -25,7 +25,7 @@ from llmrec.config import from_dict, to_dict
 from models.data.dataset import IdMap
 from models.data.splits import Split
 from models.tcf import text_encoder as te
-from models.tcf.model import ModelConfig, TCFModel, build_model
+from models.tcf.model import ModelConfig, TCFModel, build_model, uses_text
 from models.tcf.preinfer import preinfer
 from models.training import checkpoint as ckpt
 from models.training.capacity import CapacityConfig
@@ -37,7 +37,7 @@ def save_checkpoint(out: Path, model: TCFModel, text: te.TextEncoderConfig, lm_c
                     items: IdMap, item_texts: list[str], item_titles: list[str], split: Split,
                     extra: dict[str, Any], catalogue_only: dict[str, tuple[str, str]] | None = None) -> None:
     text_ref = None
-    if model.cfg.item_tower == "text":
+    if uses_text(model.cfg.item_tower):
         text_ref = {**to_dict(text), **ckpt.lm_identity(te.resolve_encoder_dir(text.encoder))}
     config = {
         "user_tower": model.cfg.user_tower,
@@ -92,7 +92,7 @@ def load_checkpoint(folder: Path, need_full_lm: bool = False, preinfer_cache: Pa
     titles = ckpt.read_json(folder, "item_titles.json")
     split = load_split(ckpt.read_json(folder, "split.json"), len(items))
     text = pre = lm = None
-    if mcfg.item_tower == "text":
+    if uses_text(mcfg.item_tower):
         ref = dict(cfg["text_encoder"])
         identity = {"path": ref.pop("path"), "sha256": ref.pop("sha256")}
         text = from_dict(te.TextEncoderConfig, ref)

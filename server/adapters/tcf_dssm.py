@@ -14,7 +14,7 @@ class KnownUsersOnly:
     kind = "tcf"
     user_tower = "dssm"
     history = False
-    item_towers = ("id", "text")
+    item_towers = ("id", "text", "hybrid")
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self._path = path

@@ -16,7 +16,7 @@ class SasrecSequence:
     kind = "tcf"
     user_tower = "sasrec"
     history = True
-    item_towers = ("id", "text")
+    item_towers = ("id", "text", "hybrid")
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         t = manifest.get("tcf")
