@@ -136,7 +136,7 @@ def test_unknown_config_key_names_the_accepted_ones(tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"data": {"pth": "x.csv"}}))
     assert one_line_error(capsys, ["train", "tcf", "--config", str(cfg)]) == (
-        "unknown config key(s) for DataConfig: pth; accepted: dataset, path, items_path, min_rating, "
+        "unknown config key(s) for DataConfig: pth; accepted: dataset, path, items_path, item_template, min_rating, "
         "min_user_interactions, min_item_interactions, split_seed")
 
 
