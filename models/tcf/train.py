@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from models.data.dataset import InteractionData
 from models.data.splits import Split, make_split
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import save_checkpoint
-from models.tcf.data import Batch, dssm_batch, keep_recent, log_popularity, sasrec_batch
+from models.tcf.data import Batch, dssm_batch, keep_recent, log_popularity, sasrec_batch, sasrec_windows
 from models.tcf.model import TCFModel
 from models.training.capacity import CapacityConfig
 from models.training.config import TrainConfig
@@ -36,6 +36,9 @@ class RecipeConfig:
     # HR@10 0.075 after 39 epochs vs 0.10+ within 15 epochs at 1e-3 (chosen on validation)
     mlp_lr: float = 1e-3
     keep_last: int = -1  # interactions kept per user; -1 = max_seq_len + 3 (the paper), 0 = all
+    # "ibce": in-batch softmax with logQ correction (scales to any catalogue); "softmax": cross-entropy
+    # over every item (every item's vector computed each step: for catalogues that fit)
+    loss: Literal["ibce", "softmax"] = "ibce"
     preinfer_batch: int = 64  # item texts per forward pass of the frozen LM part
 
 
@@ -72,6 +75,7 @@ class TCFTask:
         self.log_q = log_popularity(self.split.train, self.data.num_items)
         self.pairs_u = np.concatenate([np.full(len(t), u) for u, t in enumerate(self.split.train)]).astype(np.int64)
         self.pairs_i = np.concatenate(self.split.train).astype(np.int64)
+        self.windows = sasrec_windows(self.split.train, self.model.cfg.max_seq_len)
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.train.epochs)]
@@ -91,12 +95,10 @@ class TCFTask:
         """Nothing to calibrate: the towers start from their own initialisation."""
 
     def epoch_batches(self, stage: Stage, epoch: int, rng: np.random.Generator) -> list[Callable[[], Batch]]:
-        """Users (SASRec: each trains on its whole sequence) or interactions (DSSM), shuffled."""
-        if self.model.cfg.user_tower == "sasrec":
-            units = np.array([u for u, t in enumerate(self.split.train) if len(t) >= 2], dtype=np.int64)
-        else:
-            units = np.arange(len(self.pairs_u), dtype=np.int64)
-        units = units[rng.permutation(len(units))]
+        """Windows of each user's sequence (SASRec: every training item a target once) or interactions
+        (DSSM), shuffled."""
+        n = len(self.windows) if self.model.cfg.user_tower == "sasrec" else len(self.pairs_u)
+        units = rng.permutation(n).astype(np.int64)
         size = self.train.batch_size
         return [functools.partial(self._batch, units[s : s + size]) for s in range(0, len(units), size)]
 
@@ -120,6 +122,7 @@ class TCFTask:
                         self.split, {**self.extra_config, "best": log["best"]})
 
     def _batch(self, units: np.ndarray) -> Batch:
+        full = self.recipe.loss == "softmax"
         if self.model.cfg.user_tower == "sasrec":
-            return sasrec_batch(units, self.split.train, self.model.cfg.max_seq_len, self.log_q)
-        return dssm_batch(self.pairs_u[units], self.pairs_i[units], self.split.train, self.log_q)
+            return sasrec_batch(self.windows[units], self.split.train, self.model.cfg.max_seq_len, self.log_q, full)
+        return dssm_batch(self.pairs_u[units], self.pairs_i[units], self.split.train, self.log_q, full)
