@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from models.data.splits import Split
+from models.reports import markdown_table
 from models.stats import mean_se, paired_difference
 
 
@@ -93,3 +95,49 @@ def fmt_diff(d: Mapping[str, Any] | None) -> str:
 
 def fmt_mean_sd(mean: float, sd: float | None) -> str:
     return f"{mean:.4f}" if sd is None else f"{mean:.4f} (sd {sd:.4f})"
+
+
+def training_info(folder: Any, log: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a report says about how a checkpoint was trained (from its config and training log)."""
+    best, walls = config.get("best") or {}, log.get("wall_s") or {}
+    return {"checkpoint": str(folder), "seed": (log.get("train") or {}).get("seed"), "best_epoch": best.get("epoch"),
+            "best_stage": best.get("stage"), "epochs_run": len(log.get("epochs", [])), "stopped": log.get("stopped"),
+            "train_s": sum(v for k, v in walls.items() if k != "validation") or None,
+            "validation_s": walls.get("validation"), "wall_s": walls, "device": log.get("device"),
+            "precision": log.get("precision"), "command": log.get("command"), "lm": config.get("lm"),
+            "recipe": config.get("recipe"), "model": config.get("model")}
+
+
+def baseline_runs(split: Split, metrics: Sequence[str]) -> list[Run]:
+    """Most-popular, BPR, ALS and EASE on `split`, tuned on its valid part (models.baselines)."""
+    from models.baselines import run_baselines_detailed
+
+    return [Run(r.name, r.test_per_user, r.valid, {"params": r.params, "fit_s": r.fit_seconds, "baseline": True})
+            for r in run_baselines_detailed(split, metrics=list(metrics))]
+
+
+def variants_table(summary: Sequence[Mapping[str, Any]], shown: Sequence[tuple[str, str]], valid_key: str,
+                   diffs: Sequence[tuple[str, str]], reference: str | None) -> str:
+    """Markdown: one row per variant. `shown`/`diffs`: (column title, key in "test"/"vs_reference")."""
+    header = ["variant", "seeds", f"valid {valid_key}", *(t for t, _ in shown),
+              *(f"{t} vs {reference or '-'} (paired Δ ± SE)" for t, _ in diffs),
+              "best / run epochs", "train min", "device, precision", "user encoder ms (B=1)"]
+    rows = []
+    for s in summary:
+        info = s["runs"]
+        baseline = info[0].get("baseline", False)
+        cost = [i["user_encoder"]["p50_ms"] for i in info if i.get("user_encoder")]
+        rows.append([
+            s["label"], s["seeds"], (s["valid"] or {}).get(valid_key, float("nan")),
+            *(fmt_mean_sd(s["test"][k], s["seed_sd"][k]) for _, k in shown),
+            *(fmt_diff(s["vs_reference"].get(k)) for _, k in diffs),
+            "-" if baseline else ", ".join(f"{i['best_epoch']}/{i['epochs_run']}" for i in info),
+            f"fit {info[0]['fit_s']:.1f} s" if baseline else
+            f"{np.mean([i['train_s'] or 0.0 for i in info]) / 60:.1f}",
+            "-" if baseline else f"{info[0]['device']}, {info[0]['precision']}",
+            f"{np.mean(cost):.1f} (L={info[0]['user_encoder']['length']})" if cost else "-",
+        ])
+    commands = "".join(f"- {s['label']}: `{s['runs'][0]['command']}`\n" for s in summary
+                       if s["runs"][0].get("command"))
+    return (markdown_table(header, rows) + "\nTraining commands (first seed; the others differ only by "
+            "`--train.seed` and `--out`):\n\n" + commands)

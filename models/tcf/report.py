@@ -10,18 +10,15 @@ test item is rare in training (the items text towers are meant for).
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.comparison import Run, fmt_diff, fmt_mean_sd, group, summarise
+from models.comparison import Run, baseline_runs, group, summarise, training_info, variants_table
 from models.data.splits import Split
 from models.metrics import evaluate_per_user
-from models.reports import markdown_table
 from models.serving_cost import user_encoder_ms
 from models.tcf.checkpoint import load_checkpoint
 from models.tcf.train import make_scorer
@@ -37,14 +34,6 @@ class Section:
     split: Split
     description: str
     runs: list[Run]
-
-
-def split_key(split: Split) -> str:
-    h = hashlib.sha256()
-    for part in (split.train, split.valid, split.test):
-        for items in part:
-            h.update(np.asarray(items, dtype=np.int64).tobytes() + b"|")
-    return h.hexdigest()
 
 
 def preparation(config: dict[str, Any], num_items: int) -> str:
@@ -68,29 +57,15 @@ def rare_targets(split: Split, max_count: int) -> np.ndarray:
 def checkpoint_run(folder: Path, label: str | None, device: Any, serving_cost: bool,
                    length: int) -> tuple[Run, Split, str]:
     """Test metrics per user of one checkpoint, with what it cost (training, and serving when asked)."""
-    t0 = time.time()
     ck = load_checkpoint(folder)
-    label = label or default_label(ck.config)
     ck.model.to(device)
-    log = read_log(folder)
     _, per_user = evaluate_per_user(make_scorer(ck.model), ck.split, "test", METRICS)
-    best = ck.config.get("best") or {}
-    info = {"checkpoint": str(folder), "seed": (log.get("train") or {}).get("seed"), "best_epoch": best.get("epoch"),
-            "epochs_run": len(log.get("epochs", [])), "stopped": log.get("stopped"),
-            "train_s": (log.get("wall_s") or {}).get("train"), "validation_s": (log.get("wall_s") or {}).get("validation"),
-            "preinfer_s": log.get("preinfer_s"), "device": log.get("device"), "precision": log.get("precision"),
-            "command": log.get("command"), "model": ck.config.get("model"), "lm": ck.config.get("lm"),
-            "recipe": ck.config.get("recipe"), "eval_s": time.time() - t0}
+    info = training_info(folder, read_log(folder), ck.config)
     if serving_cost:
         info["user_encoder"] = user_encoder_ms(folder, length)
-    return Run(label, per_user, best.get("valid"), info), ck.split, preparation(ck.config, ck.split.num_items)
-
-
-def baseline_runs(split: Split) -> list[Run]:
-    from models.baselines import run_baselines_detailed
-
-    return [Run(r.name, r.test_per_user, r.valid, {"params": r.params, "fit_s": r.fit_seconds, "baseline": True})
-            for r in run_baselines_detailed(split, metrics=list(METRICS))]
+    best = ck.config.get("best") or {}
+    return (Run(label or default_label(ck.config), per_user, best.get("valid"), info), ck.split,
+            preparation(ck.config, ck.split.num_items))
 
 
 def default_label(cfg: dict[str, Any]) -> str:
@@ -102,44 +77,14 @@ def default_label(cfg: dict[str, Any]) -> str:
     return f"text({Path(cfg['text_encoder']['encoder']).name}, N={lm['unfreeze_top']}{depth})-{tower}"
 
 
-def _cost(rows_info: list[dict[str, Any]]) -> str:
-    costs = [i["user_encoder"]["p50_ms"] for i in rows_info if i.get("user_encoder")]
-    if not costs:
-        return "-"
-    return f"{np.mean(costs):.2f} (L={rows_info[0]['user_encoder']['length']})"
-
-
-def _minutes(rows_info: list[dict[str, Any]], key: str) -> str:
-    vals = [i[key] for i in rows_info if i.get(key) is not None]
-    return f"{np.mean(vals) / 60:.1f}" if vals else "-"
-
-
 def section_markdown(sec: Section, summary: list[dict[str, Any]], reference: str | None, rare_n: int,
                      rare_max: int) -> str:
-    header = ["variant", "seeds", "valid HR@10", "test HR@10", "test NDCG@10",
-              f"HR@10, rare test items (<= {rare_max} train int., {rare_n} users)",
-              f"Δ HR@10 vs {reference or '-'} (paired, ± SE)", "Δ HR@10 rare vs ref.", "best / run epochs",
-              "train min", "device, precision", "user encoder ms (B=1)"]
-    rows = []
-    for s in summary:
-        info = s["runs"]
-        baseline = info[0].get("baseline", False)
-        epochs = "-" if baseline else ", ".join(f"{i['best_epoch']}/{i['epochs_run']}" for i in info)
-        device = "-" if baseline else f"{info[0]['device']}, {info[0]['precision']}"
-        rare = "hr@10|rare"
-        rows.append([s["label"], s["seeds"], (s["valid"] or {}).get("hr@10", float("nan")),
-                     fmt_mean_sd(s["test"]["hr@10"], s["seed_sd"]["hr@10"]),
-                     fmt_mean_sd(s["test"]["ndcg@10"], s["seed_sd"]["ndcg@10"]),
-                     fmt_mean_sd(s["test"][rare], s["seed_sd"][rare]),
-                     fmt_diff(s["vs_reference"].get("hr@10")), fmt_diff(s["vs_reference"].get(rare)), epochs,
-                     "fit s " + f"{info[0]['fit_s']:.1f}" if baseline else _minutes(info, "train_s"), device,
-                     "-" if baseline else _cost(info)])
     counts = sec.split.counts()
-    commands = "".join(f"- {s['label']}: `{i['command']}`\n" for s in summary for i in s["runs"][:1]
-                       if i.get("command"))
+    rare = f"HR@10, rare items (<= {rare_max} train interactions: {rare_n} users)"
     return (f"**Data**: {sec.description}. {counts['evaluated_users_test']} test users; "
-            f"{counts['train_interactions']} training interactions.\n\n" + markdown_table(header, rows)
-            + "\nTraining commands (first seed; the others differ by `--train.seed` and `--out`):\n\n" + commands)
+            f"{counts['train_interactions']} training interactions.\n\n"
+            + variants_table(summary, [("test HR@10", "hr@10"), ("test NDCG@10", "ndcg@10"), (rare, "hr@10|rare")],
+                             "hr@10", [("HR@10", "hr@10"), ("HR@10 rare", "hr@10|rare")], reference))
 
 
 def build(folders: list[Path], labels: list[str], reference: str, rare_max: int, baselines: bool, device: Any,
@@ -149,12 +94,12 @@ def build(folders: list[Path], labels: list[str], reference: str, rare_max: int,
     for i, folder in enumerate(folders):
         label = labels[i] if i < len(labels) else None
         run, split, description = checkpoint_run(folder, label, device, serving_cost, length)
-        sec = sections.setdefault(split_key(split), Section(split, description, []))
+        sec = sections.setdefault(split.fingerprint(), Section(split, description, []))
         sec.runs.append(run)
     payload: dict[str, Any] = {"metrics": list(METRICS), "rare_max_train_interactions": rare_max, "sections": []}
     md = []
     for sec in sections.values():
-        runs = sec.runs + (baseline_runs(sec.split) if baselines else [])
+        runs = sec.runs + (baseline_runs(sec.split, METRICS) if baselines else [])
         variants = group(runs)
         ref = reference if reference in {v.label for v in variants} else None
         rare = rare_targets(sec.split, rare_max)
