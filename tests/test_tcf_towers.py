@@ -141,3 +141,18 @@ def test_full_softmax_batch_is_plain_cross_entropy_over_every_item() -> None:
     assert torch.allclose(model(b), expected)
     d = dssm_batch(np.array([0, 1]), np.array([1, 4]), train, log_q, full_softmax=True)
     assert d.target.tolist() == [1, 4] and len(d.rows) == 6
+
+
+def test_batch_width_is_the_longest_window_and_changes_no_output() -> None:
+    train = [np.array([0, 1, 2]), np.array([2, 3, 4, 5])]
+    log_q = log_popularity(train, 6)
+    windows = sasrec_windows(train, 10)
+    b = sasrec_batch(windows, train, max_len=10, log_q=log_q, full_softmax=True)
+    assert b.seq_idx.shape == (2, 3)  # the longest window has 3 inputs, not 10
+    torch.manual_seed(0)
+    model = TCFModel(ModelConfig(item_tower="id", dim=8, max_seq_len=10, dropout=0.0), IdItemTower(6, 8), num_users=2)
+    vecs = model.item_tower.emb.weight
+    padded = torch.cat([torch.zeros(2, 7, dtype=torch.long), b.seq_idx], 1)
+    pad_mask = torch.cat([torch.zeros(2, 7, dtype=torch.long), b.seq_mask], 1)
+    wide = model.user_tower(vecs[padded], pad_mask)[:, 7:]
+    torch.testing.assert_close(model.user_tower(vecs[b.seq_idx], b.seq_mask), wide)

@@ -114,6 +114,10 @@ def sasrec_batch(windows: np.ndarray, train: list[np.ndarray], max_len: int, log
         inp[i, max_len - n:] = seq[:-1]
         tgt[i, max_len - n:] = seq[1:]
         mask[i, max_len - n:] = 1
+    # left padding no window of the batch reaches is cut: SASRec counts positions from the newest
+    # item, so the real positions' outputs do not change, and attention costs the square of the width
+    width = int(mask.sum(1).max()) if b else 0
+    inp, tgt, mask = inp[:, max_len - width:], tgt[:, max_len - width:], mask[:, max_len - width:]
     users = windows[:, 0] if b else np.zeros(0, dtype=np.int64)
     query_users = np.repeat(users, mask.sum(1))
     return _assemble(inp, mask, users, query_users, tgt[mask.astype(bool)], train, log_q, full_softmax)
