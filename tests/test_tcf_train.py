@@ -105,6 +105,14 @@ def test_epochs_zero_is_honoured(tmp_path: Path, assets) -> None:
     load_checkpoint(tmp_path / "ck")  # the untrained model, complete
 
 
+def test_loss_auto_is_full_softmax_while_the_catalogue_fits() -> None:
+    from models.tcf.train import FULL_SOFTMAX_MAX_ITEMS, RecipeConfig
+
+    assert RecipeConfig().full_softmax(FULL_SOFTMAX_MAX_ITEMS)
+    assert not RecipeConfig().full_softmax(FULL_SOFTMAX_MAX_ITEMS + 1)
+    assert not RecipeConfig(loss="ibce").full_softmax(10) and RecipeConfig(loss="softmax").full_softmax(10**7)
+
+
 def test_eval_report(tmp_path: Path, assets) -> None:
     """Seeds grouped by label, paired differences against the reference, one section per data
     preparation stating what was really kept, baselines per section, serving cost per checkpoint."""
@@ -113,7 +121,7 @@ def test_eval_report(tmp_path: Path, assets) -> None:
     ids = []
     for seed in (0, 1):
         ids.append(config(assets, tmp_path / f"ck_id{seed}", "--train.epochs", "1", "--model.item-tower", "id",
-                          "--train.seed", str(seed), "--recipe.loss", "softmax"))
+                          "--train.seed", str(seed), "--recipe.loss", "ibce"))
         cli.train(ids[-1])
     full = config(assets, tmp_path / "ck_full", "--train.epochs", "1", "--recipe.keep-last", "0")
     cli.train(full)

@@ -28,6 +28,8 @@ from models.training.loop import Stage
 from models.training.validation import evaluate_sharded
 
 METRICS = ("hr@10", "ndcg@10")
+# a step's scores are [queries, items] (64 windows x 50 positions x 50k items: 640 MB in fp32)
+FULL_SOFTMAX_MAX_ITEMS = 50_000
 
 
 @dataclass
@@ -36,9 +38,13 @@ class RecipeConfig:
     # HR@10 0.075 after 39 epochs vs 0.10+ within 15 epochs at 1e-3 (chosen on validation)
     mlp_lr: float = 1e-3
     keep_last: int = -1  # interactions kept per user; -1 = max_seq_len + 3 (the paper), 0 = all
-    # "ibce": in-batch softmax with logQ correction (scales to any catalogue); "softmax": cross-entropy
-    # over every item (every item's vector computed each step: for catalogues that fit)
-    loss: Literal["ibce", "softmax"] = "ibce"
+    # "softmax": cross-entropy over every item (every item's vector and score computed each step);
+    # "ibce": in-batch softmax with logQ correction (scales to any catalogue); "auto": softmax up to
+    # FULL_SOFTMAX_MAX_ITEMS items, ibce above
+    loss: Literal["auto", "ibce", "softmax"] = "auto"
+
+    def full_softmax(self, num_items: int) -> bool:
+        return self.loss == "softmax" or (self.loss == "auto" and num_items <= FULL_SOFTMAX_MAX_ITEMS)
     preinfer_batch: int = 64  # item texts per forward pass of the frozen LM part
 
 
@@ -122,7 +128,7 @@ class TCFTask:
                         self.split, {**self.extra_config, "best": log["best"]})
 
     def _batch(self, units: np.ndarray) -> Batch:
-        full = self.recipe.loss == "softmax"
+        full = self.recipe.full_softmax(self.data.num_items)
         if self.model.cfg.user_tower == "sasrec":
             return sasrec_batch(self.windows[units], self.split.train, self.model.cfg.max_seq_len, self.log_q, full)
         return dssm_batch(self.pairs_u[units], self.pairs_i[units], self.split.train, self.log_q, full)
