@@ -127,7 +127,7 @@ def test_eval_report(tmp_path: Path, assets) -> None:
     cli.train(full)
     argv = ["--checkpoint", str(text_cfg.out), "--label", "text",
             *[a for c in ids for a in ("--checkpoint", str(c.out), "--label", "id")],
-            "--checkpoint", str(full.out), "--label", "text-full", "--reference", "id",
+            "--checkpoint", str(full.out), "--label", "text-full", "--reference", "nowhere", "--reference", "id",
             "--report", "tcf_test", "--results-dir", str(tmp_path / "results"), "--serving-length", "4"]
     assert cli.eval_main(argv) == 0
     payload = json.loads((tmp_path / "results" / "tcf_test.json").read_text())

@@ -106,7 +106,9 @@ class EvalConfig(DeviceConfig):
     checkpoint: Annotated[list[Path], tyro.conf.UseAppendAction] = field(default_factory=list)
     # display name per checkpoint; checkpoints sharing a name are seeds of one variant
     label: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    reference: str = "ID-SASREC"  # label of the row every other row is compared with (paired, per user)
+    # label(s) of the row every other row of a section is compared with (paired, per user): in each
+    # section the first of these present there; one per data preparation when their rows differ
+    reference: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     rare_max: int = 20  # test items with at most this many training interactions form the "rare" column
     report: str = "quality_tcf_ml100k"  # <results-dir>/<report>.json/.md; "" = print only
     baselines: bool = True  # most-popular, BPR, ALS, EASE on each section's split, tuned on its valid part
@@ -121,7 +123,7 @@ def eval_main(argv: list[str]) -> int:
     if not cfg.checkpoint:
         raise SystemExit("llmrec eval tcf: give at least one --checkpoint DIR")
     torch.set_num_threads(cfg.threads)
-    payload, body = report.build(cfg.checkpoint, cfg.label, cfg.reference, cfg.rare_max, cfg.baselines,
+    payload, body = report.build(cfg.checkpoint, cfg.label, cfg.reference or ["ID-SASREC"], cfg.rare_max, cfg.baselines,
                                  resolve_device(cfg.device), cfg.serving_cost, cfg.serving_length)
     md = (f"# TCF: variants and baselines (test part)\n\nEach section is one data preparation; "
           f"every row in it is trained and evaluated on exactly that split. The epoch (and the choice among "

@@ -87,7 +87,7 @@ def section_markdown(sec: Section, summary: list[dict[str, Any]], reference: str
                              "hr@10", [("HR@10", "hr@10"), ("HR@10 rare", "hr@10|rare")], reference))
 
 
-def build(folders: list[Path], labels: list[str], reference: str, rare_max: int, baselines: bool, device: Any,
+def build(folders: list[Path], labels: list[str], references: list[str], rare_max: int, baselines: bool, device: Any,
           serving_cost: bool, length: int) -> tuple[dict[str, Any], str]:
     """(JSON payload, Markdown) of the report over `folders`."""
     sections: dict[str, Section] = {}
@@ -101,7 +101,7 @@ def build(folders: list[Path], labels: list[str], reference: str, rare_max: int,
     for sec in sections.values():
         runs = sec.runs + (baseline_runs(sec.split, METRICS) if baselines else [])
         variants = group(runs)
-        ref = reference if reference in {v.label for v in variants} else None
+        ref = next((r for r in references if r in {v.label for v in variants}), None)
         rare = rare_targets(sec.split, rare_max)
         summary = summarise(variants, METRICS, ref, {"rare": rare})
         payload["sections"].append({"data": sec.description, "split_counts": sec.split.counts(), "reference": ref,
