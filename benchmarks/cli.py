@@ -1,4 +1,4 @@
-"""`llmrec bench scale|encoders|grpc|resilience|train-speed`: each writes a report under --results-dir, by default
+"""`llmrec bench scale|encoders|grpc|resilience|train-speed|coldstart`: each writes a report under --results-dir, by default
 ./llmrec-results/ (bench_<what>[_<tag>], serving_resilience_<tag>, train_speed: .json + .md); the shipped ones
 in benchmarks/results/ are rewritten only when that folder is named."""
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.coldstart import ColdStartConfig
 from benchmarks.encoders import EncoderBenchConfig
 from benchmarks.grpc_load import GrpcBenchConfig
 from benchmarks.resilience import ResilienceConfig
@@ -48,6 +49,13 @@ class GrpcArgs:
     bench: GrpcBenchConfig
     results_dir: Path | None = None  # None: ./llmrec-results
     tag: str = ""
+
+
+@dataclass
+class ColdStartArgs:
+    bench: ColdStartConfig
+    results_dir: Path | None = None  # None: ./llmrec-results
+    tag: str = "ml100k"
 
 
 @dataclass
@@ -116,6 +124,16 @@ def _resilience(argv: list[str]) -> int:
     return _report(name, title, result, markdown(result), args.results_dir)
 
 
+def _coldstart(argv: list[str]) -> int:
+    from benchmarks.coldstart import from_checkpoint, markdown
+
+    args = cfgmod.parse(ColdStartArgs, argv, prog="llmrec bench coldstart")
+    result = from_checkpoint(args.bench)
+    name = "bench_coldstart" + (f"_{args.tag}" if args.tag else "")
+    return _report(name, "New items served live: held-out items added by text, replayed over gRPC", result,
+                   markdown(result), args.results_dir)
+
+
 def _train_speed(argv: list[str]) -> int:
     from benchmarks.train_speed import markdown, run_train_speed
 
@@ -142,7 +160,7 @@ def _readme(argv: list[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc,
                                                       "resilience": _resilience, "train-speed": _train_speed,
-                                                      "readme": _readme}
+                                                      "coldstart": _coldstart, "readme": _readme}
 
 
 def main(argv: list[str]) -> int:

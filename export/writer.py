@@ -98,7 +98,7 @@ def validate_bundle(b: ServingBundle) -> None:
         raise BundleError(f"unknown encoder(s) {sorted(unknown)}; accepted: {', '.join(M.ENCODER_NAMES)}")
     if adapter.history and "user_encoder" not in b.encoders:
         raise BundleError(f"a {b.user_tower} user tower needs a user_encoder")
-    if b.item_tower == "text" and "item_encoder" in b.encoders and M.TOKENIZER not in b.assets:
+    if b.item_tower in ("text", "hybrid") and "item_encoder" in b.encoders and M.TOKENIZER not in b.assets:
         raise BundleError(f"a text item_encoder needs the asset {M.TOKENIZER}")
     for name, enc in b.encoders.items():
         if not enc.sample_inputs:
@@ -291,7 +291,7 @@ def export_bundle(
             "capabilities": {
                 "user_id": len(bundle.user_ids) > 0,
                 "history": "user_encoder" in encoders,
-                "upsert_items": "item_encoder" in encoders and bundle.item_tower == "text",
+                "upsert_items": "item_encoder" in encoders and bundle.item_tower in ("text", "hybrid"),
             },
             "files": file_entries(tmp, files),
             "index": index_entry,

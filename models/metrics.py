@@ -39,12 +39,28 @@ def mask_seen(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best per row, best first. Ties broken by lower index, deterministically."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    """Indices of the k best per row, best first; ties broken by lower index, deterministically.
+
+    `argpartition` alone keeps an arbitrary subset of the items tied at the k-th score (which
+    one depends on the CPU's SIMD path), so a popularity ranking would differ between machines.
+    Here every item strictly above the k-th score is kept, the tied ones fill the remaining
+    places in index order, and the kept k are sorted by (score desc, index asc). O(items) per row.
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == 0 or len(scores) == 0:
+        return np.zeros((len(scores), k), dtype=np.int64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN: no ranking is defined (a diverged model?)")
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # [B, 1]: the k-th best score
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(1, keepdims=True)
+    keep = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    chosen = np.nonzero(keep)[1].reshape(len(scores), k)  # row-major: each row's k columns, index order
+    chosen_scores = np.take_along_axis(scores, chosen, axis=1)
+    order = np.argsort(-chosen_scores, axis=1, kind="stable")  # stable: equal scores stay in index order
+    return np.take_along_axis(chosen, order, axis=1)
 
 
 def hits_matrix(topk: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
@@ -92,7 +108,7 @@ def per_user_metrics(
     return out
 
 
-def evaluate(
+def evaluate_per_user(
     scorer: Scorer | Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
     split: Split,
     part: str,
@@ -100,18 +116,19 @@ def evaluate(
     batch_size: int = 256,
     users: np.ndarray | None = None,
     progress: bool = False,
-) -> dict[str, float]:
-    """Mean metrics over the users that have targets in `part` ("valid" or "test").
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(users, {metric: value per user}) over the users that have targets in `part` ("valid" or
+    "test"); per-user values are what paired comparisons between models need (models.stats).
 
     The scorer gets each user's observed items: train for valid, train + valid for test; the
     same items are masked from the ranking.
     """
     if part not in ("valid", "test"):
         raise ValueError(f"part must be 'valid' or 'test', not {part!r}")
-    users = split.eval_users(part) if users is None else users
+    users = split.eval_users(part) if users is None else np.asarray(users, dtype=np.int64)
     seen_all = split.seen(part)
     targets_all = split.valid if part == "valid" else split.test
-    sums = {m: 0.0 for m in metrics}
+    values: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     batches = range(0, len(users), batch_size)
     for start in tqdm(batches, desc=f"eval {part}", disable=not progress, leave=False):
         batch = users[start : start + batch_size]
@@ -121,9 +138,22 @@ def evaluate(
             raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(batch), split.num_items)}")
         per_user = per_user_metrics(scores, seen, [targets_all[u] for u in batch], metrics)
         for m in metrics:
-            sums[m] += float(per_user[m].sum())
-    n = max(len(users), 1)
-    result = {m: sums[m] / n for m in metrics}
+            values[m].append(per_user[m])
+    return users, {m: np.concatenate(v) if v else np.zeros(0) for m, v in values.items()}
+
+
+def evaluate(
+    scorer: Scorer | Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
+    split: Split,
+    part: str,
+    metrics: Sequence[str],
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean metrics over the users that have targets in `part` (see evaluate_per_user), plus "users"."""
+    users, per_user = evaluate_per_user(scorer, split, part, metrics, batch_size, users, progress)
+    result = {m: float(v.mean()) if len(v) else 0.0 for m, v in per_user.items()}
     result["users"] = float(len(users))
     return result
 

@@ -215,13 +215,19 @@ def test_evaluation_excludes_train_items(trained: tuple[CLLM4RecTask, Path]) -> 
 
 
 def test_eval_cli_writes_report(trained: tuple[CLLM4RecTask, Path], tmp_path: Path) -> None:
+    """Two labels on one split, EASE beside them, paired differences and the user encoder's cost."""
     _, out = trained
-    assert cli.eval_main(["--checkpoint", str(out), "--no-baselines", "--results-dir", str(tmp_path)]) == 0
+    argv = ["--checkpoint", str(out), "--label", "a", "--checkpoint", str(out), "--label", "b", "--reference", "a",
+            "--results-dir", str(tmp_path), "--serving-length", "8"]
+    assert cli.eval_main(argv) == 0
     report = json.loads((tmp_path / "quality_cllm4rec_ml100k.json").read_text())
-    assert 0.0 <= report["test"]["recall@20"] <= 1.0 and report["split_seed"] == 0
-    assert report["trained_on"]["device"] == "cpu" and report["trained_on"]["precision"] == "fp32"
-    md = (tmp_path / "quality_cllm4rec_ml100k.md").read_text()
-    assert "recall@20" in md and "Training log" in md
+    a, b = report["variants"][:2]
+    assert "seed 0" in report["data"] and report["reference"] == "a"
+    assert 0.0 <= a["test"]["recall@20"] <= 1.0 and a["runs"][0]["precision"] == "fp32"
+    assert b["vs_reference"]["recall@20"]["mean"] == 0.0
+    assert b["vs_reference"]["ndcg@100"]["n"] == report["split_counts"]["evaluated_users_test"]
+    assert "ease" in [v["label"] for v in report["variants"]] and a["runs"][0]["user_encoder"]["length"] == 8
+    assert "recall@20" in (tmp_path / "quality_cllm4rec_ml100k.md").read_text()
 
 
 def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[CLLM4RecTask, Path], tmp_path: Path) -> None:

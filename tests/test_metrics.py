@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from models.data.splits import Split
-from models.metrics import evaluate, per_user_metrics
+from models.metrics import evaluate, evaluate_per_user, per_user_metrics, top_k
+from models.stats import mean_se, paired_difference
 
 
 def _scores(order: list[int], num_items: int) -> np.ndarray:
@@ -74,3 +75,39 @@ def test_evaluate_passes_history_and_averages():
 def test_bad_metric_name():
     with pytest.raises(ValueError, match="accepted: recall@K, ndcg@K, hr@K"):
         per_user_metrics(np.zeros((1, 3)), [np.array([], int)], [np.array([1])], ["map@10"])
+
+
+def test_top_k_breaks_ties_at_the_boundary_by_lower_index():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(50, 40)).astype(np.float32)  # many ties, everywhere
+    scores[3] = -np.inf  # a row that is all ties at -inf
+    for k in (1, 5, 17, 40, 60):
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # score desc, index asc
+        np.testing.assert_array_equal(top_k(scores, k), expected)
+
+
+def test_top_k_refuses_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        top_k(np.array([[0.0, np.nan, 1.0]]), 2)
+
+
+def test_evaluate_per_user_matches_the_means():
+    split = Split("leave_one_out", 0, 4, [np.array([0]), np.array([1])], [np.array([2]), np.array([3])],
+                  [np.array([3]), np.array([0])], 0)
+
+    def scorer(users, history):
+        return np.tile(np.array([4.0, 3.0, 2.0, 1.0]), (len(users), 1))
+
+    users, per_user = evaluate_per_user(scorer, split, "test", ["hr@1"])
+    assert users.tolist() == [0, 1] and per_user["hr@1"].tolist() == [0.0, 1.0]
+    assert evaluate(scorer, split, "test", ["hr@1"])["hr@1"] == per_user["hr@1"].mean()
+
+
+def test_paired_difference_and_its_standard_error():
+    a, b = np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0])
+    d = paired_difference(a, b)
+    assert d.mean == pytest.approx(0.5) and d.n == 4
+    assert d.se == pytest.approx(np.std(a - b, ddof=1) / 2)
+    assert math.isnan(mean_se([0.3]).se)
+    with pytest.raises(ValueError, match="same users"):
+        paired_difference(a, b[:3])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tcf.data import dssm_batch, log_popularity, sasrec_batch
+from models.tcf.data import dssm_batch, log_popularity, sasrec_batch, sasrec_windows
 from models.tcf.item_tower import IdItemTower
 from models.tcf.loss import ibce_loss
 from models.tcf.model import ModelConfig, TCFModel
@@ -73,7 +73,7 @@ def test_ibce_by_hand() -> None:
 def test_batch_masks_own_items_and_dedupes_candidates() -> None:
     train = [np.array([0, 1, 2]), np.array([2, 3, 4])]
     log_q = log_popularity(train, 5)
-    b = sasrec_batch(np.array([0, 1]), train, max_len=4, log_q=log_q)
+    b = sasrec_batch(sasrec_windows(train, 4), train, max_len=4, log_q=log_q)
     cands = b.rows[b.cand_idx].tolist()
     assert cands == [1, 2, 3, 4]  # targets 1,2 (user 0) and 3,4 (user 1), item 2 once
     assert b.target.tolist() == [0, 1, 2, 3]
@@ -97,13 +97,13 @@ def test_loss_decreases_sasrec_and_dssm() -> None:
         model = TCFModel(ModelConfig(user_tower=tower, item_tower="id", dim=16, max_seq_len=8, dropout=0.0),
                          IdItemTower(20, 16), num_users=40)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        users = np.arange(40)
+        windows = sasrec_windows(train, 8)
         pu = np.concatenate([np.full(len(t), u) for u, t in enumerate(train)])
         pi = np.concatenate(train)
         losses = []
         for _step in range(40):
             if tower == "sasrec":
-                batch = sasrec_batch(users, train, 8, log_q)
+                batch = sasrec_batch(windows, train, 8, log_q)
             else:
                 batch = dssm_batch(pu, pi, train, log_q)
             loss = model(batch)
@@ -112,3 +112,47 @@ def test_loss_decreases_sasrec_and_dssm() -> None:
             opt.step()
             losses.append(float(loss.detach()))
         assert losses[-1] < 0.8 * losses[0], (tower, losses[0], losses[-1])
+
+
+def test_windows_make_every_training_item_a_target_once() -> None:
+    """--recipe.keep-last 0 trains on the whole history: windows of S + 1 items tile each sequence."""
+    train = [np.arange(11), np.array([3, 4]), np.array([5])]
+    windows = sasrec_windows(train, max_len=4)
+    assert windows.tolist() == [[0, 11], [0, 7], [0, 3], [1, 2]]
+    b = sasrec_batch(windows, train, max_len=4, log_q=log_popularity(train, 11))
+    targets = b.rows[b.cand_idx][b.target]
+    assert sorted(targets.tolist()) == sorted([*range(1, 11), 4])  # user 0's items 1..10 once, user 1's item 4
+    inputs = b.rows[b.seq_idx][b.seq_mask.bool()]
+    assert sorted(inputs.tolist()) == sorted([*range(0, 10), 3])
+
+
+def test_full_softmax_batch_is_plain_cross_entropy_over_every_item() -> None:
+    train = [np.array([0, 1, 2]), np.array([2, 3, 4])]
+    log_q = log_popularity(train, 6)
+    windows = sasrec_windows(train, 4)
+    b = sasrec_batch(windows, train, max_len=4, log_q=log_q, full_softmax=True)
+    assert b.rows.tolist() == list(range(6)) and b.cand_idx.tolist() == list(range(6))
+    assert b.target.tolist() == [1, 2, 3, 4] and b.own is None and not b.log_q.any()
+    torch.manual_seed(0)
+    model = TCFModel(ModelConfig(item_tower="id", dim=8, max_seq_len=4, dropout=0.0), IdItemTower(6, 8), num_users=2)
+    vecs = model.item_tower.emb.weight
+    queries = model.user_tower(vecs[b.seq_idx], b.seq_mask)[b.query_pos]
+    expected = torch.nn.functional.cross_entropy(queries @ vecs.T, b.target)
+    assert torch.allclose(model(b), expected)
+    d = dssm_batch(np.array([0, 1]), np.array([1, 4]), train, log_q, full_softmax=True)
+    assert d.target.tolist() == [1, 4] and len(d.rows) == 6
+
+
+def test_batch_width_is_the_longest_window_and_changes_no_output() -> None:
+    train = [np.array([0, 1, 2]), np.array([2, 3, 4, 5])]
+    log_q = log_popularity(train, 6)
+    windows = sasrec_windows(train, 10)
+    b = sasrec_batch(windows, train, max_len=10, log_q=log_q, full_softmax=True)
+    assert b.seq_idx.shape == (2, 3)  # the longest window has 3 inputs, not 10
+    torch.manual_seed(0)
+    model = TCFModel(ModelConfig(item_tower="id", dim=8, max_seq_len=10, dropout=0.0), IdItemTower(6, 8), num_users=2)
+    vecs = model.item_tower.emb.weight
+    padded = torch.cat([torch.zeros(2, 7, dtype=torch.long), b.seq_idx], 1)
+    pad_mask = torch.cat([torch.zeros(2, 7, dtype=torch.long), b.seq_mask], 1)
+    wide = model.user_tower(vecs[padded], pad_mask)[:, 7:]
+    torch.testing.assert_close(model.user_tower(vecs[b.seq_idx], b.seq_mask), wide)

@@ -105,16 +105,43 @@ def test_epochs_zero_is_honoured(tmp_path: Path, assets) -> None:
     load_checkpoint(tmp_path / "ck")  # the untrained model, complete
 
 
+def test_loss_auto_is_full_softmax_while_the_catalogue_fits() -> None:
+    from models.tcf.train import FULL_SOFTMAX_MAX_ITEMS, RecipeConfig
+
+    assert RecipeConfig().full_softmax(FULL_SOFTMAX_MAX_ITEMS)
+    assert not RecipeConfig().full_softmax(FULL_SOFTMAX_MAX_ITEMS + 1)
+    assert not RecipeConfig(loss="ibce").full_softmax(10) and RecipeConfig(loss="softmax").full_softmax(10**7)
+
+
 def test_eval_report(tmp_path: Path, assets) -> None:
+    """Seeds grouped by label, paired differences against the reference, one section per data
+    preparation stating what was really kept, baselines per section, serving cost per checkpoint."""
     text_cfg = config(assets, tmp_path / "ck", "--train.epochs", "1")
     cli.train(text_cfg)
-    id_cfg = config(assets, tmp_path / "ck_id", "--train.epochs", "1", "--model.item-tower", "id")
-    cli.train(id_cfg)
-    rc = cli.eval_main(["--checkpoint", str(text_cfg.out), "--checkpoint", str(id_cfg.out), "--report", "tcf_test",
-                        "--results-dir", str(tmp_path / "results"), "--no-baselines"])
-    assert rc == 0
+    ids = []
+    for seed in (0, 1):
+        ids.append(config(assets, tmp_path / f"ck_id{seed}", "--train.epochs", "1", "--model.item-tower", "id",
+                          "--train.seed", str(seed), "--recipe.loss", "ibce"))
+        cli.train(ids[-1])
+    full = config(assets, tmp_path / "ck_full", "--train.epochs", "1", "--recipe.keep-last", "0")
+    cli.train(full)
+    argv = ["--checkpoint", str(text_cfg.out), "--label", "text",
+            *[a for c in ids for a in ("--checkpoint", str(c.out), "--label", "id")],
+            "--checkpoint", str(full.out), "--label", "text-full", "--reference", "nowhere", "--reference", "id",
+            "--report", "tcf_test", "--results-dir", str(tmp_path / "results"), "--serving-length", "4"]
+    assert cli.eval_main(argv) == 0
     payload = json.loads((tmp_path / "results" / "tcf_test.json").read_text())
-    assert [r["model"] for r in payload["rows"]][1] == "ID-SASREC"
-    assert 0.0 <= payload["rows"][0]["hr@10"] <= 1.0
-    assert payload["checkpoints"][0]["epochs_run"] == 1 and payload["checkpoints"][0]["precision"] == "fp32"
-    assert (tmp_path / "results" / "tcf_test.md").read_text().startswith("# TCF")
+    truncated, whole = payload["sections"]
+    assert "last 11 interactions kept" in truncated["data"] and "whole history" in whole["data"]
+    labels = [v["label"] for v in truncated["variants"]]
+    assert labels[:2] == ["text", "id"] and {"most_popular", "ease"} <= set(labels)
+    text, ident = truncated["variants"][:2]
+    assert ident["seeds"] == 2 and ident["seed_sd"]["hr@10"] is not None and ident["vs_reference"] == {}
+    diff = text["vs_reference"]["hr@10"]
+    assert diff["n"] == truncated["split_counts"]["evaluated_users_test"] and diff["se"] >= 0
+    assert text["test"]["hr@10"] - ident["test"]["hr@10"] == pytest.approx(diff["mean"])
+    assert "hr@10|rare" in text["test"] and text["runs"][0]["precision"] == "fp32"
+    assert text["runs"][0]["user_encoder"]["length"] == 4 and text["runs"][0]["user_encoder"]["p50_ms"] > 0
+    assert whole["variants"][0]["label"] == "text-full" and whole["reference"] is None
+    md = (tmp_path / "results" / "tcf_test.md").read_text()
+    assert md.startswith("# TCF") and "max_seq_len + 3" not in md and "Reference points" not in md

@@ -88,7 +88,7 @@ def test_tcf_on_user_data_writes_to_the_working_directory(user_data, tmp_path, m
 
     assert cli.main(["eval", "tcf", "--checkpoint", str(checkpoint), "--no-baselines"]) == 0
     md = (tmp_path / "llmrec-results" / "quality_tcf_mine.md").read_text()
-    assert md.startswith("# TCF on mine (test split)\n\nmine, users with < 5 interactions dropped")
+    assert md.startswith("# TCF on mine: variants and baselines") and "**Data**: mine, users with fewer than 5" in md
     assert "MovieLens" not in md and "Reference points" not in md
     assert json.loads((tmp_path / "llmrec-results" / "quality_tcf_mine.json").read_text())["dataset"] == "mine"
     assert _shipped() == shipped
@@ -109,7 +109,7 @@ def test_cllm4rec_exports_sparse_users_with_their_history(user_data, tmp_path, m
 
     assert cli.main(["eval", "cllm4rec", "--checkpoint", str(out), "--no-baselines"]) == 0
     md = (tmp_path / "llmrec-results" / "quality_cllm4rec_mine.md").read_text()
-    assert md.startswith("# CLLM4Rec on mine (random_80_10_10") and "MovieLens" not in md
+    assert md.startswith("# CLLM4Rec on mine: variants and baselines") and "MovieLens" not in md
     assert _shipped() == shipped
 
 

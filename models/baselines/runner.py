@@ -23,7 +23,7 @@ from models.baselines.ease import EASE, EASEConfig, EASEGrid
 from models.baselines.popularity import MostPopular, PopularityConfig
 from models.data.dataset import InteractionData
 from models.data.splits import Split
-from models.metrics import PROTOCOL_METRICS, evaluate
+from models.metrics import PROTOCOL_METRICS, evaluate, evaluate_per_user
 
 log = logs.get(__name__)
 
@@ -65,6 +65,8 @@ class BaselineResult:
     tune_seconds: float  # the whole validation search, 0 when not tuning
     eval_seconds: float  # scoring valid + test with the chosen setting
     grid: list[dict[str, Any]] = field(default_factory=list)  # params + validation metric per point
+    # test metric per evaluated user (split.eval_users("test") order), for paired comparisons
+    test_per_user: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def expand(base: Any, grid: Any | None) -> list[Any]:
@@ -117,10 +119,11 @@ def run_baseline(
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     valid = evaluate(scorer, split, "valid", metrics)
-    test = evaluate(scorer, split, "test", metrics)
+    users, per_user = evaluate_per_user(scorer, split, "test", metrics)
+    test = {m: float(v.mean()) for m, v in per_user.items()} | {"users": float(len(users))}
     eval_seconds = time.perf_counter() - start
     return BaselineResult(
-        name, dataclasses.asdict(best_cfg), valid, test, fit_seconds, tune_seconds, eval_seconds, points
+        name, dataclasses.asdict(best_cfg), valid, test, fit_seconds, tune_seconds, eval_seconds, points, per_user
     )
 
 

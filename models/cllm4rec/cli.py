@@ -17,35 +17,30 @@ unfrozen top blocks, fewer blocks: see docs/training.md).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
+import tyro
 
 from llmrec import logs
 from llmrec.assets import work_dir
 from llmrec.config import parse, to_dict
-from llmrec.errors import reading_checkpoint
 from models.cllm4rec import backbone as bb
-from models.cllm4rec.checkpoint import load_checkpoint
+from models.cllm4rec import report
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
-from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import SELECTION_METRICS, CLLM4RecTask, RecipeConfig
+from models.cllm4rec.train import CLLM4RecTask, RecipeConfig
 from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import make_split
-from models.metrics import PROTOCOL_METRICS, evaluate
-from models.reports import dataset_title, invoking_command, markdown_table, report_file_name, write_report
+from models.reports import dataset_title, invoking_command, report_file_name, write_report
 from models.training.capacity import CapacityConfig
 from models.training.config import DeviceConfig, RunConfig, TrainConfig
 from models.training.devices import resolve_device
 from models.training.loop import run
-from models.training.state import read_log
 
 PROTOCOL = "random_80_10_10"
 DEFAULT_CHECKPOINT = work_dir() / "checkpoints" / "cllm4rec-ml100k"
@@ -83,14 +78,19 @@ class TrainCli(RunConfig):
 
 @dataclass
 class EvalCli(DeviceConfig):
-    checkpoint: Path = DEFAULT_CHECKPOINT  # checkpoint folder written by `llmrec train cllm4rec`
-    backbone_path: Path | None = None  # if the backbone moved (its weights hash must still match)
+    # checkpoint folders written by `llmrec train cllm4rec`, on one split: --checkpoint A --checkpoint B
+    # (none given: the default training folder)
+    checkpoint: Annotated[list[Path], tyro.conf.UseAppendAction] = field(default_factory=list)
+    # display name per checkpoint; checkpoints sharing a name are seeds of one variant
+    label: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    reference: str = "ease"  # the row every other row is compared with, per user (paired differences)
     batch_size: int = 32  # prompts per forward pass
-    baselines: bool = True  # put most-popular / ALS / BPR / EASE on the same split beside it
-    tune_baselines: bool = True  # tune the baselines on the validation part first
+    baselines: bool = True  # most-popular / BPR / ALS / EASE on the same split, tuned on its valid part
+    serving_cost: bool = True  # time each checkpoint's exported user encoder (ONNX Runtime, batch 1)
+    serving_length: int = 128  # prompt tokens of that timing
     report_name: str = "quality_cllm4rec_{data}"  # <results-dir>/<name>.json/.md; {data}: the data set's name
     results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
-    note: str = ""  # free text for the report (e.g. how the training run ended)
+    note: str = ""  # free text for the report (e.g. how the training runs ended)
 
 
 def build_task(cli: TrainCli) -> CLLM4RecTask:
@@ -135,78 +135,19 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def _baseline_rows(baselines: dict[str, dict[str, float]], metrics: tuple[str, ...]) -> list[list[Any]]:
-    return [[name, *(res[m] for m in metrics)] for name, res in baselines.items()]
-
-
-def _epochs_md(entries: list[dict[str, Any]]) -> str:
-    rows = [[e["stage"], e["epoch"], e["task"], e["loss"], *(e["valid"][m] for m in SELECTION_METRICS)] if "valid" in e
-            else [e["stage"], e["epoch"], e["task"], e["loss"], "", "", ""] for e in entries]
-    if not rows:
-        return ""
-    header = ["stage", "epoch", "task", "train loss", *(f"valid {m}" for m in SELECTION_METRICS)]
-    return "\n## Training log (validation subset)\n\n" + markdown_table(header, rows)
-
-
 def eval_main(argv: list[str]) -> int:
     logs.setup()
-    log = logs.get("cllm4rec.eval")
-    cli = parse(EvalCli, argv, prog="llmrec eval cllm4rec", description="test metrics of a CLLM4Rec checkpoint")
+    cli = parse(EvalCli, argv, prog="llmrec eval cllm4rec", description="test metrics of CLLM4Rec checkpoints")
     torch.set_num_threads(cli.threads)
-    with reading_checkpoint(cli.checkpoint, "llmrec train cllm4rec"):
-        loaded = load_checkpoint(cli.checkpoint, cli.backbone_path)
-    loaded.model.to(resolve_device(cli.device))
-    cfg = loaded.config
-    train_log = read_log(cli.checkpoint)
-    data, split = loaded.training_data()
-    metrics = PROTOCOL_METRICS[split.protocol]
-    prompts = PromptBuilder(loaded.template, loaded.tokenizer.vocab, loaded.max_history, loaded.tokenizer.pad_token_id)
-    scorer = RecScorer(loaded.model, prompts, History.build(data), cli.batch_size)
-    t0 = time.time()
-    users = split.eval_users("test")
-    seen = split.seen("test")
-    users = users[np.argsort([len(seen[u]) for u in users], kind="stable")]
-    test = evaluate(scorer, split, "test", metrics, batch_size=64, users=users, progress=True)
-    eval_s = time.time() - t0
-    log.info("test", **{k: round(v, 4) for k, v in test.items()})
-    baselines: dict[str, dict[str, float]] = {}
-    if cli.baselines:
-        from models.baselines import run_baselines
-
-        baselines = run_baselines(data, split, tune=cli.tune_baselines)
-    payload = {
-        "model": "cllm4rec",
-        "dataset": data.name,
-        "protocol": split.protocol,
-        "split_seed": split.seed,
-        "split": split.counts(),
-        "test": test,
-        "baselines_test": baselines,
-        "wall_time_s": {**train_log.get("wall_s", {}), "test_eval": eval_s},
-        "schedule": cfg.get("schedule"),
-        "train_config": train_log.get("train"),
-        "recipe": cfg.get("recipe"),
-        "model_config": cfg["model"],
-        "backbone": cfg["backbone"],
-        "lm": cfg["lm"],
-        "trained_on": {k: train_log.get(k) for k in ("device", "precision", "world_size", "stopped")},
-        "training_log": train_log.get("epochs", []),
-        "train_command": cfg.get("command"),
-        "checkpoint": str(cli.checkpoint),
-        "note": cli.note,
-    }
-    rows = [["cllm4rec", *(test[m] for m in metrics)], *_baseline_rows(baselines, metrics)]
-    walls = payload["wall_time_s"]
-    md = (
-        f"# CLLM4Rec on {dataset_title(data.name)} ({split.protocol}, split seed {split.seed}, test part)\n\n"
-        + markdown_table(["model", *metrics], rows)
-        + f"\nSchedule `{cfg.get('schedule')}`; wall time (s): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
-        + f"\n\nTrain command: `{cfg.get('command')}`\n\nEval command: `{invoking_command()}`\n"
-        + _epochs_md(payload["training_log"])
-        + (f"\n{cli.note}\n" if cli.note else "")
-    )
-    path = write_report(report_file_name(cli.report_name, data.name), payload, md, cli.results_dir)
+    payload, body = report.build(cli.checkpoint or [DEFAULT_CHECKPOINT], cli.label, cli.reference, cli.baselines, resolve_device(cli.device),
+                                 cli.batch_size, cli.serving_cost, cli.serving_length)
+    md = (f"# CLLM4Rec on {dataset_title(payload['dataset'])}: variants and baselines (test part)\n\nThe epoch of each run is selected on validation "
+          f"(recall@20 + recall@40 + NDCG@100, on the schedule's validation users); the test part is read once per "
+          f"final configuration. Δ: mean over test users of (row - reference) with one standard error. Train min: "
+          f"every training stage, validation excluded. User encoder: median ms of the exported ONNX graph under ONNX "
+          f"Runtime, 1 thread, batch 1.\n\n{body}\n" + (f"{cli.note}\n\n" if cli.note else "")
+          + f"Report command: `{invoking_command()}`\n")
+    path = write_report(report_file_name(cli.report_name, payload["dataset"]), payload | {"note": cli.note}, md, cli.results_dir)
     print(md)
-    log.info("report", path=str(path))
+    logs.get("cllm4rec.eval").info("report", path=str(path))
     return 0

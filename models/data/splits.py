@@ -10,6 +10,7 @@ counted in `too_short`, so reports can say how many were left out.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,15 @@ class Split:
         if part == "valid":
             return self.train
         return [np.concatenate([a, b]) for a, b in zip(self.train, self.valid, strict=True)]
+
+    def fingerprint(self) -> str:
+        """sha256 of the three parts' item rows: equal fingerprints, the same split (reports compare
+        only runs that share one)."""
+        h = hashlib.sha256(self.protocol.encode())
+        for part in (self.train, self.valid, self.test):
+            for items in part:
+                h.update(np.asarray(items, dtype=np.int64).tobytes() + b"|")
+        return h.hexdigest()
 
     def counts(self) -> dict[str, int]:
         return {

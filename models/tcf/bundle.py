@@ -48,6 +48,11 @@ def _sasrec_inputs(item_vectors: np.ndarray, histories: list[np.ndarray], seq: i
 def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True) -> ServingBundle:
     ck = load_checkpoint(Path(checkpoint_dir), need_full_lm=True)
     cfg, model = ck.model.cfg, ck.model
+    # items held out of training (cold-start protocol) are left out of the export: they are the new
+    # items a replay adds through UpsertItems; the rows after them move up
+    held = np.asarray((ck.config.get("holdout") or {}).get("items", []), dtype=np.int64)
+    keep = ~np.isin(np.arange(len(ck.items)), held)
+    row_map = np.cumsum(keep) - 1
     encoders: dict[str, EncoderExport] = {}
     assets: dict[str, Path] = {}
     tcf_section: dict = {"max_seq_len": cfg.max_seq_len, "text_max_length": None, "tokenizer": None,
@@ -64,7 +69,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
         if cfg.item_tower == "hybrid":  # served vector = text part (the item encoder) + the trained ID part
             id_part = model.item_tower.emb.weight.detach().float().numpy()
             item_vectors = item_vectors + id_part
-            np.save(tok_path.parent / ID_PART, id_part)
+            np.save(tok_path.parent / ID_PART, id_part[keep])
             assets[ID_PART] = tok_path.parent / ID_PART
             tcf_section["id_part"] = ID_PART
         if ck.catalogue_only:  # every item of the items file is served: these by their text alone
@@ -85,6 +90,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
                         items=len(ck.catalogue_only))
     split = ck.split
     histories = [np.concatenate([a, b, c]) for a, b, c in zip(split.train, split.valid, split.test, strict=True)]
+    histories = [h[keep[h]] for h in histories]
     probe = None
     with torch.no_grad():
         if cfg.user_tower == "sasrec":
@@ -100,18 +106,20 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
                 user_enc, ["item_vectors", "mask"], "user_vector",
                 {"item_vectors": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
                  "user_vector": {0: "batch"}}, samples)
-            users = split.eval_users("test")[:PROBE_USERS]
+            users = [u for u in split.eval_users("test") if keep[split.test[u]].all()][:PROBE_USERS]
             seen = split.seen("test")
             probe = QualityProbe(
                 [_sasrec_inputs(item_vectors, [seen[u] for u in users[s : s + batch]], seq)
                  for s in range(0, len(users), batch)],
-                [seen[u] for u in users], [split.test[u] for u in users], "hr@10")
+                [row_map[seen[u]] for u in users], [row_map[split.test[u]] for u in users], "hr@10")
         else:
             user_vectors = model.user_tower.emb.weight.detach().numpy().astype(np.float32)
     user_ids = list(ck.users.ids)
     if not known_users:  # cheap here, but benchmarks ask both kinds the same way
         user_ids, user_vectors = [], user_vectors[:0]
-    item_ids, titles, served_vectors = list(ck.items.ids), list(ck.item_titles), item_vectors
+    item_ids = [i for i, k in zip(ck.items.ids, keep, strict=True) if k]
+    titles = [t for t, k in zip(ck.item_titles, keep, strict=True) if k]
+    served_vectors, histories = item_vectors[keep], [row_map[h] for h in histories]
     if uses_text(cfg.item_tower) and ck.catalogue_only:  # appended: the trained rows keep their numbers
         item_ids += [i for i, _, _ in ck.catalogue_only]
         titles += [title for _, _, title in ck.catalogue_only]

@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from models.data.dataset import InteractionData
 from models.data.splits import Split, make_split
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import save_checkpoint
-from models.tcf.data import Batch, dssm_batch, keep_recent, log_popularity, sasrec_batch
+from models.tcf.data import Batch, dssm_batch, keep_recent, log_popularity, sasrec_batch, sasrec_windows
 from models.tcf.model import TCFModel
 from models.training.capacity import CapacityConfig
 from models.training.config import TrainConfig
@@ -28,6 +28,8 @@ from models.training.loop import Stage
 from models.training.validation import evaluate_sharded
 
 METRICS = ("hr@10", "ndcg@10")
+# a step's scores are [queries, items] (64 windows x 50 positions x 50k items: 640 MB in fp32)
+FULL_SOFTMAX_MAX_ITEMS = 50_000
 
 
 @dataclass
@@ -36,7 +38,19 @@ class RecipeConfig:
     # HR@10 0.075 after 39 epochs vs 0.10+ within 15 epochs at 1e-3 (chosen on validation)
     mlp_lr: float = 1e-3
     keep_last: int = -1  # interactions kept per user; -1 = max_seq_len + 3 (the paper), 0 = all
+    # "softmax": cross-entropy over every item (every item's vector and score computed each step);
+    # "ibce": in-batch softmax with logQ correction (scales to any catalogue); "auto": softmax up to
+    # FULL_SOFTMAX_MAX_ITEMS items, ibce above
+    loss: Literal["auto", "ibce", "softmax"] = "auto"
+
     preinfer_batch: int = 64  # item texts per forward pass of the frozen LM part
+    # cold-start protocol (models.tcf.holdout): this share of the items, drawn with holdout_seed, is kept
+    # out of training with all its interactions and stays a test target; 0 = off
+    holdout_items: float = 0.0
+    holdout_seed: int = 0
+
+    def full_softmax(self, num_items: int) -> bool:
+        return self.loss == "softmax" or (self.loss == "auto" and num_items <= FULL_SOFTMAX_MAX_ITEMS)
 
 
 def prepared_split(data: InteractionData, max_seq_len: int, keep_last: int, seed: int) -> tuple[InteractionData, Split]:
@@ -45,13 +59,25 @@ def prepared_split(data: InteractionData, max_seq_len: int, keep_last: int, seed
     return prepared, make_split(prepared, "leave_one_out", seed)
 
 
-def make_scorer(model: TCFModel) -> Callable[[np.ndarray, list[np.ndarray]], np.ndarray]:
-    """scorer(users, history) for models.metrics.evaluate; item vectors computed once per call site."""
+def make_scorer(model: TCFModel, new_items: np.ndarray | None = None) -> Callable[[np.ndarray, list[np.ndarray]],
+                                                                                  np.ndarray]:
+    """scorer(users, history) for models.metrics.evaluate; item vectors computed once per call site.
+
+    `new_items` (rows that were not trained on) are scored as the server scores items added by text:
+    a hybrid tower's through their text part alone, a text tower's as usual; an ID tower has nothing
+    to score them with, so they rank last (-inf)."""
     model.eval()
     item_vecs = model.all_item_vectors()
+    new = torch.as_tensor(new_items if new_items is not None else [], dtype=torch.long, device=item_vecs.device)
+    if len(new) and model.cfg.item_tower == "hybrid":
+        with torch.no_grad():
+            item_vecs[new] = model.item_tower.text(new)
 
     def scorer(users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
-        return (model.user_vectors(users, history, item_vecs) @ item_vecs.T).float().cpu().numpy()
+        scores = (model.user_vectors(users, history, item_vecs) @ item_vecs.T).float().cpu().numpy()
+        if len(new) and model.cfg.item_tower == "id":
+            scores[:, new.cpu().numpy()] = -np.inf
+        return scores
 
     return scorer
 
@@ -66,12 +92,16 @@ class TCFTask:
     recipe: RecipeConfig
     train: TrainConfig
     extra_config: dict[str, Any]
+    held_out: np.ndarray | None = None  # item rows kept out of training (cold-start protocol)
 
     def __post_init__(self) -> None:
         self.module: nn.Module = self.model
+        self.candidates = None if self.held_out is None or not len(self.held_out) else \
+            np.setdiff1d(np.arange(self.data.num_items), self.held_out)
         self.log_q = log_popularity(self.split.train, self.data.num_items)
         self.pairs_u = np.concatenate([np.full(len(t), u) for u, t in enumerate(self.split.train)]).astype(np.int64)
         self.pairs_i = np.concatenate(self.split.train).astype(np.int64)
+        self.windows = sasrec_windows(self.split.train, self.model.cfg.max_seq_len)
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.train.epochs)]
@@ -80,8 +110,8 @@ class TCFTask:
         lm, mlp, rest = [], [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (lm if name.startswith("item_tower.top.") else mlp if name.startswith("item_tower.mlp.") else rest
-                 ).append(p)
+                part = name.removeprefix("item_tower.").removeprefix("text.") if name.startswith("item_tower.") else ""
+                (lm if part.startswith("top.") else mlp if part.startswith("mlp.") else rest).append(p)  # hybrid: text.
         t = self.train
         return [{"name": "lm", "params": lm, "lr": t.lm_lr, "weight_decay": t.lm_weight_decay},
                 {"name": "mlp", "params": mlp, "lr": self.recipe.mlp_lr, "weight_decay": t.lm_weight_decay},
@@ -91,12 +121,10 @@ class TCFTask:
         """Nothing to calibrate: the towers start from their own initialisation."""
 
     def epoch_batches(self, stage: Stage, epoch: int, rng: np.random.Generator) -> list[Callable[[], Batch]]:
-        """Users (SASRec: each trains on its whole sequence) or interactions (DSSM), shuffled."""
-        if self.model.cfg.user_tower == "sasrec":
-            units = np.array([u for u, t in enumerate(self.split.train) if len(t) >= 2], dtype=np.int64)
-        else:
-            units = np.arange(len(self.pairs_u), dtype=np.int64)
-        units = units[rng.permutation(len(units))]
+        """Windows of each user's sequence (SASRec: every training item a target once) or interactions
+        (DSSM), shuffled."""
+        n = len(self.windows) if self.model.cfg.user_tower == "sasrec" else len(self.pairs_u)
+        units = rng.permutation(n).astype(np.int64)
         size = self.train.batch_size
         return [functools.partial(self._batch, units[s : s + size]) for s in range(0, len(units), size)]
 
@@ -104,7 +132,7 @@ class TCFTask:
         return net(batch)
 
     def validate(self, place: Placement) -> dict[str, float]:
-        out = evaluate_sharded(make_scorer(self.model), self.split, "valid", METRICS, self.split.eval_users("valid"),
+        out = evaluate_sharded(make_scorer(self.model, self.held_out), self.split, "valid", METRICS, self.split.eval_users("valid"),
                                place, batch_size=256)
         return out | {"score": out["hr@10"]}
 
@@ -120,6 +148,9 @@ class TCFTask:
                         self.split, {**self.extra_config, "best": log["best"]}, d.catalogue_only)
 
     def _batch(self, units: np.ndarray) -> Batch:
+        full = self.recipe.full_softmax(self.data.num_items)
         if self.model.cfg.user_tower == "sasrec":
-            return sasrec_batch(units, self.split.train, self.model.cfg.max_seq_len, self.log_q)
-        return dssm_batch(self.pairs_u[units], self.pairs_i[units], self.split.train, self.log_q)
+            return sasrec_batch(self.windows[units], self.split.train, self.model.cfg.max_seq_len, self.log_q, full,
+                                self.candidates)
+        return dssm_batch(self.pairs_u[units], self.pairs_i[units], self.split.train, self.log_q, full,
+                          self.candidates)

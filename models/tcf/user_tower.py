@@ -44,6 +44,9 @@ class SASRec(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.pos = nn.Embedding(max_len, dim)
+        # at the item vectors' scale (ID rows start at std 0.02): nn.Embedding's N(0, 1) would drown
+        # the items in position noise, and training then sat at the popularity plateau for many epochs
+        nn.init.normal_(self.pos.weight, std=0.02)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(blocks))
         self.ln = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
