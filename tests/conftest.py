@@ -43,3 +43,20 @@ def two_groups() -> InteractionData:
         items += chosen.tolist()
         times += list(range(per_user))
     return make_data(users, items, times)
+
+
+@pytest.fixture(scope="session")
+def tcf_assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny BERT text encoder, tiny MovieLens-100K-shaped data folder), shared read-only by the TCF tests."""
+    from models.tiny import write_encoder, write_ml100k
+
+    base = tmp_path_factory.mktemp("tcf")
+    return write_encoder(base / "enc", "bert", layers=2), write_ml100k(base / "data")
+
+
+@pytest.fixture
+def one_torch_thread() -> None:
+    """Tiny models train fastest, and identically on every machine, on one thread."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -17,18 +17,14 @@ from models.tcf.checkpoint import load_checkpoint
 from models.tcf.data import sasrec_batch
 from models.tcf.holdout import cold_targets, held_out_items, hold_out
 from models.tcf.train import make_scorer
-from models.tiny import tcf_argv, write_encoder, write_ml100k
+from models.tiny import tcf_argv
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("tcf-holdout")
-    return write_encoder(base / "enc", "bert", layers=2), write_ml100k(base / "data")
+@pytest.fixture
+def assets(tcf_assets: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tcf_assets
 
 
 def _split() -> Split:
@@ -64,11 +60,12 @@ def test_full_softmax_candidates_leave_out_held_items() -> None:
     assert full.cand_idx.tolist() == list(range(6)) and full.target.tolist() == [1, 2, 4, 4, 5]
 
 
-@pytest.mark.parametrize("tower", ["hybrid", "id", "text"])
-def test_holdout_training_and_new_item_scoring(tmp_path: Path, assets, tower: str) -> None:
+@pytest.mark.parametrize(("tower", "precision"), [("hybrid", "fp32"), ("hybrid", "bf16"), ("id", "fp32"),
+                                                  ("text", "fp32")])
+def test_holdout_training_and_new_item_scoring(tmp_path: Path, assets, tower: str, precision: str) -> None:
     cfg = parse(cli.TrainCli, [*tcf_argv(*assets, tmp_path / "ck"), "--model.item-tower", tower, "--train.epochs",
                                "2", "--recipe.holdout-items", "0.2", "--recipe.holdout-seed", "3",
-                               "--recipe.loss", "softmax"], presets=cli.SCHEDULES)
+                               "--recipe.loss", "softmax", "--precision", precision], presets=cli.SCHEDULES)
     cli.train(cfg)
     ck = load_checkpoint(cfg.out)
     held = np.asarray(ck.config["holdout"]["items"])

@@ -14,19 +14,15 @@ from models.metrics import evaluate
 from models.tcf import cli
 from models.tcf.checkpoint import load_checkpoint
 from models.tcf.train import make_scorer
-from models.tiny import tcf_argv, write_encoder, write_ml100k
+from models.tiny import tcf_argv, write_encoder
 from models.training.checkpoint import WEIGHTS, file_sha256
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("tcf")
-    return write_encoder(base / "enc", "bert", layers=2), write_ml100k(base / "data")
+@pytest.fixture
+def assets(tcf_assets: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tcf_assets
 
 
 def config(assets: tuple[Path, Path], out: Path, *flags: str) -> cli.TrainCli:

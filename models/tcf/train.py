@@ -71,7 +71,7 @@ def make_scorer(model: TCFModel, new_items: np.ndarray | None = None) -> Callabl
     new = torch.as_tensor(new_items if new_items is not None else [], dtype=torch.long, device=item_vecs.device)
     if len(new) and model.cfg.item_tower == "hybrid":
         with torch.no_grad():
-            item_vecs[new] = model.item_tower.text(new)
+            item_vecs[new] = model.item_tower.text(new).to(item_vecs.dtype)  # under autocast: bf16
 
     def scorer(users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
         scores = (model.user_vectors(users, history, item_vecs) @ item_vecs.T).float().cpu().numpy()
