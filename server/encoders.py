@@ -19,6 +19,27 @@ from export.item_text import configure_tokenizer, encode_texts
 from server.adapters import RequestAdapter
 from server.engines import Encoder
 
+# a batch of prompts of different lengths runs as groups, each padded to its own longest member at
+# most this many times its real tokens: on a CPU a batch saves little per token, so padding a 10-token
+# prompt to 128 costs more than running the two apart (measured: batching at 0.75x the QPS of
+# batch size 1 on the depth-8 CLLM4Rec before this)
+PAD_SLACK = 1.25
+
+
+def length_groups(lengths: Sequence[int], slack: float = PAD_SLACK) -> list[list[int]]:
+    """Indices into `lengths`, grouped by similar length (shortest first)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):  # each new member is the group's longest
+        n = lengths[i]
+        if current and (len(current) + 1) * n > slack * (real + n):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    return [*groups, current] if current else groups
+
 
 def input_names(manifest: dict[str, Any], role: str, encoder: Encoder) -> list[str]:
     """The encoder's inputs in the order the manifest declares them, else the graph's own order."""
@@ -33,9 +54,18 @@ class HistoryEncoder:
         self._inputs = input_names
 
     def run(self, payloads: Sequence[Any]) -> np.ndarray:
-        """float32 [len(payloads), dim] (the batcher's worker calls this)."""
-        out = self.encoder.run(self.adapter.feeds(payloads, self._inputs))
-        return out.reshape(len(payloads), -1)
+        """float32 [len(payloads), dim] (the batcher's worker calls this). Adapters whose inputs vary
+        in length (`length(payload)`) run in groups of similar length."""
+        length = getattr(self.adapter, "length", None)
+        groups = length_groups([length(p) for p in payloads]) if length is not None and len(payloads) > 1 else []
+        if len(groups) <= 1:
+            return self.encoder.run(self.adapter.feeds(payloads, self._inputs)).reshape(len(payloads), -1)
+        parts = [self.encoder.run(self.adapter.feeds([payloads[i] for i in g], self._inputs)).reshape(len(g), -1)
+                 for g in groups]
+        out = np.empty((len(payloads), parts[0].shape[1]), dtype=parts[0].dtype)
+        for g, part in zip(groups, parts, strict=True):
+            out[g] = part
+        return out
 
 
 class ItemTextEncoder:

@@ -243,3 +243,36 @@ def test_a_version_exported_with_reference_outputs_is_gated_on_them(tmp_path: Pa
         trials = mv.gate_trials["user_encoder"]
     assert all(t.cosine is not None and t.cosine > 0.999 for t in trials if t.passed)
     assert any(t.engine == "onnxruntime-cpu" and t.passed for t in trials)
+
+
+def test_prompts_of_different_lengths_run_in_groups_of_similar_length() -> None:
+    """Padding stays within PAD_SLACK of the real tokens per group, and the outputs come back in
+    request order, equal to running each prompt alone."""
+    import numpy as np
+
+    from server.adapters.cllm4rec_lm import Cllm4recPrompt
+    from server.encoders import PAD_SLACK, HistoryEncoder, length_groups
+
+    lengths = [10, 128, 12, 120, 64, 11, 9, 127]
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= PAD_SLACK * sum(lengths[i] for i in g) or len(g) == 1
+    assert len(groups) < len(lengths)  # similar lengths still share a batch
+    assert length_groups([5, 5, 5]) == [[0, 1, 2]] and length_groups([]) == []
+
+    shapes = []
+
+    class SumEngine:  # the vector of a prompt: [sum of ids, number of real tokens]; a function of the prompt alone
+        def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+            ids, mask = feeds["input_ids"], feeds["attention_mask"]
+            shapes.append(ids.shape)
+            return np.stack([(ids * mask).sum(1), mask.sum(1)], axis=1).astype(np.float32)
+
+    adapter = Cllm4recPrompt.__new__(Cllm4recPrompt)
+    adapter._pad = 0
+    enc = HistoryEncoder(adapter, SumEngine(), ["input_ids", "attention_mask"])  # type: ignore[arg-type]
+    prompts = [list(range(1, n + 1)) for n in lengths]
+    out = enc.run(prompts)
+    assert len(shapes) == len(groups) and sum(s[0] for s in shapes) == len(prompts)
+    assert np.array_equal(out, np.array([[n * (n + 1) / 2, n] for n in lengths], dtype=np.float32))

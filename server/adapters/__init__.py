@@ -8,7 +8,8 @@ An adapter class declares
 - `item_towers`: the item towers it works with,
 and is built from a version's manifest (`__init__(path, manifest)`, raising VersionError when a field it
 needs is missing), then gives `payload(user_row, history_rows, item_vectors)` for one request and
-`feeds(payloads, input_names)` for a batch of them.
+`feeds(payloads, input_names)` for a batch of them; an adapter whose inputs vary in length may also give
+`length(payload)`, and a batch then runs in groups of similar length (server.encoders.length_groups).
 """
 
 from __future__ import annotations

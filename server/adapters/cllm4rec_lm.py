@@ -50,6 +50,9 @@ class Cllm4recPrompt:
                 ids.extend(int(x) for x in part.get("ids", []))
         return ids
 
+    def length(self, payload: list[int]) -> int:
+        return len(payload)
+
     def feeds(self, payloads: Sequence[list[int]], input_names: Sequence[str]) -> dict[str, np.ndarray]:
         length = max(len(p) for p in payloads)
         ids = np.full((len(payloads), length), self._pad, dtype=np.int64)
