@@ -48,7 +48,7 @@ class TrainSpeedConfig:
 
 
 def _cllm4rec_row(cfg: TrainSpeedConfig, depth: int, precision: Precision) -> dict[str, Any]:
-    base = parse(cllm_cli.TrainCli, ["--schedule", "default"], presets=cllm_cli.SCHEDULES)
+    base = parse(cllm_cli.TrainCli, ["--schedule", "rec-only"], presets=cllm_cli.SCHEDULES)
     run = dataclasses.replace(
         base, out=cfg.work / f"cllm4rec-d{depth}-{precision}", threads=cfg.threads, device="cpu",
         precision=precision, data=cfg.data, backbone=cfg.backbone, lm=CapacityConfig(depth=depth),

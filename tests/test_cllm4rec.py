@@ -342,10 +342,13 @@ def test_time_budget_stops_before_a_new_epoch(tiny: dict, tmp_path: Path) -> Non
 
 
 def test_schedules_fill_defaults_and_explicit_flags_win() -> None:
-    cfg = parse(cli.TrainCli, ["--train.batch-size", "8"], presets=cli.SCHEDULES)
+    cfg = parse(cli.TrainCli, ["--schedule", "rec-only", "--train.batch-size", "8"], presets=cli.SCHEDULES)
     assert cli.TrainCli().schedule == "default"
     assert cfg.train.batch_size == 8 and cfg.recipe.rec_collab_weight == 1.0 and cfg.model.max_history == 128
     assert cfg.recipe.content_warmup_epochs == 0 and cfg.recipe.pretrain_rounds == 0 and cfg.train.epochs == 12
+    default = parse(cli.TrainCli, [], presets=cli.SCHEDULES)  # two-stage on 8 frozen blocks; flags still win
+    assert (default.recipe.pretrain_rounds, default.lm.depth, default.lm.lora_rank) == (2, 8, 0)
+    assert parse(cli.TrainCli, ["--lm.depth", "0"], presets=cli.SCHEDULES).lm.depth == 0
     full = parse(cli.TrainCli, ["--schedule", "full"], presets=cli.SCHEDULES)
     assert full.recipe.content_warmup_epochs == 1 and full.recipe.pretrain_rounds == 2 and full.train.epochs == 20
     assert parse(cli.TrainCli, ["--schedule", "custom"], presets=cli.SCHEDULES) == cli.TrainCli(schedule="custom")

@@ -112,11 +112,12 @@ def test_loss_auto_is_full_softmax_while_the_catalogue_fits() -> None:
 def test_eval_report(tmp_path: Path, assets) -> None:
     """Seeds grouped by label, paired differences against the reference, one section per data
     preparation stating what was really kept, baselines per section, serving cost per checkpoint."""
-    text_cfg = config(assets, tmp_path / "ck", "--train.epochs", "1")
+    text_cfg = config(assets, tmp_path / "ck", "--schedule", "short", "--train.epochs", "1")
     cli.train(text_cfg)
     ids = []
     for seed in (0, 1):
-        ids.append(config(assets, tmp_path / f"ck_id{seed}", "--train.epochs", "1", "--model.item-tower", "id",
+        ids.append(config(assets, tmp_path / f"ck_id{seed}", "--schedule", "short", "--train.epochs", "1",
+                          "--model.item-tower", "id",
                           "--train.seed", str(seed), "--recipe.loss", "ibce"))
         cli.train(ids[-1])
     full = config(assets, tmp_path / "ck_full", "--train.epochs", "1", "--recipe.keep-last", "0")

@@ -103,9 +103,10 @@ def test_both_models_run_through_the_same_loop_and_log(tmp_path: Path, assets, m
 
 
 def test_explicit_flag_equal_to_the_default_beats_the_preset(tmp_path: Path) -> None:
-    plain = parse(cllm_cli.TrainCli, [], presets=cllm_cli.SCHEDULES)
-    assert plain.train.batch_size == 20  # the default schedule's preset
-    flagged = parse(cllm_cli.TrainCli, ["--train.batch-size", "16"], presets=cllm_cli.SCHEDULES)
+    plain = parse(cllm_cli.TrainCli, ["--schedule", "rec-only"], presets=cllm_cli.SCHEDULES)
+    assert plain.train.batch_size == 20  # the rec-only schedule's preset
+    flagged = parse(cllm_cli.TrainCli, ["--schedule", "rec-only", "--train.batch-size", "16"],
+                    presets=cllm_cli.SCHEDULES)
     assert flagged.train.batch_size == 16 == cllm_cli.TrainConfig().batch_size
     short = parse(cllm_cli.TrainCli, ["--schedule", "short", "--model.max-history", "128"], presets=cllm_cli.SCHEDULES)
     assert short.model.max_history == 128 and short.train.max_steps_per_epoch == 12

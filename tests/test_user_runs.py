@@ -66,10 +66,10 @@ def test_left_out_users_and_items_are_logged_with_counts(user_data, capsys):
 
 def test_text_tower_refuses_to_train_on_item_ids(user_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "tcf", *_flags(user_data[0], None)]) == 2
+    assert cli.main(["train", "tcf", *_flags(user_data[0], None)]) == 2  # the default tower: hybrid
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (
-        "llmrec train tcf: --model.item-tower text needs item text, but every item's text is its id: give an "
+        "llmrec train tcf: --model.item-tower hybrid needs item text, but every item's text is its id: give an "
         "items file (--data.items-path; see --help) or train the ID tower (--model.item-tower id)")
     assert not (tmp_path / "work" / "checkpoints").exists()
 

@@ -2,17 +2,19 @@
 
 Schedules (a preset only changes the defaults the flags start from, so every flag given wins;
 `custom` uses the dataclass defaults and the flags alone):
-- `default`: the quality run that fits 2 CPU cores (about an hour with `--threads 2`): stage B
-  only - the rec head, plus the collaborative-LM loss on the same prompt (one forward pass trains
-  both) - 12 epochs at most with a cosine learning rate, early stopping on validation, histories
-  of 128 items, item rows starting from their titles.
+- `default`: the variant best on validation among those that train in about an hour on 2 CPU cores
+  (benchmarks/results/quality_cllm4rec_ml100k.md): the paper's two-stage method (`full` below) on the
+  first 8 of the LM's blocks, frozen; about 20 minutes on one core of an AMX CPU (bf16).
+- `rec-only`: stage B only - the rec head, plus the collaborative-LM loss on the same prompt (one
+  forward pass trains both) - 12 epochs at most, histories of 128 items, on the whole frozen LM
+  (the default before; about an hour with `--threads 2`).
 - `short`: the README demo (one capped content epoch, one capped rec epoch, histories of 32
   items: a few minutes).
 - `full`: the paper's two-stage method (1 content warm-up epoch, 2 collaborative/content rounds,
-  then up to 20 rec epochs with mutual regularization): hours on CPU, meant for a GPU.
+  then up to 20 rec epochs with mutual regularization) on the whole frozen LM: the paper-faithful run.
 
-Every schedule keeps the paper's frozen, full-depth LM unless `--lm.*` says otherwise (LoRA,
-unfrozen top blocks, fewer blocks: see docs/training.md).
+Every schedule but `default` keeps the paper's frozen, full-depth LM unless `--lm.*` says otherwise
+(LoRA, unfrozen top blocks, fewer blocks: see docs/training.md).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ PROTOCOL = "random_80_10_10"
 DEFAULT_CHECKPOINT = work_dir() / "checkpoints" / "cllm4rec-ml100k"
 SCHEDULES: dict[str, dict[str, Any]] = {
     "default": {
+        "recipe": {"content_warmup_epochs": 1, "pretrain_rounds": 2, "valid_users": 200},
+        "model": {"max_history": 128},
+        "lm": {"depth": 8},
+        "train": {"epochs": 20, "patience": 3},
+    },
+    "rec-only": {
         "recipe": {"content_warmup_epochs": 0, "pretrain_rounds": 0, "rec_collab_weight": 1.0, "valid_users": 200},
         "model": {"max_history": 128},
         "train": {"epochs": 12, "patience": 3, "batch_size": 20},
@@ -67,7 +75,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 @dataclass
 class TrainCli(RunConfig):
     out: Path = DEFAULT_CHECKPOINT  # checkpoint folder (resumed from when it holds train/state.safetensors)
-    schedule: Literal["default", "short", "full", "custom"] = "default"  # preset of the defaults below
+    schedule: Literal["default", "rec-only", "short", "full", "custom"] = "default"  # preset of the defaults below
     data: DataConfig = field(default_factory=DataConfig)
     backbone: bb.BackboneConfig = field(default_factory=bb.BackboneConfig)
     lm: CapacityConfig = field(default_factory=CapacityConfig)

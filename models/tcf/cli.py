@@ -1,7 +1,14 @@
 """`llmrec train tcf` and `llmrec eval tcf`.
 
 Schedules (a preset only changes the defaults the flags start from, so every flag given wins):
-`short` (at most 30 epochs, patience 5) and `full` (at most 200 epochs, patience 10). The LM of the
+- `default`: the variant best on validation among those with a text tower
+  (benchmarks/results/quality_tcf_ml100k.md): hybrid item tower (MiniLM text + ID, LayerNorm before
+  the MLP), SASRec over the last 50 items, dropout 0.2, each user's whole history, full softmax
+  (where the catalogue fits), at most 200 epochs with patience 15: a few minutes on one core.
+- `short`: the README demo and the paper's preparation (each user's last S + 3 interactions, S = 20),
+  at most 30 epochs, patience 5.
+- `full`: the paper's preparation trained to convergence (at most 200 epochs, patience 10).
+The LM of the
 text tower stays frozen unless `--lm.unfreeze-top N` trains its top N blocks; `--lm.depth K` takes
 the item features from block K of the LM instead of its last (see docs/training.md).
 """
@@ -37,6 +44,8 @@ from models.training.loop import run, show_progress
 
 log = logs.get(__name__)
 SCHEDULES: dict[str, dict[str, Any]] = {
+    "default": {"model": {"item_tower": "hybrid", "mlp_input_norm": True, "max_seq_len": 50, "dropout": 0.2},
+                "recipe": {"keep_last": 0}, "train": {"epochs": 200, "patience": 15}},
     "short": {"train": {"epochs": 30, "patience": 5}},
     "full": {"train": {"epochs": 200, "patience": 10}},
 }
@@ -51,7 +60,7 @@ def _train_defaults() -> TrainConfig:
 @dataclass
 class TrainCli(RunConfig):
     out: Path = field(default_factory=lambda: assets.work_dir() / "checkpoints" / "tcf")  # checkpoint folder
-    schedule: Literal["short", "full"] = "short"  # preset of the defaults below
+    schedule: Literal["default", "short", "full"] = "default"  # preset of the defaults below
     data: DataConfig = field(default_factory=lambda: DataConfig(min_user_interactions=5))  # as TCF's paper: min 5 per user
     model: ModelConfig = field(default_factory=ModelConfig)
     text: te.TextEncoderConfig = field(default_factory=te.TextEncoderConfig)
