@@ -142,3 +142,13 @@ def test_eval_report(tmp_path: Path, assets) -> None:
     assert whole["variants"][0]["label"] == "text-full" and whole["reference"] is None
     md = (tmp_path / "results" / "tcf_test.md").read_text()
     assert md.startswith("# TCF") and "max_seq_len + 3" not in md and "Reference points" not in md
+
+
+def test_default_schedule_is_the_validated_variant_and_flags_win() -> None:
+    d = parse(cli.TrainCli, [], presets=cli.SCHEDULES)
+    assert (d.schedule, d.model.item_tower, d.model.mlp_input_norm, d.model.max_seq_len) == ("default", "hybrid", True, 50)
+    assert (d.recipe.keep_last, d.recipe.loss, d.train.patience) == (0, "ibce", 15)
+    short = parse(cli.TrainCli, ["--schedule", "short"], presets=cli.SCHEDULES)  # the paper's preparation
+    assert (short.model.item_tower, short.model.max_seq_len, short.recipe.keep_last) == ("text", 20, -1)
+    flagged = parse(cli.TrainCli, ["--model.item-tower", "text", "--recipe.loss", "auto"], presets=cli.SCHEDULES)
+    assert (flagged.model.item_tower, flagged.recipe.loss, flagged.model.max_seq_len) == ("text", "auto", 50)
