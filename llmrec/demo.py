@@ -13,7 +13,7 @@ import json
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -78,6 +78,10 @@ def _show(title: str, rec) -> None:
         print(f"  {rank:>2}. item {item:>5}  score {score:8.3f}  {name}")
 
 
+def _top(rec, k: int):
+    return replace(rec, items=rec.items[:k], titles=rec.titles[:k])
+
+
 def _ask(target: str, token: str, cfg: DemoConfig) -> None:
     from llmrec.client import RecommenderClient
 
@@ -95,8 +99,12 @@ def _ask(target: str, token: str, cfg: DemoConfig) -> None:
                     "Star Wars: The Force Awakens")
         up = client.upsert_items(TCF_MODEL, [new_item])
         print(f"\nUpsertItems into {TCF_MODEL}: added {up.added}, catalogue now {up.num_items} items")
-        _show(f"[{TCF_MODEL}] same history, after adding a new item by its text",
-              client.recommend(TCF_MODEL, history=STAR_WARS_FANS, top_k=cfg.top_k))
+        after = client.recommend(TCF_MODEL, history=STAR_WARS_FANS, top_k=100)
+        _show(f"[{TCF_MODEL}] same history, after adding a new item by its text", _top(after, cfg.top_k))
+        ids = [item for item, _ in after.items]
+        where = f"ranked #{ids.index(new_item[0]) + 1} of {up.num_items}" if new_item[0] in ids else \
+            f"not in the top 100 of {up.num_items}"
+        print(f"new item {new_item[0]} ({new_item[2]}), known to the model only by its text: {where}")
         try:
             client.upsert_items(CLLM_MODEL, [new_item])
         except grpc.RpcError as exc:
