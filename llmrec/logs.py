@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -26,9 +27,14 @@ QUIET_LOGGERS = ("faiss.loader",)
 
 
 def quiet_libraries() -> None:
-    """Keeps the noisy libraries' loggers to warnings and above, whatever the root level is."""
+    """Keeps the noisy libraries' loggers to warnings and above, whatever the root level is, and turns off
+    Hugging Face's own progress bars ("Loading weights: 100%| 272/272" at every model load, several per
+    command): our commands show their own progress. HF_HUB_DISABLE_PROGRESS_BARS=0 brings them back."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is first imported
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and "transformers" in sys.modules:
+        importlib.import_module("transformers.utils.logging").disable_progress_bar()
 
 
 def setup(level: str | None = None, json_lines: bool | None = None) -> None:

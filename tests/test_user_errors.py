@@ -200,3 +200,22 @@ def test_a_wrong_encoder_or_backbone_folder_is_one_line(tmp_path, capsys):
     assert f"text encoder {missing!r}: accepted are 'minilm', 'smollm2' or a local Hugging Face folder" in line
     line = one_line_error(capsys, ["train", "cllm4rec", "--backbone.path", missing, "--out", str(tmp_path / "ck")])
     assert f"backbone path {missing} is not a folder; give a local HF causal-LM folder" in line
+
+
+def test_training_prints_no_hugging_face_loading_bars(tmp_path):
+    """transformers draws a "Loading weights" bar at every model load (several per command); the CLI
+    turns Hugging Face's bars off before it imports transformers."""
+    import os
+    import subprocess
+    import sys
+
+    from models import tiny
+
+    lm = tiny.write_causal_lm(tmp_path / "lm")
+    data = tiny.write_ml100k(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([sys.executable, "-m", "llmrec", "train", "cllm4rec",
+                           *tiny.cllm4rec_argv(lm, data, tmp_path / "ck"), "--train.epochs", "1"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr and "Loading weights" not in done.stdout
