@@ -111,12 +111,12 @@ def from_checkpoint(cfg: ColdStartConfig) -> dict[str, Any]:
     from models.metrics import evaluate_per_user
     from models.tcf.bundle import load_bundle
     from models.tcf.checkpoint import load_checkpoint
-    from models.tcf.holdout import cold_targets
+    from models.tcf.holdout import cold_targets, held_out_of
     from models.tcf.model import uses_text
     from models.tcf.train import make_scorer
 
     ck = load_checkpoint(cfg.checkpoint)
-    held = np.asarray((ck.config.get("holdout") or {}).get("items", []), dtype=np.int64)
+    held = held_out_of(ck.config)
     if not len(held) or not uses_text(ck.model.cfg.item_tower):
         raise ValueError(f"{cfg.checkpoint}: needs a text or hybrid TCF checkpoint trained with "
                          "--recipe.holdout-items (an ID tower cannot add items by text)")

@@ -52,11 +52,12 @@ class HistoryEncoder:
         self.adapter = adapter
         self.encoder = encoder
         self._inputs = input_names
+        self._length = getattr(adapter, "length", None)  # optional: inputs that vary in length
 
     def run(self, payloads: Sequence[Any]) -> np.ndarray:
         """float32 [len(payloads), dim] (the batcher's worker calls this). Adapters whose inputs vary
         in length (`length(payload)`) run in groups of similar length."""
-        length = getattr(self.adapter, "length", None)
+        length = self._length
         groups = length_groups([length(p) for p in payloads]) if length is not None and len(payloads) > 1 else []
         if len(groups) <= 1:
             return self.encoder.run(self.adapter.feeds(payloads, self._inputs)).reshape(len(payloads), -1)

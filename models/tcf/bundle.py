@@ -19,6 +19,7 @@ from models.bundle import EncoderExport, QualityProbe, ServingBundle
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import LoadedCheckpoint, load_checkpoint
 from models.tcf.data import left_pad
+from models.tcf.holdout import held_out_of
 from models.tcf.item_tower import FullTextItemEncoder
 from models.tcf.model import uses_text
 from models.tcf.user_tower import SASRecUserEncoder
@@ -50,7 +51,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
     cfg, model = ck.model.cfg, ck.model
     # items held out of training (cold-start protocol) are left out of the export: they are the new
     # items a replay adds through UpsertItems; the rows after them move up
-    held = np.asarray((ck.config.get("holdout") or {}).get("items", []), dtype=np.int64)
+    held = held_out_of(ck.config)
     keep = ~np.isin(np.arange(len(ck.items)), held)
     row_map = np.cumsum(keep) - 1
     encoders: dict[str, EncoderExport] = {}

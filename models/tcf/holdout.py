@@ -9,10 +9,16 @@ The other test users measure the usual, warm, next-item quality on the same mode
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from models.data.splits import Split
+
+
+def held_out_of(config: dict[str, Any]) -> np.ndarray:
+    """The held-out item rows a checkpoint's config records (`llmrec train tcf` writes them); empty: none."""
+    return np.asarray((config.get("holdout") or {}).get("items", []), dtype=np.int64)
 
 
 def held_out_items(split: Split, share: float, seed: int) -> np.ndarray:

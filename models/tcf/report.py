@@ -22,7 +22,7 @@ from models.data.splits import Split
 from models.metrics import evaluate_per_user
 from models.serving_cost import user_encoder_ms
 from models.tcf.checkpoint import load_checkpoint
-from models.tcf.holdout import cold_targets
+from models.tcf.holdout import cold_targets, held_out_of
 from models.tcf.train import make_scorer
 from models.training.state import read_log
 
@@ -43,10 +43,10 @@ def preparation(config: dict[str, Any], num_items: int) -> str:
     """The data preparation a checkpoint was trained and evaluated on, in words, from its config."""
     data, recipe, s = config.get("data") or {}, config.get("recipe") or {}, config["model"]["max_seq_len"]
     keep = recipe.get("keep_last", -1)
-    held = (config.get("holdout") or {}).get("items", [])
+    held = held_out_of(config)
     cold = (f"; cold start: {len(held)} items ({config['holdout']['share']:.0%} of those with interactions, seed "
             f"{config['holdout']['seed']}) held out of training with all their interactions, scored through their "
-            f"text as items added by UpsertItems (an ID tower cannot score them: they rank last)") if held else ""
+            f"text as items added by UpsertItems (an ID tower cannot score them: they rank last)") if len(held) else ""
     kept = ("each user's whole history kept (SASRec trains on windows of max_seq_len + 1 items covering it)"
             if keep == 0 else f"each user's last {s + 3 if keep < 0 else keep} interactions kept")
     name = (config.get("prepared") or {}).get("name", "the data")
@@ -76,10 +76,6 @@ def checkpoint_run(folder: Path, label: str | None, device: Any, serving_cost: b
     return (Run(label or default_label(ck.config), per_user, best.get("valid"), info), ck.split,
             preparation(ck.config, ck.split.num_items), (ck.config.get("prepared") or {}).get("name", "unnamed data"),
             held)
-
-
-def held_out_of(config: dict[str, Any]) -> np.ndarray:
-    return np.asarray((config.get("holdout") or {}).get("items", []), dtype=np.int64)
 
 
 def default_label(cfg: dict[str, Any]) -> str:

@@ -68,15 +68,16 @@ def make_scorer(model: TCFModel, new_items: np.ndarray | None = None) -> Callabl
     to score them with, so they rank last (-inf)."""
     model.eval()
     item_vecs = model.all_item_vectors()
-    new = torch.as_tensor(new_items if new_items is not None else [], dtype=torch.long, device=item_vecs.device)
+    new = np.asarray(new_items if new_items is not None else [], dtype=np.int64)
     if len(new) and model.cfg.item_tower == "hybrid":
+        rows = torch.from_numpy(new).to(item_vecs.device)
         with torch.no_grad():
-            item_vecs[new] = model.item_tower.text(new).to(item_vecs.dtype)  # under autocast: bf16
+            item_vecs[rows] = model.item_tower.text(rows).to(item_vecs.dtype)  # under autocast: bf16
+    unscorable = new if model.cfg.item_tower == "id" else new[:0]
 
     def scorer(users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
         scores = (model.user_vectors(users, history, item_vecs) @ item_vecs.T).float().cpu().numpy()
-        if len(new) and model.cfg.item_tower == "id":
-            scores[:, new.cpu().numpy()] = -np.inf
+        scores[:, unscorable] = -np.inf
         return scores
 
     return scorer
