@@ -38,12 +38,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "root": root}
 
 
-def build(tiny: dict, seed: int = 0, item_bias: bool = False) -> tuple[CLLM4Rec, IdTokenizer, Template]:
+def build(tiny: dict, seed: int = 0, item_bias: bool = False, **cfg: object) -> tuple[CLLM4Rec, IdTokenizer, Template]:
     data = load_ml100k(tiny["data"])
     backbone, hf_tok = load_backbone(BackboneConfig(path=tiny["backbone"]))
     tok = IdTokenizer(hf_tok, data.num_users, data.num_items)
     torch.manual_seed(seed)
-    return CLLM4Rec(ModelConfig(item_bias=item_bias), backbone, tok.vocab), tok, Template.build(tok)
+    return CLLM4Rec(ModelConfig(item_bias=item_bias, **cfg), backbone, tok.vocab), tok, Template.build(tok)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -346,9 +346,55 @@ def test_schedules_fill_defaults_and_explicit_flags_win() -> None:
     assert cli.TrainCli().schedule == "default"
     assert cfg.train.batch_size == 8 and cfg.recipe.rec_collab_weight == 1.0 and cfg.model.max_history == 128
     assert cfg.recipe.content_warmup_epochs == 0 and cfg.recipe.pretrain_rounds == 0 and cfg.train.epochs == 12
-    default = parse(cli.TrainCli, [], presets=cli.SCHEDULES)  # two-stage on 8 frozen blocks; flags still win
-    assert (default.recipe.pretrain_rounds, default.lm.depth, default.lm.lora_rank) == (2, 8, 0)
+    default = parse(cli.TrainCli, [], presets=cli.SCHEDULES)  # rec head, mean pooling, 8 blocks + LoRA; flags still win
+    assert (default.recipe.pretrain_rounds, default.lm.depth, default.lm.lora_rank) == (0, 8, 16)
+    assert default.model.pooling == "mean" and default.train.lr == 5e-3
+    assert parse(cli.TrainCli, ["--model.pooling", "last"], presets=cli.SCHEDULES).model.pooling == "last"
     assert parse(cli.TrainCli, ["--lm.depth", "0"], presets=cli.SCHEDULES).lm.depth == 0
     full = parse(cli.TrainCli, ["--schedule", "full"], presets=cli.SCHEDULES)
     assert full.recipe.content_warmup_epochs == 1 and full.recipe.pretrain_rounds == 2 and full.train.epochs == 20
     assert parse(cli.TrainCli, ["--schedule", "custom"], presets=cli.SCHEDULES) == cli.TrainCli(schedule="custom")
+
+
+def test_mean_pooling_skips_padding_and_the_first_token(tiny: dict) -> None:
+    model, tok, tmpl = build(tiny, pooling="mean")
+    prompts = PromptBuilder(tmpl, tok.vocab, 8, tok.pad_token_id)
+    short, long_ = prompts.rec(0, np.array([1])), prompts.rec(1, np.array([2, 3, 4, 5, 6]))
+    batch = collate([short, long_], tok.pad_token_id)
+    alone = collate([short], tok.pad_token_id)
+    with torch.no_grad():
+        together = model.user_vectors(**batch)
+        h = model.hidden(alone["input_ids"], alone["attention_mask"], model.collab_embeddings)
+        torch.testing.assert_close(together[0], model.user_vectors(**alone)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together[0], h[0, 1:].mean(0), atol=1e-5, rtol=1e-5)
+        last, _, _ = build(tiny)
+        assert not torch.allclose(last.user_vectors(**alone), model.user_vectors(**alone))
+        torch.testing.assert_close(FoldedUserEncoder(model)(**batch), together)
+    with pytest.raises(ValueError, match="pooling"):
+        CLLM4Rec.pool(h, alone["attention_mask"], "max")
+
+
+def test_untied_items_train_their_own_output_rows(tiny: dict) -> None:
+    model, tok, tmpl = build(tiny, tie_items=False)
+    u, j = model.vocab.num_users, model.num_items
+    assert "item_output" in model.trained_keys() and "item_output" not in build(tiny)[0].trained_keys()
+    assert any(p is model.item_output for p in model.id_parameters())
+    torch.testing.assert_close(model.item_output, model.collab_embeddings[u : u + j])  # starts at the token rows
+    prompts = PromptBuilder(tmpl, tok.vocab, 8, tok.pad_token_id)
+    batch = collate([prompts.rec(0, np.array([1, 2])), prompts.rec(1, np.array([3]))], tok.pad_token_id)
+    targets = torch.zeros(2, j)
+    targets[:, 4] = 1.0
+    model.rec_loss(batch["input_ids"], batch["attention_mask"], targets).backward()
+    assert model.item_output.grad is not None and model.item_output.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.item_output.add_(1.0)  # scores follow the output rows, not the token rows
+        torch.testing.assert_close(model.item_matrix(), model.item_output * model.feature_scale * model.log_scale.exp())
+
+
+def test_report_label_names_the_rec_head_levers() -> None:
+    from models.cllm4rec.report import default_label
+
+    lm = {"lora_rank": 16, "unfreeze_top": 0, "depth": 8}
+    assert default_label({"schedule": "full", "lm": lm, "model": {}}) == "full schedule, 8 blocks, LoRA r16"
+    assert default_label({"schedule": "custom", "lm": lm, "model": {"pooling": "mean", "tie_items": False}}) == (
+        "custom schedule, 8 blocks, LoRA r16, mean pooling, untied item rows")

@@ -48,3 +48,34 @@ def test_compose_and_kubernetes_export_the_same_way() -> None:
     job = load_yaml_docs(DEPLOY / "kubernetes" / "export-job.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
     assert compose["image"] == job["image"]
     assert compose["entrypoint"] == job["command"] and compose["command"] == job["args"]
+
+
+def _parsers() -> dict[tuple[str, ...], object]:
+    """The config parse of each command the export example runs, without running it."""
+    from export.config import ExportConfig
+    from llmrec.config import parse
+    from models.cllm4rec import cli as cllm4rec_cli
+    from models.tcf import cli as tcf_cli
+
+    return {
+        ("train", "cllm4rec"): lambda a: parse(cllm4rec_cli.TrainCli, a, presets=cllm4rec_cli.SCHEDULES),
+        ("train", "tcf"): lambda a: parse(tcf_cli.TrainCli, a, presets=tcf_cli.SCHEDULES),
+        ("export",): lambda a: parse(ExportConfig, a),
+    }
+
+
+def test_export_example_commands_parse() -> None:
+    """Every `llmrec` line of the compose export service (the Kubernetes Job runs the same lines) is
+    accepted by that command's own flag parser: a renamed flag fails here, not in a user's cluster."""
+    import shlex
+
+    parsers = _parsers()
+    script = load_yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["export"]["command"][0]
+    lines = [shlex.split(line) for line in script.splitlines() if line.strip().startswith("llmrec ")]
+    assert len(lines) == 4
+    for words in lines:
+        key = next(k for k in parsers if tuple(words[1 : 1 + len(k)]) == k)
+        try:
+            parsers[key](words[1 + len(key) :])
+        except SystemExit as exc:  # tyro's answer to an unknown or malformed flag
+            pytest.fail(f"`{' '.join(words)}` does not parse (exit {exc.code})")

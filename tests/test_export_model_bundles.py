@@ -22,8 +22,9 @@ def export(ckpt: Path, repo: Path, name: str, *flags: str) -> dict:
     return verify_version(repo / name / "1")
 
 
-@pytest.mark.parametrize("levers", [[], ["--lm.lora-rank", "2", "--lm.unfreeze-top", "1"], ["--lm.depth", "1"]],
-                         ids=["frozen", "lora+unfrozen", "depth"])
+@pytest.mark.parametrize("levers", [[], ["--lm.lora-rank", "2", "--lm.unfreeze-top", "1"], ["--lm.depth", "1"],
+                                    ["--model.no-tie-items", "--model.pooling", "mean"]],
+                         ids=["frozen", "lora+unfrozen", "depth", "untied+mean"])
 def test_cllm4rec_checkpoint_exports(tmp_path, levers):
     from models.cllm4rec import cli
 

@@ -2,7 +2,8 @@
 
 The user encoder folds the trained collaborative ID rows into ONE embedding table (vocab rows,
 then users, items, the anonymous user), so the ONNX graph is a plain LM with no id routing; it
-returns the raw last hidden state at the last real token (right padding, torch.gather).
+returns the raw last hidden state at the last real token (right padding, torch.gather), or its mean
+over the real tokens for a model trained with mean pooling.
 Everything the rec head does beyond that (per-dimension feature scale, learned temperature) is
 folded into the item vectors, so score = user_vector . item_vector exactly. With an item bias
 the graph appends a constant 1 to the user vector and the item vectors carry the bias as their
@@ -46,10 +47,11 @@ class FoldedUserEncoder(nn.Module):
         self.embed = nn.Embedding.from_pretrained(table, freeze=True)
         self.base = backbone.base_model
         self.item_bias = model.cfg.item_bias
+        self.pooling = model.cfg.pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask).last_hidden_state
-        return score_space(CLLM4Rec.last_real(hidden.float(), attention_mask), self.item_bias)
+        return score_space(CLLM4Rec.pool(hidden.float(), attention_mask, self.pooling), self.item_bias)
 
 
 def manifest_section(loaded: Loaded) -> dict[str, Any]:

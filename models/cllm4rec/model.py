@@ -11,7 +11,9 @@ the final hidden state of the backbone has a few huge dimensions, which make raw
 saturate and let those dimensions dominate every update; `feature_scale` (a fixed per-dimension
 1/RMS measured once on real prompts, see `calibrate`) and a learnable temperature fix that.
 Both are folded into the exported item vectors, so serving still scores user_vector . item_vector
-with user_vector = the raw last hidden state. An optional item bias (the popularity prior a
+with user_vector = the raw last hidden state (or, with `pooling="mean"`, the mean over the prompt's
+tokens, a capacity lever, not the paper). `tie_items=False` (a capacity lever, not the paper)
+scores items with their own output rows instead of z^l_item. An optional item bias (the popularity prior a
 softmax over items otherwise has to spend hidden dimensions on) rides along as one more
 dimension: the user vector gets a constant 1 appended and the item vector its bias.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ from models.training.checkpoint import load_strict
 
 TRAINED_KEYS = ("collab_embeddings", "content_embeddings", "feature_scale", "log_scale")
 BIAS_KEY = "item_bias"
+OUTPUT_KEY = "item_output"
 
 
 def score_space(hidden: torch.Tensor, item_bias: bool) -> torch.Tensor:
@@ -50,6 +54,14 @@ class ModelConfig:
     learn_scale: bool = True  # learnable score temperature exp(log_scale) on item scores
     item_bias: bool = True  # learnable per-item bias on item scores (served as one more vector dimension)
     max_history: int = 128  # most recent items kept in a prompt (training, evaluation and serving alike)
+    # True (the paper): an item is scored with its own collaborative token row; False: every item
+    # gets a separate output row (started equal to its token row), so reading an item in a prompt
+    # and being scored as a recommendation no longer compete for one vector
+    tie_items: bool = True
+    # "last" (the paper): the user vector is the hidden state at the prompt's last token; "mean": the
+    # mean hidden state over all its real tokens, so every history item reaches the user vector
+    # directly instead of through one token's attention over a hundred others
+    pooling: Literal["last", "mean"] = "last"
 
 
 class CLLM4Rec(nn.Module):
@@ -68,6 +80,9 @@ class CLLM4Rec(nn.Module):
         self.register_buffer("feature_scale", torch.ones(self.hidden_size))
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
         self.item_bias = nn.Parameter(torch.zeros(vocab.num_items), requires_grad=cfg.item_bias)
+        u = vocab.num_users
+        self.item_output = nn.Parameter(self.collab_embeddings.detach()[u : u + vocab.num_items].clone(),
+                                        requires_grad=not cfg.tie_items)
 
     @property
     def device(self) -> torch.device:
@@ -98,6 +113,18 @@ class CLLM4Rec(nn.Module):
         idx = last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         return torch.gather(hidden, 1, idx).squeeze(1)
 
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+        """One vector per prompt (see ModelConfig.pooling); padding never counts. The mean leaves out
+        the first token: decoder LMs park huge "attention sink" activations there, which would turn
+        the user vector into a function of prompt length."""
+        if pooling == "last":
+            return CLLM4Rec.last_real(hidden, attention_mask)
+        if pooling == "mean":
+            mask = attention_mask[:, 1:].unsqueeze(-1).to(hidden.dtype)
+            return (hidden[:, 1:] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        raise ValueError(f"unknown pooling {pooling!r}; accepted: last, mean")
+
     @property
     def vector_dim(self) -> int:
         """Width of user and item vectors in score space (hidden size, +1 with the item bias)."""
@@ -109,14 +136,15 @@ class CLLM4Rec(nn.Module):
     def item_matrix(self) -> torch.Tensor:
         """[J, vector_dim] vectors whose dot product with a user vector is the item score."""
         u = self.vocab.num_users
-        items = self.collab_embeddings[u : u + self.num_items] * self.feature_scale * self.log_scale.exp()
+        rows = self.collab_embeddings[u : u + self.num_items] if self.cfg.tie_items else self.item_output
+        items = rows * self.feature_scale * self.log_scale.exp()
         if not self.cfg.item_bias:
             return items
         return torch.cat([items, self.item_bias.unsqueeze(1)], dim=1)
 
     def user_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
-        return self.score_space(self.last_real(h, attention_mask))
+        return self.score_space(self.pool(h, attention_mask, self.cfg.pooling))
 
     def rec_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.user_vectors(input_ids, attention_mask) @ self.item_matrix().T
@@ -177,7 +205,7 @@ class CLLM4Rec(nn.Module):
         """
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
         items = self.item_matrix()
-        scores = self.score_space(self.last_real(h, attention_mask)) @ items.T
+        scores = self.score_space(self.pool(h, attention_mask, self.cfg.pooling)) @ items.T
         loss = -(F.log_softmax(scores, dim=-1) * targets).sum(1).mean()
         if labels is not None and collab_weight > 0:
             hs, next_items = self._next_token_positions(h, labels)
@@ -210,7 +238,8 @@ class CLLM4Rec(nn.Module):
         from most-popular instead of from uniform.
         """
         hs = torch.cat([
-            self.last_real(self.hidden(b["input_ids"], b["attention_mask"], self.collab_embeddings), b["attention_mask"])
+            self.pool(self.hidden(b["input_ids"], b["attention_mask"], self.collab_embeddings), b["attention_mask"],
+                      self.cfg.pooling)
             for b in batches
         ])
         rms = hs.pow(2).mean(0).sqrt()
@@ -241,13 +270,14 @@ class CLLM4Rec(nn.Module):
                 row = vocab[torch.as_tensor(ids, device=vocab.device)].float().mean(0)
                 self.collab_embeddings[u + j] = row
                 self.content_embeddings[u + j] = row
+                self.item_output[j] = row
                 done += 1
         return done
 
     def trained_keys(self) -> list[str]:
         """What a checkpoint stores: the ID tables and heads, plus the LM weights that train
         (adapters, unfrozen blocks) under their `backbone.` names; the frozen LM is referenced."""
-        own = [*TRAINED_KEYS, *((BIAS_KEY,) if self.cfg.item_bias else ())]
+        own = [*TRAINED_KEYS, *((BIAS_KEY,) if self.cfg.item_bias else ()), *(() if self.cfg.tie_items else (OUTPUT_KEY,))]
         return own + trained_lm_names(self.backbone, "backbone.")
 
     def trained_state(self) -> dict[str, torch.Tensor]:
@@ -259,7 +289,7 @@ class CLLM4Rec(nn.Module):
         load_strict(self, self.trained_keys(), dict(tensors))
 
     def id_parameters(self) -> list[nn.Parameter]:
-        return [self.collab_embeddings, self.content_embeddings]
+        return [self.collab_embeddings, self.content_embeddings, *(() if self.cfg.tie_items else (self.item_output,))]
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Temperature and item bias: a handful of scalars that must move by whole units (the

@@ -28,7 +28,11 @@ def default_label(cfg: dict[str, Any]) -> str:
     levers = [f"LoRA r{lm['lora_rank']}" if lm["lora_rank"] else "", f"top {lm['unfreeze_top']}" if lm["unfreeze_top"]
               else ""]
     blocks = f"{lm['depth']} blocks" if lm["depth"] else "all blocks"
-    return f"{cfg.get('schedule')} schedule, {blocks}, " + (" + ".join(x for x in levers if x) or "frozen LM")
+    model = cfg.get("model", {})
+    head = [f"{model['pooling']} pooling" if model.get("pooling", "last") != "last" else "",
+            "untied item rows" if model.get("tie_items") is False else ""]
+    return (f"{cfg.get('schedule')} schedule, {blocks}, " + (" + ".join(x for x in levers if x) or "frozen LM")
+            + "".join(f", {x}" for x in head if x))
 
 
 def checkpoint_run(folder: Path, label: str | None, device: Any, batch_size: int, serving_cost: bool,

@@ -1,5 +1,6 @@
 """CLLM4Rec: the rec prompt is built from token ids per the manifest template (no tokenizer needed),
-right-padded; the graph gathers the last real token's hidden state."""
+right-padded; the graph reads the mask to take the last real token's hidden state (or the mean over
+the real tokens, for a model trained with mean pooling), so padding never changes a user vector."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class Cllm4recPrompt:
         length = max(len(p) for p in payloads)
         ids = np.full((len(payloads), length), self._pad, dtype=np.int64)
         mask = np.zeros((len(payloads), length), dtype=np.int64)
-        for i, p in enumerate(payloads):  # right padding: the graph gathers the last real token
+        for i, p in enumerate(payloads):  # right padding: the graph finds the real tokens by the mask
             ids[i, :len(p)] = p
             mask[i, :len(p)] = 1
         return {input_names[0]: ids, input_names[1]: mask}
