@@ -348,7 +348,7 @@ def test_schedules_fill_defaults_and_explicit_flags_win() -> None:
     assert cfg.recipe.content_warmup_epochs == 0 and cfg.recipe.pretrain_rounds == 0 and cfg.train.epochs == 12
     default = parse(cli.TrainCli, [], presets=cli.SCHEDULES)  # rec head, mean pooling, 8 blocks + LoRA; flags still win
     assert (default.recipe.pretrain_rounds, default.lm.depth, default.lm.lora_rank) == (0, 8, 16)
-    assert default.model.pooling == "mean" and default.train.lr == 5e-3
+    assert default.model.pooling == "mean" and not default.model.tie_items and default.train.lr == 5e-3
     assert parse(cli.TrainCli, ["--model.pooling", "last"], presets=cli.SCHEDULES).model.pooling == "last"
     assert parse(cli.TrainCli, ["--lm.depth", "0"], presets=cli.SCHEDULES).lm.depth == 0
     full = parse(cli.TrainCli, ["--schedule", "full"], presets=cli.SCHEDULES)
@@ -398,3 +398,31 @@ def test_report_label_names_the_rec_head_levers() -> None:
     assert default_label({"schedule": "full", "lm": lm, "model": {}}) == "full schedule, 8 blocks, LoRA r16"
     assert default_label({"schedule": "custom", "lm": lm, "model": {"pooling": "mean", "tie_items": False}}) == (
         "custom schedule, 8 blocks, LoRA r16, mean pooling, untied item rows")
+
+
+def test_a_checkpoint_whose_backbone_folder_moved_loads_the_installed_copy(
+        trained: tuple[CLLM4RecTask, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another virtualenv or machine: the recorded folder is gone; the installed default LM is used when
+    it is the same file, and the content hash still decides."""
+    from llmrec.assets import AssetMissing
+    from models.cllm4rec import checkpoint as ck
+
+    task, out = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    real = cfg["backbone"]["folder"]
+    cfg["backbone"]["folder"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(ck, "resolve", lambda _cfg: (Path(real), cfg["backbone"]["gguf_file"]))
+    assert load_checkpoint(moved).model.num_items == task.model.num_items
+    monkeypatch.setattr(ck, "resolve", lambda _cfg: (Path(real), "another.gguf"))
+    with pytest.raises(AssetMissing, match="no longer exists"):
+        load_checkpoint(moved)
+    other = tmp_path / "other-lm"
+    shutil.copytree(real, other)
+    weights = next(other.glob("*.safetensors"))
+    weights.rename(other / "renamed.safetensors")  # another file set: another content hash
+    monkeypatch.setattr(ck, "resolve", lambda _cfg: (other, cfg["backbone"]["gguf_file"]))
+    with pytest.raises(ValueError, match="sha256"):
+        load_checkpoint(moved)

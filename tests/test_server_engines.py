@@ -250,7 +250,7 @@ def test_prompts_of_different_lengths_run_in_groups_of_similar_length() -> None:
     request order, equal to running each prompt alone."""
     import numpy as np
 
-    from server.adapters.cllm4rec_lm import Cllm4recPrompt
+    from server.adapters.cllm4rec_lm import PAD_TO_MULTIPLE, Cllm4recPrompt
     from server.encoders import PAD_SLACK, HistoryEncoder, length_groups
 
     lengths = [10, 128, 12, 120, 64, 11, 9, 127]
@@ -275,4 +275,5 @@ def test_prompts_of_different_lengths_run_in_groups_of_similar_length() -> None:
     prompts = [list(range(1, n + 1)) for n in lengths]
     out = enc.run(prompts)
     assert len(shapes) == len(groups) and sum(s[0] for s in shapes) == len(prompts)
+    assert all(s[1] % PAD_TO_MULTIPLE == 0 for s in shapes)  # few distinct widths: kernels are reused
     assert np.array_equal(out, np.array([[n * (n + 1) / 2, n] for n in lengths], dtype=np.float32))

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmrec import logs
+from llmrec.assets import AssetMissing
 from llmrec.config import from_dict, to_dict
-from models.cllm4rec.backbone import BackboneConfig, load_backbone
+from models.cllm4rec.backbone import BackboneConfig, load_backbone, resolve
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.tokens import IdTokenizer
@@ -84,13 +86,31 @@ def save_checkpoint(out: Path, model: CLLM4Rec, tok: IdTokenizer, tmpl: Template
     ckpt.write_checkpoint(Path(out), KIND, config, model.trained_state(), files)
 
 
+def backbone_folder(ref: dict[str, Any], override: Path | None = None) -> Path:
+    """Where the checkpoint's backbone is now: the override, the folder it was trained from, or, when
+    that is gone (another virtualenv, another machine), the installed default LM if it is the same file
+    - the content hash checked after this decides, never the path."""
+    if override is not None:
+        return Path(override)
+    recorded = Path(ref["folder"])
+    if recorded.is_dir():
+        return recorded
+    installed, gguf = resolve(BackboneConfig())
+    if ref.get("gguf_file") == gguf:
+        logs.get(__name__).info("backbone folder moved; trying the installed copy", recorded=str(recorded),
+                                installed=str(installed))
+        return installed
+    raise AssetMissing(f"the checkpoint's backbone folder {recorded} no longer exists; put the LM it was "
+                       "trained on back there (its content hash is checked)")
+
+
 def load_checkpoint(folder: Path, backbone_path: Path | None = None) -> Loaded:
     """Rebuilds the model; `backbone_path` overrides a moved backbone folder (its hash must still match)."""
     folder = Path(folder)
     config = ckpt.read_config(folder, KIND)
     weights = ckpt.read_weights(folder, config)
     ref = config["backbone"]
-    bcfg = BackboneConfig(path=Path(backbone_path or ref["folder"]), gguf_file=ref["gguf_file"])
+    bcfg = BackboneConfig(path=backbone_folder(ref, backbone_path), gguf_file=ref["gguf_file"])
     ckpt.check_lm_identity(ref, bcfg.path / bcfg.gguf_file if bcfg.gguf_file else bcfg.path)
     backbone, hf_tok = load_backbone(bcfg, from_dict(CapacityConfig, config["lm"]))
     tokens = config["tokens"]

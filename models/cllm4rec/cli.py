@@ -5,8 +5,10 @@ Schedules (a preset only changes the defaults the flags start from, so every fla
 - `default`: the variant best on validation among those that train in about an hour on 2 CPU cores
   (benchmarks/results/quality_cllm4rec_ml100k.md): the rec head (stage B, as `rec-only`) on the first 8
   of the LM's blocks with LoRA r16 adapters on q and v, the user vector the mean hidden state over the
-  prompt instead of the last token's (`--model.pooling mean`), learning rate 5e-3, up to 55 epochs
-  with patience 15. Not the paper's setting: `full` is.
+  prompt instead of the last token's (`--model.pooling mean`), an output row per item
+  (`--model.no-tie-items`), learning rate 5e-3 on a cosine over 30 epochs, no early stop (the best
+  epoch on validation is kept); about 40 minutes on one core of an AMX CPU (bf16). Not the paper's
+  setting: `full` is.
 - `rec-only`: stage B only - the rec head, plus the collaborative-LM loss on the same prompt (one
   forward pass trains both) - 12 epochs at most, histories of 128 items, on the whole frozen LM
   (about an hour with `--threads 2`).
@@ -51,9 +53,9 @@ DEFAULT_CHECKPOINT = work_dir() / "checkpoints" / "cllm4rec-ml100k"
 SCHEDULES: dict[str, dict[str, Any]] = {
     "default": {
         "recipe": {"content_warmup_epochs": 0, "pretrain_rounds": 0, "rec_collab_weight": 1.0, "valid_users": 200},
-        "model": {"max_history": 128, "pooling": "mean"},
+        "model": {"max_history": 128, "pooling": "mean", "tie_items": False},
         "lm": {"depth": 8, "lora_rank": 16},
-        "train": {"epochs": 55, "patience": 15, "batch_size": 20, "lr": 5e-3, "lm_lr": 2e-4},
+        "train": {"epochs": 30, "patience": 30, "batch_size": 20, "lr": 5e-3, "lm_lr": 2e-4},
     },
     "rec-only": {
         "recipe": {"content_warmup_epochs": 0, "pretrain_rounds": 0, "rec_collab_weight": 1.0, "valid_users": 200},
