@@ -11,9 +11,9 @@ the final hidden state of the backbone has a few huge dimensions, which make raw
 saturate and let those dimensions dominate every update; `feature_scale` (a fixed per-dimension
 1/RMS measured once on real prompts, see `calibrate`) and a learnable temperature fix that.
 Both are folded into the exported item vectors, so serving still scores user_vector . item_vector
-with user_vector = the raw last hidden state (or, with `pooling="mean"`, the mean over the prompt's
-tokens, a capacity lever, not the paper). `tie_items=False` (a capacity lever, not the paper)
-scores items with their own output rows instead of z^l_item. An optional item bias (the popularity prior a
+with user_vector = the raw last hidden state. Two levers that are not the paper's setting change the
+rec head: `pooling="mean"` (the user vector is the mean hidden state over the prompt) and
+`tie_items=False` (items are scored with their own output rows instead of z^l_item). An optional item bias (the popularity prior a
 softmax over items otherwise has to spend hidden dimensions on) rides along as one more
 dimension: the user vector gets a constant 1 appended and the item vector its bias.
 """
@@ -59,7 +59,7 @@ class ModelConfig:
     # and being scored as a recommendation no longer compete for one vector
     tie_items: bool = True
     # "last" (the paper): the user vector is the hidden state at the prompt's last token; "mean": the
-    # mean hidden state over all its real tokens, so every history item reaches the user vector
+    # mean hidden state over its real tokens after the first, so every history item reaches the user vector
     # directly instead of through one token's attention over a hundred others
     pooling: Literal["last", "mean"] = "last"
 
