@@ -81,8 +81,9 @@ class CLLM4Rec(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
         self.item_bias = nn.Parameter(torch.zeros(vocab.num_items), requires_grad=cfg.item_bias)
         u = vocab.num_users
-        self.item_output = nn.Parameter(self.collab_embeddings.detach()[u : u + vocab.num_items].clone(),
-                                        requires_grad=not cfg.tie_items)
+        # only an untied model has output rows: a tied one scores with its token rows
+        self.item_output: nn.Parameter | None = (None if cfg.tie_items else
+                                                 nn.Parameter(self.collab_embeddings.detach()[u : u + vocab.num_items].clone()))
 
     @property
     def device(self) -> torch.device:
@@ -136,7 +137,7 @@ class CLLM4Rec(nn.Module):
     def item_matrix(self) -> torch.Tensor:
         """[J, vector_dim] vectors whose dot product with a user vector is the item score."""
         u = self.vocab.num_users
-        rows = self.collab_embeddings[u : u + self.num_items] if self.cfg.tie_items else self.item_output
+        rows = self.collab_embeddings[u : u + self.num_items] if self.item_output is None else self.item_output
         items = rows * self.feature_scale * self.log_scale.exp()
         if not self.cfg.item_bias:
             return items
@@ -270,14 +271,15 @@ class CLLM4Rec(nn.Module):
                 row = vocab[torch.as_tensor(ids, device=vocab.device)].float().mean(0)
                 self.collab_embeddings[u + j] = row
                 self.content_embeddings[u + j] = row
-                self.item_output[j] = row
+                if self.item_output is not None:
+                    self.item_output[j] = row
                 done += 1
         return done
 
     def trained_keys(self) -> list[str]:
         """What a checkpoint stores: the ID tables and heads, plus the LM weights that train
         (adapters, unfrozen blocks) under their `backbone.` names; the frozen LM is referenced."""
-        own = [*TRAINED_KEYS, *((BIAS_KEY,) if self.cfg.item_bias else ()), *(() if self.cfg.tie_items else (OUTPUT_KEY,))]
+        own = [*TRAINED_KEYS, *((BIAS_KEY,) if self.cfg.item_bias else ()), *((OUTPUT_KEY,) if self.item_output is not None else ())]
         return own + trained_lm_names(self.backbone, "backbone.")
 
     def trained_state(self) -> dict[str, torch.Tensor]:
@@ -289,7 +291,7 @@ class CLLM4Rec(nn.Module):
         load_strict(self, self.trained_keys(), dict(tensors))
 
     def id_parameters(self) -> list[nn.Parameter]:
-        return [self.collab_embeddings, self.content_embeddings, *(() if self.cfg.tie_items else (self.item_output,))]
+        return [self.collab_embeddings, self.content_embeddings, *(() if self.item_output is None else (self.item_output,))]
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Temperature and item bias: a handful of scalars that must move by whole units (the
