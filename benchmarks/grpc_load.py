@@ -269,7 +269,9 @@ def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
 def markdown(result: dict) -> str:
     lines = [f"Model {result['model']} v{result['version']} ({result['kind']}/{result['user_tower']}); "
              f"{result['config']['seconds']:.0f} s per point, top-{result['config']['top_k']}, closed-loop clients "
-             "on loopback; latencies from HDR histograms.", ""]
+             "on loopback; latencies from HDR histograms."
+             + (f" Server flags: `{' '.join(result['config']['server_args'])}`." if result["config"].get("server_args")
+                else ""), ""]
     base = result.get("pytorch_eager", {}).get("history", [])
     for engine, server in result["servers"].items():
         lines += [f"### server --engine {engine} (chose {server['engine_chosen'] or 'none'}, "

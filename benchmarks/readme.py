@@ -44,7 +44,8 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
     parts = []
     for engine, s in r["servers"].items():
         by = {w: {x["concurrency"]: x for x in s.get(w, [])} for w in ("noop", "user_id", "history")}
-        text = f"`--engine {engine}` (chose {s['engine_chosen'] or '-'})"
+        flags = " ".join([f"--engine {engine}", *r["config"].get("server_args", [])])
+        text = f"`{flags}` (chose {s['engine_chosen'] or '-'})"
         if 1 in by["user_id"] and 1 in by["noop"]:
             text += (f": known user p99 {by['user_id'][1]['p99_ms']:.2f} ms = "
                      f"{by['user_id'][1]['p99_ms'] / by['noop'][1]['p99_ms']:.2f}x the no-op RPC's p99")

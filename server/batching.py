@@ -11,9 +11,12 @@ What keeps it from wedging:
 - Admission sheds load early: a request is refused with RESOURCE_EXHAUSTED when the queue is full,
   or when the expected wait (queued work x measured time per request) exceeds what it can wait (its
   deadline, or max_queue_wait), instead of timing out after holding a slot.
-- `check`/`restart` let a watchdog replace a worker thread that died or stopped making progress;
-  the jobs it held and the queued ones get UNAVAILABLE, the new thread starts from an empty queue,
+- `check`/`restart` let a watchdog replace worker threads that died or stopped making progress;
+  the jobs they held and the queued ones get UNAVAILABLE, the new threads start from an empty queue,
   and results of an abandoned thread that wakes up later are dropped (generation counter).
+
+`instances` workers share the queue, each running its own batches at once (Triton's instance
+count): with one worker, the next batch waits for the running one even when cores are idle.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ from server import errors
 log = logs.get("server.batching")
 
 _EWMA = 0.2  # weight of the newest batch in the time-per-request estimate
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One worker's state: what it runs now and since when (the watchdog's stall clock)."""
+
+    thread: threading.Thread | None = None
+    running: list[_Job] = field(default_factory=list)
+    busy_since: float | None = None
 
 
 @dataclass(eq=False)
@@ -64,11 +76,15 @@ def _discard_if_cancelled(batcher: weakref.ref[DynamicBatcher], fut: Future) -> 
 
 
 class DynamicBatcher:
-    """One worker thread per model version; `submit` returns a Future of one output row."""
+    """`instances` worker threads per model version; `submit` returns a Future of one output row."""
 
     def __init__(self, name: str, run_batch: Callable[[Sequence[Any]], np.ndarray], max_batch_size: int,
-                 max_wait_ms: float, queue_size: int, metrics: Any = None, max_queue_wait_s: float = 0.0) -> None:
+                 max_wait_ms: float, queue_size: int, metrics: Any = None, max_queue_wait_s: float = 0.0,
+                 instances: int = 1) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
         self.name = name
+        self.instances = instances
         self._run = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -79,12 +95,11 @@ class DynamicBatcher:
         self._queue: deque[_Job] = deque()
         self._closed = False
         self._generation = 0
-        self._running: list[_Job] = []
-        self._busy_since: float | None = None
+        self._slots: list[_Slot] = []
         self._seconds_per_request = 0.0  # EWMA; 0 until measured
         self._unavailable: str | None = None  # why requests are refused while a restart is probed
         self.restarts = 0
-        self._thread = self._start_worker()
+        self._start_workers()
 
     # ---- callers ----
     def submit(self, payload: Any, deadline: float | None = None, *, probe: bool = False) -> Future:
@@ -117,13 +132,13 @@ class DynamicBatcher:
         return job.future
 
     def _expected_wait(self, now: float) -> float:
-        """Seconds until a new request's result: the rest of the running batch + everything queued
-        ahead of it + itself, at the measured time per request (0 until a batch was measured)."""
+        """Seconds until a new request's result: the rest of the running batches + everything queued
+        ahead of it, shared among the workers, + itself, at the measured time per request (each
+        worker's own wall time, so cores shared between workers are accounted for; 0 until measured)."""
         per = self._seconds_per_request
-        running = 0.0
-        if self._busy_since is not None:
-            running = max(0.0, per * len(self._running) - (now - self._busy_since))
-        return running + per * (len(self._queue) + 1)
+        running = sum(max(0.0, per * len(s.running) - (now - s.busy_since))
+                      for s in self._slots if s.busy_since is not None)
+        return (running + per * len(self._queue)) / self.instances + per
 
     def _discard(self, fut: Future) -> None:
         """A cancelled job leaves the queue at once (its slot is free for someone who still waits)."""
@@ -152,32 +167,36 @@ class DynamicBatcher:
             self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        for slot in list(self._slots):
+            if slot.thread is not None:
+                slot.thread.join(None if end is None else max(0.0, end - time.monotonic()))
 
     # ---- supervision ----
     def check(self, stall_seconds: float) -> str | None:
-        """Why the worker needs a restart ("died", "stalled"), or None while it is fine."""
+        """Why the workers need a restart ("died", "stalled": any one of them), or None while all are fine."""
         with self._cond:
             if self._closed and not self._queue:
                 return None
-            if not self._thread.is_alive():
+            now = time.monotonic()
+            if not self.workers_alive:
                 return "died"
-            if self._busy_since is not None and time.monotonic() - self._busy_since > stall_seconds:
+            if any(s.busy_since is not None and now - s.busy_since > stall_seconds for s in self._slots):
                 return "stalled"
         return None
 
     def restart(self, reason: str) -> None:
-        """Abandons the current worker thread (it may be stuck in native code: it cannot be killed, and
-        whatever it returns later is dropped), fails its jobs and the queued ones with UNAVAILABLE,
-        and starts a new worker. Requests stay refused until `mark_available` (after a probe)."""
+        """Abandons the current worker threads (one may be stuck in native code: it cannot be killed,
+        and whatever it returns later is dropped), fails their jobs and the queued ones with
+        UNAVAILABLE, and starts new workers. Requests stay refused until `mark_available` (after a probe)."""
         with self._cond:
             self._generation += 1
             self.restarts += 1
-            failed = [*self._running, *self._queue]
-            self._running, self._busy_since = [], None
+            failed = [job for s in self._slots for job in s.running] + list(self._queue)
             self._queue.clear()
             self._unavailable = reason
-            self._thread = self._start_worker()
+            self._start_workers()
+            self._cond.notify_all()  # idle abandoned workers exit now, never taking a wake-up meant for a new one
         err = errors.unavailable(f"model {self.name}: its encoder worker {reason} and was restarted; "
                                  "the request was not run, retry")
         for job in failed:
@@ -198,17 +217,30 @@ class DynamicBatcher:
     def available(self) -> bool:
         return self._unavailable is None
 
+    @property
+    def workers_alive(self) -> bool:
+        return all(s.thread is not None and s.thread.is_alive() for s in self._slots)
+
+    @property
+    def running(self) -> int:
+        """Jobs the workers are running now."""
+        with self._cond:
+            return sum(len(s.running) for s in self._slots)
+
     # ---- worker ----
-    def _start_worker(self) -> threading.Thread:
-        t = threading.Thread(target=self._loop, args=(self._generation,), name=f"batcher-{self.name}", daemon=True)
-        t.start()
-        return t
+    def _start_workers(self) -> None:
+        """A fresh slot per worker: an abandoned worker keeps writing to its old slot, never to these."""
+        self._slots = [_Slot() for _ in range(self.instances)]
+        for i, slot in enumerate(self._slots):
+            slot.thread = threading.Thread(target=self._loop, args=(self._generation, slot),
+                                           name=f"batcher-{self.name}-{i}", daemon=True)
+            slot.thread.start()
 
     def _gauge(self, depth: int) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.labels(model=self.name).set(depth)
 
-    def _next_batch(self, generation: int) -> list[_Job] | None:
+    def _next_batch(self, generation: int, slot: _Slot) -> list[_Job] | None:
         with self._cond:
             while not self._queue and not self._closed and generation == self._generation:
                 self._cond.wait()
@@ -224,14 +256,14 @@ class DynamicBatcher:
                 if generation != self._generation:
                     return None
             jobs = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
-            self._running, self._busy_since = jobs, time.monotonic()
+            slot.running, slot.busy_since = jobs, time.monotonic()
             depth = len(self._queue)
         self._gauge(depth)
         return jobs
 
-    def _loop(self, generation: int) -> None:
+    def _loop(self, generation: int, slot: _Slot) -> None:
         while True:
-            jobs = self._next_batch(generation)
+            jobs = self._next_batch(generation, slot)
             if jobs is None:
                 return
             try:
@@ -243,8 +275,7 @@ class DynamicBatcher:
             # Not in a `finally`: if something worse than an Exception kills this thread, its jobs stay
             # recorded as running, and the watchdog's restart answers them.
             with self._cond:
-                if generation == self._generation:
-                    self._running, self._busy_since = [], None
+                slot.running, slot.busy_since = [], None
 
     def _process(self, jobs: list[_Job], generation: int) -> None:
         now = time.monotonic()

@@ -31,7 +31,10 @@ class ServeConfig:
     """threads for blocking work (searches over large catalogues, admin calls); requests waiting for an
     encoder hold no thread (asyncio server)"""
     ort_threads: int = 1
-    """threads per encoder engine (ONNX Runtime intra-op, OpenVINO inference threads)"""
+    """threads per encoder call (ONNX Runtime intra-op, OpenVINO inference threads)"""
+    encoder_instances: int = 1
+    """user-encoder batches each model version runs at once (worker threads sharing its queue, each with
+    its own OpenVINO stream); on a dedicated machine, cores / ort_threads uses every core under load"""
     engine: str = "auto"
     """encoder engine: auto (the fastest that passes the quality gate on this machine), or ENGINE[:PRECISION]
     e.g. onnxruntime-cpu, openvino-cpu:bf16, onnxruntime-cuda:fp16 (a version's manifest may also name one)"""
@@ -101,7 +104,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
+        for name in ("threads", "ort_threads", "encoder_instances", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
                      "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")

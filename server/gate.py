@@ -146,19 +146,19 @@ def _time(encoders: dict[str, Encoder], cases: list[dict[str, np.ndarray]], repe
 def select(role: str, graph: Path, candidates: list[tuple[str, str]], ref: ReferenceData | None,
            items: np.ndarray, threads: int, cfg: GateConfig,
            fallback_cases: Callable[[Encoder], list[dict[str, np.ndarray]]] | None = None,
-           ) -> tuple[Encoder, list[Trial]]:
+           instances: int = 1) -> tuple[Encoder, list[Trial]]:
     """Loads each candidate, gates it, and returns the fastest that passed (the reference engine when
     none did), with every trial for the log and ListModels."""
     loaded: dict[str, Encoder] = {}
     trials: list[Trial] = []
     for name, precision in candidates:
         try:
-            loaded[f"{name}:{precision}"] = ENGINES[name].load(graph, precision, threads)
+            loaded[f"{name}:{precision}"] = ENGINES[name].load(graph, precision, threads, instances=instances)
         except Exception as exc:
             trials.append(Trial(name, precision, False, f"could not load ({type(exc).__name__}: {exc})"))
     if ref is None:  # no stored reference: ONNX Runtime fp32 here is the reference (not a candidate unless asked)
         base_key = ":".join(REFERENCE)
-        base = loaded.get(base_key) or ENGINES[REFERENCE[0]].load(graph, REFERENCE[1], threads)
+        base = loaded.get(base_key) or ENGINES[REFERENCE[0]].load(graph, REFERENCE[1], threads, instances=instances)
         try:
             cases = fallback_cases(base) if fallback_cases else []
             ref = ReferenceData(cases, [base.run(c) for c in cases])
@@ -172,7 +172,7 @@ def select(role: str, graph: Path, candidates: list[tuple[str, str]], ref: Refer
     if not loaded:
         log.error("no engine passed the quality gate; serving the reference engine", role=role,
                   trials=[asdict(t) for t in trials])
-        return ENGINES[REFERENCE[0]].load(graph, REFERENCE[1], threads), trials
+        return ENGINES[REFERENCE[0]].load(graph, REFERENCE[1], threads, instances=instances), trials
     by_size = sorted(ref.cases or ref.probe_cases[:1], key=lambda c: sum(v.size for v in c.values()))
     timing_cases = [by_size[0], by_size[-1]] if len(by_size) > 1 else by_size
     times = _time(loaded, timing_cases, cfg.repeats) if len(loaded) > 1 else {k: float("nan") for k in loaded}

@@ -92,10 +92,11 @@ class ModelVersion:
             enc = self._encoder("item_encoder", files, cfg, machine, self._item_fallback(files))
             self.item_encoder = ItemTextEncoder(m, enc, files.tokenizer)
         if self.can_history:
-            enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback)
+            enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback, cfg.encoder_instances)
             self.history_encoder = HistoryEncoder(self.adapter, enc, input_names(m, "user_encoder", enc))
             self.batcher = DynamicBatcher(name, self.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
-                                          cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0)
+                                          cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0,
+                                          instances=cfg.encoder_instances)
 
     # ---- loading: index backend and engines chosen for this machine ----
     def _load_index(self, files: VersionFiles, cfg: ServeConfig, machine: Machine) -> Catalogue:
@@ -111,7 +112,7 @@ class ModelVersion:
         return Catalogue.exported(index, files.item_ids, files.item_vectors, files.item_titles, backend.exact)
 
     def _encoder(self, role: str, files: VersionFiles, cfg: ServeConfig, machine: Machine,
-                 fallback: Callable[[Encoder], list[dict[str, np.ndarray]]]) -> Encoder:
+                 fallback: Callable[[Encoder], list[dict[str, np.ndarray]]], instances: int = 1) -> Encoder:
         """The engine that serves `role`: the fastest candidate passing the quality gate (server/gate.py)."""
         requested = cfg.engine if cfg.engine != "auto" else str((self.manifest.get("serving") or {}).get("engine", "auto"))
         try:
@@ -124,7 +125,7 @@ class ModelVersion:
         gate_cfg = GateConfig(cfg.gate_min_cosine, cfg.gate_min_overlap, cfg.gate_rows, cfg.gate_repeats)
         try:
             encoder, trials = select(role, files.encoders[role], cands, ref, files.item_vectors, cfg.ort_threads,
-                                     gate_cfg, fallback)
+                                     gate_cfg, fallback, instances)
         except Exception as exc:
             raise VersionError(f"{self.path}: {role} cannot be served: {exc}") from exc
         self.engines[role] = f"{encoder.name}:{encoder.precision}"

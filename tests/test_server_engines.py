@@ -65,7 +65,7 @@ class NoisyEngine:
         return ["fp32"]
 
     @staticmethod
-    def load(path: Path, precision: str, threads: int) -> OrtEncoder:
+    def load(path: Path, precision: str, threads: int, instances: int = 1) -> OrtEncoder:
         base = OnnxRuntimeCpu.load(path, "fp32", threads)
         rng = np.random.default_rng(0)
 

@@ -92,8 +92,8 @@ def test_deadline_storm_leaves_the_batcher_serving(env) -> None:
     with RecommenderClient(f"127.0.0.1:{srv.port}") as fresh:  # a well-behaved client
         assert all(fresh.recommend("tiny-cllm", history=[f"i{j}"], top_k=3, timeout=10).items for j in range(20))
         assert fresh.health("tiny-cllm") == "SERVING"
-    assert b._thread.is_alive() and b.restarts == 0
-    assert _wait(lambda: not b._queue and not b._running)  # no job left behind
+    assert b.workers_alive and b.restarts == 0
+    assert _wait(lambda: not b._queue and not b.running)  # no job left behind
     assert threading.active_count() <= threads_before + 1  # no stuck threads
 
 
@@ -172,7 +172,7 @@ def test_cancelled_request_leaves_the_queue_and_never_runs(env) -> None:
     stub = pb_grpc.RecommenderStub(c.channel)
     try:
         first = stub.Recommend.future(pb.RecommendRequest(model="tiny-cllm", history=["i1"], top_k=3), timeout=10)
-        assert _wait(lambda: bool(b._running))
+        assert _wait(lambda: bool(b.running))
         second = stub.Recommend.future(pb.RecommendRequest(model="tiny-cllm", history=["i2"], top_k=3), timeout=10)
         assert _wait(lambda: len(b._queue) == 1)
         second.cancel()

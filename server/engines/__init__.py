@@ -5,7 +5,10 @@ pass the quality gate (gate.py) against the version's fp32 reference outputs.
 An engine module defines a class with
 - `name` (the registry key, also shown in ListModels, logs and the `recsys_engine_info` metric),
 - `precisions(machine) -> list[str]`: the precisions it can run here ([] = not available),
-- `load(path, precision, threads) -> Encoder`.
+- `load(path, precision, threads, instances=1) -> Encoder`: `threads` per call; `instances` is how
+  many threads may call `run` at once (the batcher's workers), each of which should get the speed
+  of a lone caller (ONNX Runtime's sessions allow concurrent runs as they are; OpenVINO needs a
+  stream per caller).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Engine(Protocol):
     def precisions(machine: Machine) -> list[str]: ...
 
     @staticmethod
-    def load(path: Path, precision: str, threads: int) -> Encoder: ...
+    def load(path: Path, precision: str, threads: int, instances: int = 1) -> Encoder: ...
 
 
 ENGINES: dict[str, type[Engine]] = {

@@ -42,7 +42,7 @@ class OnnxRuntimeCpu:
         return ["fp32"]
 
     @staticmethod
-    def load(path: Path, precision: str, threads: int) -> OrtEncoder:
+    def load(path: Path, precision: str, threads: int, instances: int = 1) -> OrtEncoder:
         import onnxruntime as ort
 
         if precision != "fp32":

@@ -24,7 +24,7 @@ class OnnxRuntimeCuda:
         return ["fp32", "fp16"] if importlib.util.find_spec("onnxconverter_common") else ["fp32"]
 
     @staticmethod
-    def load(path: Path, precision: str, threads: int) -> OrtEncoder:
+    def load(path: Path, precision: str, threads: int, instances: int = 1) -> OrtEncoder:
         import onnx
         import onnxruntime as ort
 

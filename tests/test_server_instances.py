@@ -1,0 +1,119 @@
+"""Encoder instances: several batcher workers share one model version's queue and run batches at once,
+and the watchdog's restart, the admission estimate and the engines (OpenVINO streams) follow."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from repo_fixtures import running_server, write_cllm4rec
+
+from server import errors
+from server.batching import DynamicBatcher
+from server.engines.openvino_cpu import compile_config
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+def _meeting(parties: int):
+    """A run_batch that returns only once `parties` batches are running at the same time."""
+    barrier = threading.Barrier(parties, timeout=2.0)
+
+    def run(payloads):
+        barrier.wait()
+        return [[float(p)] for p in payloads]
+
+    return run
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_instances_run_batches_at_the_same_time(instances: int) -> None:
+    b = DynamicBatcher("m", _meeting(2), max_batch_size=1, max_wait_ms=0, queue_size=8, instances=instances)
+    futures = [b.submit(1), b.submit(2)]
+    if instances == 2:
+        assert [f.result(5) for f in futures] == [[1.0], [2.0]]
+    else:  # one worker runs one batch at a time: the two never meet
+        with pytest.raises(threading.BrokenBarrierError):
+            futures[0].result(5)
+    b.close()
+    b.join(5)
+
+
+def test_restart_replaces_every_instance_and_idle_ones_do_not_swallow_wakeups() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def run(payloads):
+        calls.extend(payloads)
+        if payloads == [1]:
+            release.wait(10)  # a worker stuck in native code
+        return [[float(p)] for p in payloads]
+
+    b = DynamicBatcher("m", run, max_batch_size=1, max_wait_ms=0, queue_size=8, instances=2)
+    stuck = b.submit(1)
+    deadline = time.monotonic() + 5
+    while b.running == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the other worker is idle, waiting for work
+    assert b.check(stall_seconds=0.05) == "stalled"
+    b.restart("stalled")
+    with pytest.raises(errors.ServingError, match="restarted"):
+        stuck.result(5)
+    b.mark_available()
+    # The idle worker of the old generation was waiting first; it must not take this wake-up and leave
+    # the request with nobody to run it.
+    assert b.submit(2).result(5) == [2.0]
+    assert b.workers_alive and b.restarts == 1 and b.check(stall_seconds=5.0) is None
+    release.set()
+    b.close()
+    b.join(5)
+
+
+def test_expected_wait_is_shared_among_the_instances() -> None:
+    gate = threading.Event()
+
+    def run(payloads):
+        gate.wait(10)
+        return [[float(p)] for p in payloads]
+
+    b = DynamicBatcher("m", run, max_batch_size=1, max_wait_ms=0, queue_size=8, max_queue_wait_s=2.7, instances=2)
+    b.observe(1.0, 1)  # one second per request, as measured
+    running = [b.submit(1), b.submit(2)]  # one per worker
+    deadline = time.monotonic() + 5
+    while b.running < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = [b.submit(3), b.submit(4)]  # (2 running + 0 / 1 queued) / 2 workers + 1 s = 2.0 / 2.5 s: admitted
+    with pytest.raises(errors.ServingError, match="--max-queue-wait-ms"):
+        b.submit(5)  # (2 + 2) / 2 + 1 = 3 s > 2.7 s (with one worker the third request would already wait 3 s)
+    gate.set()
+    assert [f.result(5) for f in running + queued] == [[1.0], [2.0], [3.0], [4.0]]
+    b.close()
+    b.join(5)
+
+
+def test_openvino_gets_a_stream_per_instance() -> None:
+    assert compile_config("bf16", 1, 1) == {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "1",
+                                            "PERFORMANCE_HINT": "LATENCY"}
+    assert compile_config("fp32", 2, 3) == {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "6",
+                                            "NUM_STREAMS": "3"}
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime-cpu:fp32"]
+                         + (["openvino-cpu:fp32"] if HAS_OPENVINO else []))
+def test_a_server_with_two_instances_answers_concurrent_histories_like_one(tmp_path: Path, engine: str) -> None:
+    write_cllm4rec(tmp_path)
+    histories = [[f"i{(3 * k + j) % 30}" for j in range(1 + k % 7)] for k in range(24)]
+    answers = []
+    for instances in (1, 2):
+        with running_server(tmp_path, engine=engine, encoder_instances=instances) as (srv, client):
+            with srv.registry.use("tiny-cllm") as mv:
+                assert mv.batcher is not None and mv.batcher.instances == instances
+            with ThreadPoolExecutor(8) as pool:
+                answers.append(list(pool.map(lambda h: client.recommend("tiny-cllm", history=h, top_k=5), histories)))
+    for one, two in zip(*answers, strict=True):
+        assert np.allclose([s for _, s in one.items], [s for _, s in two.items], atol=1e-4)
