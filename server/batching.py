@@ -242,19 +242,22 @@ class DynamicBatcher:
 
     def _next_batch(self, generation: int, slot: _Slot) -> list[_Job] | None:
         with self._cond:
-            while not self._queue and not self._closed and generation == self._generation:
-                self._cond.wait()
-            if generation != self._generation or not self._queue:
-                return None  # replaced by a restart, or closed with nothing left
-            if self.max_wait > 0:
-                end = time.monotonic() + self.max_wait
-                while len(self._queue) < self.max_batch_size and not self._closed:
-                    remaining = end - time.monotonic()
-                    if remaining <= 0 or generation != self._generation:
-                        break
-                    self._cond.wait(remaining)
-                if generation != self._generation:
-                    return None
+            while True:
+                while not self._queue and not self._closed and generation == self._generation:
+                    self._cond.wait()
+                if generation != self._generation or not self._queue:
+                    return None  # replaced by a restart, or closed with nothing left
+                if self.max_wait > 0:
+                    end = time.monotonic() + self.max_wait
+                    while len(self._queue) < self.max_batch_size and not self._closed:
+                        remaining = end - time.monotonic()
+                        if remaining <= 0 or generation != self._generation:
+                            break
+                        self._cond.wait(remaining)
+                    if generation != self._generation:
+                        return None
+                if self._queue:
+                    break  # else another worker took the jobs while this one waited for company
             jobs = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
             slot.running, slot.busy_since = jobs, time.monotonic()
             depth = len(self._queue)
