@@ -7,7 +7,8 @@ rates (latency counted from each request's scheduled time, so a slow server cann
 A no-op RPC (grpc.health Check) on the same server is the transport floor. Latencies go into HDR
 histograms (p50/p90/p99/p99.9). The baseline, in the same run, answers the same history requests the
 way research code does: the checkpoint's torch encoder, scores against every item, topk, from the
-same number of concurrent callers, no batching.
+same number of concurrent callers, no batching; its phases alternate with the server's (`paired`), so
+the ratio compares the two paths under the same spells of a shared machine.
 """
 
 from __future__ import annotations
@@ -47,21 +48,35 @@ class GrpcBenchConfig:
     open_loop_rates: list[float] = field(default_factory=list)  # requests/s of history requests, per engine
     top_k: int = 20
     history_len: int = 20
+    # Send only users with at least history_len items, each cut to exactly that many, so every request's
+    # encoder input has one length (the issue's targets are stated at a fixed L, e.g. about 128 tokens);
+    # off: every sampled user's most recent history_len items, so lengths vary as in real traffic.
+    fixed_history: bool = False
+    # The server-vs-PyTorch comparison (needs --bench.checkpoint): at each of these concurrencies the history
+    # workload alternates between the server and the in-process PyTorch baseline for `paired_rounds` rounds
+    # of `paired_seconds` each, and each side's figures pool its rounds. A shared machine's speed drifts by
+    # tens of percent within minutes; phases minutes apart would measure the drift as much as the paths.
     baseline_concurrency: list[int] = field(default_factory=lambda: [1, 8])
-    baseline_requests: int = 40  # per baseline concurrency
+    paired_rounds: int = 3
+    paired_seconds: float = 4.0
     # Also serve with --max-batch-size 1 and rerun the history workload at the highest concurrency, so the
     # gain of dynamic batching is measured in the same run.
     compare_unbatched: bool = True
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
 
 
-def _load_requests(version_dir: Path, n: int, history_len: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+def _load_requests(version_dir: Path, n: int, history_len: int, seed: int = 0, fixed: bool = False
+                   ) -> tuple[list[str], list[list[str]]]:
     user_ids = json.loads((version_dir / "user_ids.json").read_text())
     item_ids = json.loads((version_dir / "item_ids.json").read_text())
     with np.load(version_dir / "user_history.npz") as hist:
         indptr, indices = hist["indptr"], hist["indices"]
     rng = np.random.default_rng(seed)
-    users = rng.choice(len(user_ids), size=min(n, len(user_ids)), replace=False)
+    pool = np.flatnonzero(np.diff(indptr) >= history_len) if fixed else np.arange(len(user_ids))
+    if not len(pool):
+        raise ConfigError(f"--bench.fixed-history: no user of {version_dir} has {history_len} items in its "
+                          f"history (the longest has {int(np.diff(indptr).max())}); lower --bench.history-len")
+    users = rng.choice(pool, size=min(n, len(pool)), replace=False)
     histories = [[item_ids[r] for r in indices[indptr[u]:indptr[u + 1]][-history_len:]] for u in users]
     return [user_ids[u] for u in users], histories
 
@@ -93,6 +108,23 @@ class Recorder:
 def closed_loop(call: Callable[[int], None], concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """`concurrency` callers, each sending its next request when the previous one is answered."""
     rec = Recorder()
+    return rec.summary(_drive(call, concurrency, seconds, max_requests, rec), concurrency=concurrency)
+
+
+def paired(calls: dict[str, Callable[[int], None]], concurrency: int, rounds: int, seconds: float
+           ) -> dict[str, dict[str, Any]]:
+    """Closed-loop phases of each call in turn, `rounds` times; each call's latencies and QPS pool its own
+    phases, so slow and fast spells of a shared machine fall on every side alike."""
+    recs = {name: Recorder() for name in calls}
+    elapsed = dict.fromkeys(calls, 0.0)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            elapsed[name] += _drive(call, concurrency, seconds, 1_000_000, recs[name])
+    return {name: recs[name].summary(elapsed[name], concurrency=concurrency, rounds=rounds) for name in calls}
+
+
+def _drive(call: Callable[[int], None], concurrency: int, seconds: float, max_requests: int, rec: Recorder) -> float:
+    """Runs the callers into `rec`; returns the seconds they took."""
     counter = iter(range(max_requests))
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -116,7 +148,7 @@ def closed_loop(call: Callable[[int], None], concurrency: int, seconds: float, m
         t.start()
     for t in threads:
         t.join()
-    return rec.summary(time.perf_counter() - t_start, concurrency=concurrency)
+    return time.perf_counter() - t_start
 
 
 def open_loop(future: Callable[[int], Any], rate: float, seconds: float) -> dict[str, Any]:
@@ -148,10 +180,11 @@ def open_loop(future: Callable[[int], Any], rate: float, seconds: float) -> dict
     return rec.summary(time.perf_counter() - t_start, rate=rate, offered=n)
 
 
-def _torch_baseline(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int,
-                    concurrency: list[int], requests: int) -> dict[str, Any]:
+def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int
+                  ) -> Callable[[int], None] | None:
     """Research-code serving: the torch encoder per request, scores against every item, topk, no batching.
-    Prompts / sequences are built by the server's own adapter, so both sides encode the same input."""
+    Prompts / sequences are built by the server's own adapter, so both sides encode the same input.
+    None for a model without a history encoder (DSSM)."""
     import torch
 
     from models.bundle import load_bundle
@@ -160,7 +193,7 @@ def _torch_baseline(checkpoint: Path, version_dir: Path, users: list[str], histo
     bundle = load_bundle(checkpoint, known_users=False)
     enc = bundle.encoders.get("user_encoder")
     if enc is None:
-        return {"skipped": "model has no history encoder (DSSM)"}
+        return None
     torch.set_num_threads(1)
     manifest = json.loads((version_dir / "manifest.json").read_text())
     adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
@@ -178,11 +211,11 @@ def _torch_baseline(checkpoint: Path, version_dir: Path, users: list[str], histo
             torch.topk(v @ items_t.T, k)
 
     answer(0)  # warm-up
-    return {"history": [closed_loop(answer, c, seconds=600.0, max_requests=requests) for c in concurrency]}
+    return answer
 
 
-def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int], pb.RecommendRequest]]
-           ) -> dict[str, Any]:
+def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int], pb.RecommendRequest]],
+           torch_answer: Callable[[int], None] | None) -> dict[str, Any]:
     channel = grpc.insecure_channel(target)
     stub = pb_grpc.RecommenderStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
@@ -196,7 +229,28 @@ def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int
         out["history_open_loop"] = [
             open_loop(lambda i: stub.Recommend.future(workloads["history"](i), timeout=60), r, cfg.seconds)
             for r in cfg.open_loop_rates]
+    if torch_answer is not None and "history" in workloads:
+        both = {"server": calls["history"], "pytorch": torch_answer}
+        out["paired"] = [paired(both, c, cfg.paired_rounds, cfg.paired_seconds) for c in cfg.baseline_concurrency]
     channel.close()
+    return out
+
+
+def _request_lengths(version_dir: Path, manifest: dict[str, Any], histories: list[list[str]]) -> dict[str, Any]:
+    """Percentiles of the history lengths sent and, where the model's adapter measures it, of the encoder
+    input length they make (prompt tokens for CLLM4Rec): a figure at "L about 128" needs to say its L."""
+    from server.adapters import adapter_for
+
+    def pct(xs: list[int]) -> dict[str, float]:
+        return {f"p{q}": float(np.percentile(xs, q)) for q in (10, 50, 90)}
+
+    out: dict[str, Any] = {"history_items": pct([len(h) for h in histories])}
+    cls = adapter_for(manifest["kind"], manifest["user_tower"])
+    if cls is not None and cls.history and hasattr(cls, "length"):
+        adapter = cls(version_dir, manifest)
+        rows = {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+        out["encoder_input_length"] = pct([adapter.length(adapter.payload(None, [rows[x] for x in h], lambda r: None))
+                                           for h in histories])
     return out
 
 
@@ -223,7 +277,7 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
     versions = [_latest_version(cfg.repository, cfg.model)]
     version_dir = model_dir / str(versions[-1])
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    users, histories = _load_requests(version_dir, 500, cfg.history_len)
+    users, histories = _load_requests(version_dir, 500, cfg.history_len, fixed=cfg.fixed_history)
     workloads: dict[str, Callable[[int], pb.RecommendRequest]] = {
         "user_id": lambda i: pb.RecommendRequest(model=cfg.model, user_id=users[i % len(users)], top_k=cfg.top_k)}
     if manifest["capabilities"].get("history"):
@@ -231,9 +285,17 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
                                                              top_k=cfg.top_k)
     result: dict = {"model": cfg.model, "version": versions[-1], "kind": manifest["kind"],
                     "user_tower": manifest["user_tower"], "servers": {},
+                    "requests": _request_lengths(version_dir, manifest, histories),
                     "config": {"seconds": cfg.seconds, "top_k": cfg.top_k, "history_len": cfg.history_len,
+                               "fixed_history": cfg.fixed_history,
                                "concurrency": cfg.concurrency, "server_args": cfg.server_args,
+                               "paired_rounds": cfg.paired_rounds, "paired_seconds": cfg.paired_seconds,
                                "cpu_count": os.cpu_count()}}
+    torch_answer = None
+    if cfg.checkpoint is not None and "history" in workloads:
+        torch_answer = _torch_answer(cfg.checkpoint, version_dir, users, histories, cfg.top_k)
+        if torch_answer is None:
+            result["pytorch_eager"] = {"skipped": "model has no history encoder (DSSM)"}
     for engine in cfg.engines:
         proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", "--engine", engine, *cfg.server_args])
         try:
@@ -242,7 +304,7 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
             with RecommenderClient(target) as c:
                 info = next(m for m in c.list_models().models if m.name == cfg.model).versions[-1]
             result["servers"][engine] = {"engine_chosen": info.engine, "index_backend": info.index_backend,
-                                         **_sweep(target, cfg, workloads)}
+                                         **_sweep(target, cfg, workloads, torch_answer)}
         finally:
             stop_server(proc)
     if cfg.compare_unbatched and "history" in workloads:
@@ -256,14 +318,39 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
                     lambda i: stub.Recommend(workloads["history"](i), timeout=60), c, cfg.seconds, cfg.max_requests)}
         finally:
             stop_server(proc)
-    if cfg.checkpoint is not None and "history" in workloads:
-        result["pytorch_eager"] = _torch_baseline(cfg.checkpoint, version_dir, users, histories, cfg.top_k,
-                                                  cfg.baseline_concurrency, cfg.baseline_requests)
     return result
 
 
 def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
     return next((r for r in rows if r.get("concurrency") == concurrency), None)
+
+
+def comparisons(result: dict, server: dict) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(clients, server figures, PyTorch figures) on the history workload: the alternating phases where the
+    run has them; in result files written before those, the sweep's point against the baseline run after it."""
+    if "paired" in server:
+        return [(p["server"]["concurrency"], p["server"], p["pytorch"]) for p in server["paired"]]
+    base = result.get("pytorch_eager", {}).get("history", [])
+    return [(b["concurrency"], srv, b) for b in base if (srv := _at(server.get("history", []), b["concurrency"]))]
+
+
+def _torch_rows(result: dict) -> list[dict[str, Any]]:
+    first = next(iter(result["servers"].values()), {})
+    if "paired" in first:
+        return [p["pytorch"] for p in first["paired"]]
+    return result.get("pytorch_eager", {}).get("history", [])
+
+
+def _requests_line(result: dict) -> str:
+    req, cfg = result["requests"], result["config"]
+
+    def span(p: dict[str, float]) -> str:
+        return f"{p['p50']:g}" if p["p10"] == p["p90"] else f"median {p['p50']:g} (p10 {p['p10']:g}, p90 {p['p90']:g})"
+    text = ("History requests: exactly " if cfg.get("fixed_history") else "History requests: up to ") + \
+        f"{cfg['history_len']} items each ({span(req['history_items'])} items"
+    if "encoder_input_length" in req:
+        text += f", {span(req['encoder_input_length'])} encoder input tokens"
+    return text + ")."
 
 
 def markdown(result: dict) -> str:
@@ -272,7 +359,8 @@ def markdown(result: dict) -> str:
              "on loopback; latencies from HDR histograms."
              + (f" Server flags: `{' '.join(result['config']['server_args'])}`." if result["config"].get("server_args")
                 else ""), ""]
-    base = result.get("pytorch_eager", {}).get("history", [])
+    if "requests" in result:
+        lines += [_requests_line(result), ""]
     for engine, server in result["servers"].items():
         lines += [f"### server --engine {engine} (chose {server['engine_chosen'] or 'none'}, "
                   f"index {server['index_backend']})", "",
@@ -290,14 +378,25 @@ def markdown(result: dict) -> str:
         noop1, user1 = _at(server.get("noop", []), 1), _at(server.get("user_id", []), 1)
         if noop1 and user1:
             lines.append(f"user_id p99 / no-op RPC p99 at 1 client: {user1['p99_ms'] / noop1['p99_ms']:.2f}x.")
-        for c in sorted({b["concurrency"] for b in base}):
-            srv, torch_ = _at(server.get("history", []), c), _at(base, c)
-            if srv and torch_:
+        pairs = comparisons(result, server)
+        if pairs and "paired" in server:
+            cfg = result["config"]
+            lines += ["", f"History workload, server vs PyTorch eager fp32 in process (encode + score all items + "
+                      f"topk, no batching), alternating {cfg['paired_seconds']:g} s phases, {cfg['paired_rounds']} "
+                      "rounds each side:", "",
+                      "| clients | server QPS | PyTorch QPS | QPS ratio | server p50 ms | PyTorch p50 ms | p50 ratio | "
+                      "server p99 ms | PyTorch p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {c} | {srv['qps']:.2f} | {t['qps']:.2f} | {srv['qps'] / t['qps']:.2f}x | {srv['p50_ms']:.1f} | "
+                      f"{t['p50_ms']:.1f} | {t['p50_ms'] / srv['p50_ms']:.2f}x | {srv['p99_ms']:.1f} | "
+                      f"{t['p99_ms']:.1f} |" for c, srv, t in pairs]
+        else:
+            for c, srv, t in pairs:
                 lines.append(f"history at {c} client(s): server {srv['qps']:.2f} QPS vs PyTorch eager "
-                             f"{torch_['qps']:.2f} QPS: {srv['qps'] / torch_['qps']:.2f}x; p50 {srv['p50_ms']:.1f} vs "
-                             f"{torch_['p50_ms']:.1f} ms: {torch_['p50_ms'] / srv['p50_ms']:.2f}x.")
+                             f"{t['qps']:.2f} QPS: {srv['qps'] / t['qps']:.2f}x; p50 {srv['p50_ms']:.1f} vs "
+                             f"{t['p50_ms']:.1f} ms: {t['p50_ms'] / srv['p50_ms']:.2f}x.")
         lines.append("")
-    if base:
+    base = result.get("pytorch_eager", {}).get("history", [])
+    if base:  # result files from before the alternating phases
         lines += ["### PyTorch eager fp32, in process (encode + score all items + topk, no batching)", "",
                   "| clients | QPS | p50 ms | p99 ms |", "|---|---|---|---|"]
         lines += [f"| {r['concurrency']} | {r['qps']:.2f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |" for r in base]
@@ -328,7 +427,7 @@ def plot(result: dict, prefix: Path) -> list[Path]:
                 if rows:
                     ax.plot([r["concurrency"] for r in rows], [r[metric] for r in rows], marker="o",
                             label=f"{workload} ({server['engine_chosen'] or engine})")
-        base = result.get("pytorch_eager", {}).get("history", [])
+        base = _torch_rows(result)
         if base:
             ax.plot([r["concurrency"] for r in base], [r[metric] for r in base], marker="s", linestyle="--",
                     label="history (PyTorch eager fp32)")

@@ -40,7 +40,8 @@ def _encoders(r: dict[str, Any], name: str) -> list[str]:
 
 
 def _grpc(r: dict[str, Any], name: str) -> list[str]:
-    base = {b["concurrency"]: b for b in r.get("pytorch_eager", {}).get("history", [])}
+    from benchmarks.grpc_load import comparisons
+
     parts = []
     for engine, s in r["servers"].items():
         by = {w: {x["concurrency"]: x for x in s.get(w, [])} for w in ("noop", "user_id", "history")}
@@ -49,12 +50,23 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
         if 1 in by["user_id"] and 1 in by["noop"]:
             text += (f": known user p99 {by['user_id'][1]['p99_ms']:.2f} ms = "
                      f"{by['user_id'][1]['p99_ms'] / by['noop'][1]['p99_ms']:.2f}x the no-op RPC's p99")
-        for c in sorted(base):
-            if c in by["history"]:
-                text += (f"; history at {c} client(s) {by['history'][c]['qps']:.1f} QPS = "
-                         f"{by['history'][c]['qps'] / base[c]['qps']:.2f}x PyTorch eager fp32")
+        for c, srv, torch_ in comparisons(r, s):
+            text += f"; history at {c} client(s) {srv['qps']:.1f} QPS = {srv['qps'] / torch_['qps']:.2f}x PyTorch eager fp32"
+        if "paired" in s:
+            text += " (server and PyTorch phases alternating)"
         parts.append(text)
-    return [f"- {r['model']} over gRPC ({_link(name)}): " + "; ".join(parts) + "."]
+    return [f"- {r['model']} over gRPC{_workload(r)} ({_link(name)}): " + "; ".join(parts) + "."]
+
+
+def _workload(r: dict[str, Any]) -> str:
+    """Which histories the figures are for: a ratio at fixed L is not the same claim as one over real lengths."""
+    tokens = r.get("requests", {}).get("encoder_input_length")
+    if not tokens:
+        return ""
+    if r["config"].get("fixed_history"):
+        return f", histories of exactly {r['config']['history_len']} items = {tokens['p50']:g} input tokens"
+    return (f", real histories of up to {r['config']['history_len']} items = {tokens['p10']:g}-{tokens['p90']:g} "
+            f"input tokens (median {tokens['p50']:g})")
 
 
 def _scale(r: dict[str, Any], name: str) -> list[str]:
@@ -90,6 +102,7 @@ def render(results: Path) -> str:
                       ("bench_encoders_ml100k-cllm4rec-d8-mean", _encoders), ("bench_encoders_ml100k-tcf", _encoders),
                       ("bench_grpc_ml100k-cllm4rec", _grpc), ("bench_grpc_ml100k-cllm4rec-d8-lora", _grpc),
                       ("bench_grpc_ml100k-cllm4rec-d8-lora-gate098", _grpc), ("bench_grpc_ml100k-cllm4rec-d8-mean", _grpc),
+                      ("bench_grpc_ml100k-cllm4rec-d8-mean-L128", _grpc),
                       ("bench_grpc_ml100k-tcf", _grpc),
                       ("bench_scale", _scale), ("bench_scale_real-tcf", _scale),
                       ("serving_resilience_ml100k", _resilience)):

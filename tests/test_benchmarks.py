@@ -7,9 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from repo_fixtures import write_tcf
+from repo_fixtures import write_cllm4rec, write_tcf
 
-from benchmarks.grpc_load import GrpcBenchConfig, markdown, plot, run_grpc
+from benchmarks.grpc_load import (
+    GrpcBenchConfig,
+    _load_requests,
+    _request_lengths,
+    comparisons,
+    markdown,
+    paired,
+    plot,
+    run_grpc,
+)
 from benchmarks.readme import END, START, render, update
 from models.reports import RESULTS_DIR
 
@@ -41,6 +50,72 @@ def test_load_benchmark_reports_percentiles_floor_and_open_loop(grpc_result: dic
     pngs = plot(grpc_result, tmp_path / "bench_grpc_tiny")
     assert [p.name for p in pngs] == ["bench_grpc_tiny_latency.png", "bench_grpc_tiny_qps.png"]
     assert all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_fixed_history_sends_only_full_histories_and_the_report_names_their_length(tmp_path: Path) -> None:
+    import numpy as np
+
+    from llmrec.errors import ConfigError
+
+    model = write_cllm4rec(tmp_path, num_items=30, num_users=10)
+    lengths = list(range(1, 11))  # user r has r + 1 items
+    seen = [list(range(n)) for n in lengths]
+    np.savez(model.path / "user_history.npz", indptr=np.cumsum([0, *lengths]),
+             indices=np.array([r for s in seen for r in s]))
+    manifest = json.loads((model.path / "manifest.json").read_text())
+    users, histories = _load_requests(model.path, 100, 6, fixed=True)
+    assert sorted(users) == [f"u{r}" for r in range(5, 10)]  # only those with >= 6 items
+    assert all(h == [f"i{r}" for r in range(n - 6, n)] for h, n in zip(histories, [int(u[1:]) + 1 for u in users], strict=True))
+    template_tokens = _request_lengths(model.path, manifest, [[]])["encoder_input_length"]["p50"]
+    fixed = _request_lengths(model.path, manifest, histories)
+    assert fixed["history_items"] == {"p10": 6, "p50": 6, "p90": 6}
+    assert fixed["encoder_input_length"]["p50"] == template_tokens + 6
+    _, real = _load_requests(model.path, 100, 6)
+    assert sorted(len(h) for h in real) == [1, 2, 3, 4, 5, 6, 6, 6, 6, 6]
+    with pytest.raises(ConfigError, match="the longest has 10"):
+        _load_requests(model.path, 100, 11, fixed=True)
+
+
+def test_paired_phases_alternate_and_each_side_pools_its_rounds() -> None:
+    import time
+
+    order: list[str] = []
+
+    def call(name: str, seconds: float):
+        def run(i: int) -> None:
+            if not order or order[-1] != name:
+                order.append(name)
+            time.sleep(seconds)
+        return run
+
+    out = paired({"server": call("server", 0.01), "pytorch": call("pytorch", 0.03)}, concurrency=1, rounds=3,
+                 seconds=0.15)
+    assert order == ["server", "pytorch"] * 3
+    assert out["server"]["rounds"] == 3 and out["server"]["concurrency"] == 1
+    assert out["server"]["requests"] >= 3 and out["pytorch"]["requests"] >= 3  # at least one call per phase
+    # each side's latencies are its own, and its QPS divides by the time of all its phases: each call of the
+    # slow side sleeps 30 ms, so over one phase's time only it would show far more than 33 QPS
+    assert out["pytorch"]["p50_ms"] >= 30 and out["server"]["p50_ms"] >= 10
+    assert out["pytorch"]["qps"] < 34
+
+
+def test_comparisons_come_from_the_paired_phases_and_old_results_still_render() -> None:
+    row = {"errors": {}, "p50_ms": 10.0, "p90_ms": 11.0, "p99_ms": 12.0, "p99.9_ms": 13.0}
+    server = {"engine_chosen": "x", "index_backend": "faiss-cpu",
+              "history": [{**row, "concurrency": 1, "qps": 100.0}],
+              "paired": [{"server": {**row, "concurrency": 1, "qps": 90.0},
+                          "pytorch": {**row, "concurrency": 1, "qps": 30.0, "p50_ms": 40.0}}]}
+    result = {"model": "m", "version": 1, "kind": "cllm4rec", "user_tower": "lm", "servers": {"auto": server},
+              "config": {"seconds": 1, "top_k": 20, "paired_rounds": 3, "paired_seconds": 4.0}}
+    ((c, srv, torch_),) = comparisons(result, server)
+    assert c == 1 and srv["qps"] == 90.0 and torch_["qps"] == 30.0  # not the sweep's 100 QPS
+    md = markdown(result)
+    assert "| 1 | 90.00 | 30.00 | 3.00x | 10.0 | 40.0 | 4.00x |" in md and "alternating 4 s phases, 3 rounds" in md
+    legacy = {**result, "servers": {"auto": {k: v for k, v in server.items() if k != "paired"}},
+              "pytorch_eager": {"history": [{**row, "concurrency": 1, "qps": 25.0}]}}
+    ((_, srv, torch_),) = comparisons(legacy, legacy["servers"]["auto"])
+    assert srv["qps"] == 100.0 and torch_["qps"] == 25.0
+    assert "server 100.00 QPS vs PyTorch eager 25.00 QPS: 4.00x" in markdown(legacy)
 
 
 def test_readme_section_is_rewritten_between_its_markers(grpc_result: dict, tmp_path: Path) -> None:
