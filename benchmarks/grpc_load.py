@@ -49,7 +49,7 @@ class GrpcBenchConfig:
     top_k: int = 20
     history_len: int = 20
     # Send only users with at least history_len items, each cut to exactly that many, so every request's
-    # encoder input has one length (the targets are stated at a fixed L, e.g. about 128 tokens);
+    # encoder input has one length (serving targets are stated at one L, e.g. about 128 tokens);
     # off: every sampled user's most recent history_len items, so lengths vary as in real traffic.
     fixed_history: bool = False
     # The server-vs-PyTorch comparison (needs --bench.checkpoint): at each of these concurrencies the history
