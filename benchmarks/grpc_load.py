@@ -8,7 +8,11 @@ A no-op RPC (grpc.health Check) on the same server is the transport floor. Laten
 histograms (p50/p90/p99/p99.9). The baseline, in the same run, answers the same history requests the
 way research code does: the checkpoint's torch encoder, scores against every item, topk, from the
 same number of concurrent callers, no batching; its phases alternate with the server's (`paired`), so
-the ratio compares the two paths under the same spells of a shared machine.
+the ratio compares the two paths under the same spells of a shared machine. A third side in those
+phases runs the engine the server chose, loaded in the bench process with the server's threads and
+instances, on the same requests without gRPC or batching: server / engine-alone says what the serving
+path keeps of its engine's speed, and engine-alone / PyTorch what the engine itself gives on this
+machine in this run.
 """
 
 from __future__ import annotations
@@ -105,13 +109,13 @@ class Recorder:
         return out
 
 
-def closed_loop(call: Callable[[int], None], concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
+def closed_loop(call: Callable[[int], Any], concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """`concurrency` callers, each sending its next request when the previous one is answered."""
     rec = Recorder()
     return rec.summary(_drive(call, concurrency, seconds, max_requests, rec), concurrency=concurrency)
 
 
-def paired(calls: dict[str, Callable[[int], None]], concurrency: int, rounds: int, seconds: float
+def paired(calls: dict[str, Callable[[int], Any]], concurrency: int, rounds: int, seconds: float
            ) -> dict[str, dict[str, Any]]:
     """Closed-loop phases of each call in turn, `rounds` times; each call's latencies and QPS pool its own
     phases, so slow and fast spells of a shared machine fall on every side alike."""
@@ -123,7 +127,7 @@ def paired(calls: dict[str, Callable[[int], None]], concurrency: int, rounds: in
     return {name: recs[name].summary(elapsed[name], concurrency=concurrency, rounds=rounds) for name in calls}
 
 
-def _drive(call: Callable[[int], None], concurrency: int, seconds: float, max_requests: int, rec: Recorder) -> float:
+def _drive(call: Callable[[int], Any], concurrency: int, seconds: float, max_requests: int, rec: Recorder) -> float:
     """Runs the callers into `rec`; returns the seconds they took."""
     counter = iter(range(max_requests))
     lock = threading.Lock()
@@ -180,6 +184,25 @@ def open_loop(future: Callable[[int], Any], rate: float, seconds: float) -> dict
     return rec.summary(time.perf_counter() - t_start, rate=rate, offered=n)
 
 
+def _feeds_builder(version_dir: Path, users: list[str], histories: list[list[str]], items: np.ndarray,
+                   input_names: list[str]) -> Callable[[int], dict[str, np.ndarray]]:
+    """Request i's encoder feeds, built by the server's own adapter, so every in-process baseline encodes
+    exactly what the server does."""
+    from server.adapters import adapter_for
+
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
+    rows = {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+    user_rows = {u: i for i, u in enumerate(json.loads((version_dir / "user_ids.json").read_text()))}
+
+    def feeds(i: int) -> dict[str, np.ndarray]:
+        user, hist = users[i % len(users)], histories[i % len(histories)]
+        payload = adapter.payload(user_rows.get(user), [rows[x] for x in hist], lambda r: items[np.asarray(r)])
+        return adapter.feeds([payload], input_names)
+
+    return feeds
+
+
 def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int
                   ) -> Callable[[int], None] | None:
     """Research-code serving: the torch encoder per request, scores against every item, topk, no batching.
@@ -188,24 +211,18 @@ def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histori
     import torch
 
     from models.bundle import load_bundle
-    from server.adapters import adapter_for
 
     bundle = load_bundle(checkpoint, known_users=False)
     enc = bundle.encoders.get("user_encoder")
     if enc is None:
         return None
     torch.set_num_threads(1)
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
-    rows = {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
-    user_rows = {u: i for i, u in enumerate(json.loads((version_dir / "user_ids.json").read_text()))}
     items = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
     items_t = torch.from_numpy(items)
+    feeds_of = _feeds_builder(version_dir, users, histories, items, enc.input_names)
 
     def answer(i: int) -> None:
-        user, hist = users[i % len(users)], histories[i % len(histories)]
-        payload = adapter.payload(user_rows.get(user), [rows[x] for x in hist], lambda r: items[np.asarray(r)])
-        feeds = adapter.feeds([payload], enc.input_names)
+        feeds = feeds_of(i)
         with torch.inference_mode():
             v = enc.module(*(torch.from_numpy(feeds[n]) for n in enc.input_names))
             torch.topk(v @ items_t.T, k)
@@ -214,8 +231,37 @@ def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histori
     return answer
 
 
+def _engine_answer(version_dir: Path, engine: str, users: list[str], histories: list[list[str]], k: int,
+                   server_args: list[str]) -> Callable[[int], np.ndarray] | None:
+    """The server's chosen engine ("name:precision") in this process, as the server loads it (its
+    --ort-threads and --encoder-instances), answering like the PyTorch baseline: encode one request,
+    score every item, top-k. Returns the top-k rows (for tests). None when the engine is not one this
+    process can load (or the model has no history encoder)."""
+    from server import config
+    from server.engines import ENGINES
+
+    name, _, precision = engine.partition(":")
+    graph = version_dir / "user_encoder.onnx"
+    if name not in ENGINES or not graph.exists():
+        return None
+    serve = config.load(["--repository", str(version_dir.parent.parent), *server_args])
+    enc = ENGINES[name].load(graph, precision, serve.ort_threads, instances=serve.encoder_instances)
+    items = np.ascontiguousarray(np.load(version_dir / "item_vectors.npy"), dtype=np.float32)
+    feeds_of = _feeds_builder(version_dir, users, histories, items, enc.input_names)
+    kk = min(k, len(items))
+
+    def answer(i: int) -> np.ndarray:
+        scores = enc.run(feeds_of(i))[0] @ items.T
+        top = np.argpartition(-scores, kk - 1)[:kk]
+        return top[np.argsort(-scores[top], kind="stable")]
+
+    answer(0)  # warm-up
+    return answer
+
+
 def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int], pb.RecommendRequest]],
-           torch_answer: Callable[[int], None] | None) -> dict[str, Any]:
+           torch_answer: Callable[[int], None] | None, engine_answer: Callable[[int], Any] | None = None
+           ) -> dict[str, Any]:
     channel = grpc.insecure_channel(target)
     stub = pb_grpc.RecommenderStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
@@ -230,8 +276,10 @@ def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int
             open_loop(lambda i: stub.Recommend.future(workloads["history"](i), timeout=60), r, cfg.seconds)
             for r in cfg.open_loop_rates]
     if torch_answer is not None and "history" in workloads:
-        both = {"server": calls["history"], "pytorch": torch_answer}
-        out["paired"] = [paired(both, c, cfg.paired_rounds, cfg.paired_seconds) for c in cfg.baseline_concurrency]
+        sides: dict[str, Callable[[int], Any]] = {"server": calls["history"], "pytorch": torch_answer}
+        if engine_answer is not None:
+            sides["engine_alone"] = engine_answer
+        out["paired"] = [paired(sides, c, cfg.paired_rounds, cfg.paired_seconds) for c in cfg.baseline_concurrency]
     channel.close()
     return out
 
@@ -303,8 +351,13 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
 
             with RecommenderClient(target) as c:
                 info = next(m for m in c.list_models().models if m.name == cfg.model).versions[-1]
+            engine_answer = None
+            if torch_answer is not None and info.engine:
+                engine_answer = _engine_answer(version_dir, info.engine, users, histories, cfg.top_k,
+                                               cfg.server_args)
             result["servers"][engine] = {"engine_chosen": info.engine, "index_backend": info.index_backend,
-                                         **_sweep(target, cfg, workloads, torch_answer)}
+                                         **_sweep(target, cfg, workloads, torch_answer, engine_answer)}
+            del engine_answer  # its compiled model: one per server, not all of them at once
         finally:
             stop_server(proc)
     if cfg.compare_unbatched and "history" in workloads:
@@ -332,6 +385,12 @@ def comparisons(result: dict, server: dict) -> list[tuple[int, dict[str, Any], d
         return [(p["server"]["concurrency"], p["server"], p["pytorch"]) for p in server["paired"]]
     base = result.get("pytorch_eager", {}).get("history", [])
     return [(b["concurrency"], srv, b) for b in base if (srv := _at(server.get("history", []), b["concurrency"]))]
+
+
+def engine_alone(server: dict) -> list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(clients, server, engine alone, PyTorch) where the paired phases had the engine-alone side."""
+    return [(p["server"]["concurrency"], p["server"], p["engine_alone"], p["pytorch"])
+            for p in server.get("paired", []) if "engine_alone" in p]
 
 
 def _torch_rows(result: dict) -> list[dict[str, Any]]:
@@ -389,6 +448,15 @@ def markdown(result: dict) -> str:
             lines += [f"| {c} | {srv['qps']:.2f} | {t['qps']:.2f} | {srv['qps'] / t['qps']:.2f}x | {srv['p50_ms']:.1f} | "
                       f"{t['p50_ms']:.1f} | {t['p50_ms'] / srv['p50_ms']:.2f}x | {srv['p99_ms']:.1f} | "
                       f"{t['p99_ms']:.1f} |" for c, srv, t in pairs]
+            alone = engine_alone(server)
+            if alone:
+                lines += ["", f"The same phases, third side: the engine the server chose ({server['engine_chosen']}) "
+                          "in the bench process with the server's threads and instances, same requests, no gRPC, "
+                          "no batching (encode + score all items + topk):", "",
+                          "| clients | engine alone QPS | engine alone p50 ms | engine alone / PyTorch QPS | "
+                          "server / engine alone QPS | server / engine alone p50 speed |", "|---|---|---|---|---|---|"]
+                lines += [f"| {c} | {e['qps']:.2f} | {e['p50_ms']:.1f} | {e['qps'] / t['qps']:.2f}x | "
+                          f"{srv['qps'] / e['qps']:.2f} | {e['p50_ms'] / srv['p50_ms']:.2f} |" for c, srv, e, t in alone]
         else:
             for c, srv, t in pairs:
                 lines.append(f"history at {c} client(s): server {srv['qps']:.2f} QPS vs PyTorch eager "

@@ -40,7 +40,7 @@ def _encoders(r: dict[str, Any], name: str) -> list[str]:
 
 
 def _grpc(r: dict[str, Any], name: str) -> list[str]:
-    from benchmarks.grpc_load import comparisons
+    from benchmarks.grpc_load import comparisons, engine_alone
 
     parts = []
     for engine, s in r["servers"].items():
@@ -50,8 +50,11 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
         if 1 in by["user_id"] and 1 in by["noop"]:
             text += (f": known user p99 {by['user_id'][1]['p99_ms']:.2f} ms = "
                      f"{by['user_id'][1]['p99_ms'] / by['noop'][1]['p99_ms']:.2f}x the no-op RPC's p99")
+        alone = {c: e for c, _, e, _ in engine_alone(s)}
         for c, srv, torch_ in comparisons(r, s):
             text += f"; history at {c} client(s) {srv['qps']:.1f} QPS = {srv['qps'] / torch_['qps']:.2f}x PyTorch eager fp32"
+            if c in alone:
+                text += f" (its engine alone in process {alone[c]['qps'] / torch_['qps']:.2f}x)"
         if "paired" in s:
             text += " (server and PyTorch phases alternating)"
         parts.append(text)

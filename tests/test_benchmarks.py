@@ -11,15 +11,17 @@ from repo_fixtures import write_cllm4rec, write_tcf
 
 from benchmarks.grpc_load import (
     GrpcBenchConfig,
+    _engine_answer,
     _load_requests,
     _request_lengths,
     comparisons,
+    engine_alone,
     markdown,
     paired,
     plot,
     run_grpc,
 )
-from benchmarks.readme import END, START, render, update
+from benchmarks.readme import END, START, _grpc, render, update
 from models.reports import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,11 +113,35 @@ def test_comparisons_come_from_the_paired_phases_and_old_results_still_render() 
     assert c == 1 and srv["qps"] == 90.0 and torch_["qps"] == 30.0  # not the sweep's 100 QPS
     md = markdown(result)
     assert "| 1 | 90.00 | 30.00 | 3.00x | 10.0 | 40.0 | 4.00x |" in md and "alternating 4 s phases, 3 rounds" in md
+    assert "engine alone" not in md  # a run without the third side
+    server["paired"][0]["engine_alone"] = {**row, "concurrency": 1, "qps": 120.0, "p50_ms": 8.0}
+    ((c, srv, alone, torch_),) = engine_alone(server)
+    assert (c, srv["qps"], alone["qps"], torch_["qps"]) == (1, 90.0, 120.0, 30.0)
+    md = markdown(result)
+    assert "| 1 | 120.00 | 8.0 | 4.00x | 0.75 | 0.80 |" in md
+    assert "= 3.00x PyTorch eager fp32 (its engine alone in process 4.00x)" in _grpc(result, "bench_grpc_m")[0]
+    del server["paired"][0]["engine_alone"]
     legacy = {**result, "servers": {"auto": {k: v for k, v in server.items() if k != "paired"}},
               "pytorch_eager": {"history": [{**row, "concurrency": 1, "qps": 25.0}]}}
     ((_, srv, torch_),) = comparisons(legacy, legacy["servers"]["auto"])
     assert srv["qps"] == 100.0 and torch_["qps"] == 25.0
     assert "server 100.00 QPS vs PyTorch eager 25.00 QPS: 4.00x" in markdown(legacy)
+
+
+def test_engine_alone_runs_the_chosen_engine_on_the_same_requests_as_the_server_would(tmp_path: Path) -> None:
+    import numpy as np
+
+    for write in (write_cllm4rec, write_tcf):
+        model = write(tmp_path)
+        users, histories = ["u1", "nobody"], [model.item_ids[:4], model.item_ids[2:5]]
+        answer = _engine_answer(model.path, "onnxruntime-cpu:fp32", users, histories, 5,
+                                ["--encoder-instances=2", "--ort-threads=1"])
+        assert answer is not None
+        for i in range(2):
+            user = users[i] if model.kind == "cllm4rec" else None  # TCF's history path ignores the user
+            expected = np.argsort(-(model.item_vectors @ model.history_vector(histories[i], user)), kind="stable")[:5]
+            assert answer(i).tolist() == expected.tolist(), model.kind
+    assert _engine_answer(model.path, "no-such-engine:fp32", users, histories, 5, []) is None
 
 
 def test_readme_section_is_rewritten_between_its_markers(grpc_result: dict, tmp_path: Path) -> None:
