@@ -106,6 +106,7 @@ def render(results: Path) -> str:
                       ("bench_grpc_ml100k-cllm4rec", _grpc), ("bench_grpc_ml100k-cllm4rec-d8-lora", _grpc),
                       ("bench_grpc_ml100k-cllm4rec-d8-lora-gate098", _grpc), ("bench_grpc_ml100k-cllm4rec-d8-mean", _grpc),
                       ("bench_grpc_ml100k-cllm4rec-d8-mean-L128", _grpc),
+                      ("bench_grpc_ml100k-cllm4rec-d8-mean-L128-run2", _grpc),
                       ("bench_grpc_ml100k-tcf", _grpc),
                       ("bench_scale", _scale), ("bench_scale_real-tcf", _scale),
                       ("serving_resilience_ml100k", _resilience)):
