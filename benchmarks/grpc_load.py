@@ -184,15 +184,19 @@ def open_loop(future: Callable[[int], Any], rate: float, seconds: float) -> dict
     return rec.summary(time.perf_counter() - t_start, rate=rate, offered=n)
 
 
+def _server_adapter(version_dir: Path, manifest: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+    """The server's request adapter for this version and its item id -> row map."""
+    from server.adapters import adapter_for
+
+    adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
+    return adapter, {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+
+
 def _feeds_builder(version_dir: Path, users: list[str], histories: list[list[str]], items: np.ndarray,
                    input_names: list[str]) -> Callable[[int], dict[str, np.ndarray]]:
     """Request i's encoder feeds, built by the server's own adapter, so every in-process baseline encodes
     exactly what the server does."""
-    from server.adapters import adapter_for
-
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
-    rows = {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+    adapter, rows = _server_adapter(version_dir, json.loads((version_dir / "manifest.json").read_text()))
     user_rows = {u: i for i, u in enumerate(json.loads((version_dir / "user_ids.json").read_text()))}
 
     def feeds(i: int) -> dict[str, np.ndarray]:
@@ -295,8 +299,7 @@ def _request_lengths(version_dir: Path, manifest: dict[str, Any], histories: lis
     out: dict[str, Any] = {"history_items": pct([len(h) for h in histories])}
     cls = adapter_for(manifest["kind"], manifest["user_tower"])
     if cls is not None and cls.history and hasattr(cls, "length"):
-        adapter = cls(version_dir, manifest)
-        rows = {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+        adapter, rows = _server_adapter(version_dir, manifest)
         out["encoder_input_length"] = pct([adapter.length(adapter.payload(None, [rows[x] for x in h], lambda r: None))
                                            for h in histories])
     return out
