@@ -66,6 +66,10 @@ class GrpcBenchConfig:
     # Also serve with --max-batch-size 1 and rerun the history workload at the highest concurrency, so the
     # gain of dynamic batching is measured in the same run.
     compare_unbatched: bool = True
+    # When the server runs several encoder instances (--encoder-instances, auto-sized from the cores), also
+    # serve its chosen engine with one instance and alternate the two on the history workload at the highest
+    # baseline concurrency, so what the instances add under load is measured in the same run.
+    compare_one_instance: bool = True
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
 
 
@@ -236,11 +240,11 @@ def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histori
 
 
 def _engine_answer(version_dir: Path, engine: str, users: list[str], histories: list[list[str]], k: int,
-                   server_args: list[str]) -> Callable[[int], np.ndarray] | None:
+                   server_args: list[str], instances: int) -> Callable[[int], np.ndarray] | None:
     """The server's chosen engine ("name:precision") in this process, as the server loads it (its
-    --ort-threads and --encoder-instances), answering like the PyTorch baseline: encode one request,
-    score every item, top-k. Returns the top-k rows (for tests). None when the engine is not one this
-    process can load (or the model has no history encoder)."""
+    --ort-threads, and the encoder instances it reports in ListModels), answering like the PyTorch
+    baseline: encode one request, score every item, top-k. Returns the top-k rows (for tests). None when
+    the engine is not one this process can load (or the model has no history encoder)."""
     from server import config
     from server.engines import ENGINES
 
@@ -249,7 +253,7 @@ def _engine_answer(version_dir: Path, engine: str, users: list[str], histories: 
     if name not in ENGINES or not graph.exists():
         return None
     serve = config.load(["--repository", str(version_dir.parent.parent), *server_args])
-    enc = ENGINES[name].load(graph, precision, serve.ort_threads, instances=serve.encoder_instances)
+    enc = ENGINES[name].load(graph, precision, serve.ort_threads, instances=max(1, instances))
     items = np.ascontiguousarray(np.load(version_dir / "item_vectors.npy"), dtype=np.float32)
     feeds_of = _feeds_builder(version_dir, users, histories, items, enc.input_names)
     kk = min(k, len(items))
@@ -357,10 +361,15 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
             engine_answer = None
             if torch_answer is not None and info.engine:
                 engine_answer = _engine_answer(version_dir, info.engine, users, histories, cfg.top_k,
-                                               cfg.server_args)
+                                               cfg.server_args, info.encoder_instances)
             result["servers"][engine] = {"engine_chosen": info.engine, "index_backend": info.index_backend,
+                                         "encoder_instances": info.encoder_instances,
                                          **_sweep(target, cfg, workloads, torch_answer, engine_answer)}
             del engine_answer  # its compiled model: one per server, not all of them at once
+            if (engine == cfg.engines[0] and cfg.compare_one_instance and "history" in workloads
+                    and info.encoder_instances > 1):
+                result["instances_compare"] = _against_one_instance(cfg, target, info.engine,
+                                                                    info.encoder_instances, workloads["history"])
         finally:
             stop_server(proc)
     if cfg.compare_unbatched and "history" in workloads:
@@ -375,6 +384,23 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
         finally:
             stop_server(proc)
     return result
+
+
+def _against_one_instance(cfg: GrpcBenchConfig, target: str, engine: str, instances: int,
+                          history: Callable[[int], pb.RecommendRequest]) -> dict[str, Any]:
+    """The running server (several encoder instances) against a second one serving the same engine with
+    one, in alternating phases: one history workload, both servers loaded at once."""
+    proc, single = spawn_server(cfg.repository, ["--metrics-port", "-1", *cfg.server_args, "--engine", engine,
+                                                 "--encoder-instances", "1"])
+    try:
+        with grpc.insecure_channel(target) as a, grpc.insecure_channel(single) as b:
+            many, one = pb_grpc.RecommenderStub(a), pb_grpc.RecommenderStub(b)
+            sides = {"instances": lambda i: many.Recommend(history(i), timeout=60),
+                     "one_instance": lambda i: one.Recommend(history(i), timeout=60)}
+            pair = paired(sides, max(cfg.baseline_concurrency), cfg.paired_rounds, cfg.paired_seconds)
+    finally:
+        stop_server(proc)
+    return {"engine": engine, "count": instances, **pair}
 
 
 def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
@@ -424,8 +450,9 @@ def markdown(result: dict) -> str:
     if "requests" in result:
         lines += [_requests_line(result), ""]
     for engine, server in result["servers"].items():
+        workers = f", {server['encoder_instances']} encoder instances" if server.get("encoder_instances") else ""
         lines += [f"### server --engine {engine} (chose {server['engine_chosen'] or 'none'}, "
-                  f"index {server['index_backend']})", "",
+                  f"index {server['index_backend']}{workers})", "",
                   "| workload | clients | QPS | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
                   "|---|---|---|---|---|---|---|---|"]
         for workload in ("noop", "user_id", "history"):
@@ -479,6 +506,14 @@ def markdown(result: dict) -> str:
             lines.append(f"Dynamic batching on the history workload at {batched['concurrency']} clients "
                          f"(--engine {unb['engine']}): {batched['qps'] / unb['history']['qps']:.2f}x the QPS of "
                          "--max-batch-size 1.")
+    inst = result.get("instances_compare")
+    if inst:
+        many, one = inst["instances"], inst["one_instance"]
+        lines.append(f"Encoder instances on the history workload at {one['concurrency']} clients (--engine "
+                     f"{inst['engine']}, alternating {result['config']['paired_seconds']:g} s phases, "
+                     f"{one['rounds']} rounds each): {inst['count']} instances {many['qps']:.2f} QPS, p99 "
+                     f"{many['p99_ms']:.1f} ms vs one instance {one['qps']:.2f} QPS, p99 {one['p99_ms']:.1f} ms: "
+                     f"{many['qps'] / one['qps']:.2f}x.")
     return "\n".join(lines) + "\n"
 
 

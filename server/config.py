@@ -32,9 +32,10 @@ class ServeConfig:
     encoder hold no thread (asyncio server)"""
     ort_threads: int = 1
     """threads per encoder call (ONNX Runtime intra-op, OpenVINO inference threads)"""
-    encoder_instances: int = 1
+    encoder_instances: int = 0
     """user-encoder batches each model version runs at once (worker threads sharing its queue, each with
-    its own OpenVINO stream); on a dedicated machine, cores / ort_threads uses every core under load"""
+    its own OpenVINO stream); 0 = auto: on a CPU engine, the cores this process may use (physical cores,
+    CPU affinity, container CPU quota) / ort_threads, so every core works under load; on a GPU, 1"""
     engine: str = "auto"
     """encoder engine: auto (the fastest that passes the quality gate on this machine), or ENGINE[:PRECISION]
     e.g. onnxruntime-cpu, openvino-cpu:bf16, onnxruntime-cuda:fp16 (a version's manifest may also name one)"""
@@ -104,7 +105,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("threads", "ort_threads", "encoder_instances", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
+        for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
                      "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -112,6 +113,8 @@ class ServeConfig:
                      "grace_seconds"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.encoder_instances < 0:
+            problems.append(f"encoder_instances must be >= 0, 0 = auto (got {self.encoder_instances})")
         if not 0.0 <= self.request_log_sample <= 1.0:
             problems.append(f"request_log_sample must be in [0, 1] (got {self.request_log_sample})")
         if self.encoder_stall_seconds <= 0:
@@ -124,6 +127,15 @@ class ServeConfig:
                 problems.append(f"pin {pin!r} is not name:version with a positive integer version")
         if problems:
             raise ValueError("invalid server config: " + "; ".join(problems))
+
+    def instances(self, cpus: int, device: str = "cpu") -> int:
+        """The encoder instances to run: the flag, or in auto mode one per `ort_threads` of the usable
+        cores for a CPU engine (a lone request runs as fast on one of several OpenVINO streams as on a
+        latency-tuned model, so extra instances cost it nothing), and 1 for a GPU engine, where one
+        worker keeps the device busy and larger batches pay more than parallel ones."""
+        if self.encoder_instances:
+            return self.encoder_instances
+        return max(1, cpus // self.ort_threads) if device == "cpu" else 1
 
     def pinned(self) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}

@@ -21,6 +21,7 @@ class Machine:
     cuda_devices: int = 0  # GPUs FAISS can use
     openvino: bool = False
     nncf: bool = False  # OpenVINO weight compression (int8 weights)
+    cpus: int = 1  # cores this process may use (usable_cpus): sizes the encoder instances in auto mode
 
     @property
     def cpu_bf16(self) -> bool:
@@ -42,6 +43,21 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def usable_cpus() -> int:
+    """Cores this process may use: the least of the machine's physical cores, its CPU affinity and a
+    container's CPU quota (cgroup v1 / v2), via joblib's loky, which reads all three. A pod limited to 2
+    CPUs on a 64-core node sees 64 in os.cpu_count(); sizing workers from that oversubscribes the quota
+    and the kernel throttles the whole pod. Physical cores, because one inference thread per core is
+    what the engines are tuned for (a hyperthread sibling shares the core's AMX / AVX-512 units)."""
+    import warnings
+
+    import joblib
+
+    with warnings.catch_warnings():  # no lscpu in a slim image: loky warns, then counts logical cores
+        warnings.simplefilter("ignore")
+        return max(1, int(joblib.cpu_count(only_physical_cores=True)))
+
+
 @functools.cache
 def detect() -> Machine:
     import faiss
@@ -50,4 +66,4 @@ def detect() -> Machine:
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     return Machine(cpu_flags=cpu_flags(), ort_providers=tuple(ort.get_available_providers()), cuda_devices=gpus,
                    openvino=importlib.util.find_spec("openvino") is not None,
-                   nncf=importlib.util.find_spec("nncf") is not None)
+                   nncf=importlib.util.find_spec("nncf") is not None, cpus=usable_cpus())

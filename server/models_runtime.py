@@ -91,12 +91,15 @@ class ModelVersion:
         if self.can_upsert:
             enc = self._encoder("item_encoder", files, cfg, machine, self._item_fallback(files))
             self.item_encoder = ItemTextEncoder(m, enc, files.tokenizer)
+        self.encoder_instances = 0  # user-encoder batches run at once (ListModels); 0 without a history encoder
         if self.can_history:
-            enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback, cfg.encoder_instances)
+            enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback,
+                                cfg.instances(machine.cpus))
+            self.encoder_instances = cfg.instances(machine.cpus, enc.device)
             self.history_encoder = HistoryEncoder(self.adapter, enc, input_names(m, "user_encoder", enc))
             self.batcher = DynamicBatcher(name, self.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
                                           cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0,
-                                          instances=cfg.encoder_instances)
+                                          instances=self.encoder_instances)
 
     # ---- loading: index backend and engines chosen for this machine ----
     def _load_index(self, files: VersionFiles, cfg: ServeConfig, machine: Machine) -> Catalogue:
@@ -268,7 +271,7 @@ class ModelVersion:
                                                         "upsert_items": self.can_upsert},
                 "journal_seq": self.applied_seq, "deleted_items": len(cat.deleted), "serving": self.healthy,
                 "engine": self.engines.get("user_encoder", ""), "item_engine": self.engines.get("item_encoder", ""),
-                "index_backend": self.index_backend}
+                "index_backend": self.index_backend, "encoder_instances": self.encoder_instances}
 
     def warm_up(self, users: int = 3) -> None:
         """Real requests through every path before the version is swapped in: a broken graph or a

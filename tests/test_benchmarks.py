@@ -32,7 +32,9 @@ def grpc_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     repo = tmp_path_factory.mktemp("repo")
     write_tcf(repo, name="tiny")
     cfg = GrpcBenchConfig(repository=repo, model="tiny", engines=["onnxruntime-cpu"], concurrency=[1, 2],
-                          seconds=0.4, max_requests=200, open_loop_rates=[50.0], compare_unbatched=True)
+                          seconds=0.4, max_requests=200, open_loop_rates=[50.0], compare_unbatched=True,
+                          server_args=["--encoder-instances=2"], baseline_concurrency=[2], paired_rounds=1,
+                          paired_seconds=0.3)
     return run_grpc(cfg)
 
 
@@ -47,8 +49,13 @@ def test_load_benchmark_reports_percentiles_floor_and_open_loop(grpc_result: dic
     assert open_loop["rate"] == 50.0 and open_loop["offered"] == 20 and open_loop["requests"] + sum(
         open_loop["errors"].values()) == 20
     assert grpc_result["server_unbatched"]["history"]["requests"] > 0
+    assert server["encoder_instances"] == 2  # as ListModels reports it
+    inst = grpc_result["instances_compare"]  # the same engine with one instance, alternating phases
+    assert inst["engine"] == "onnxruntime-cpu:fp32" and inst["count"] == 2
+    assert inst["instances"]["requests"] > 0 and inst["one_instance"]["requests"] > 0
     md = markdown(grpc_result)
     assert "no-op RPC p99" in md and "open loop 50/s" in md and "Dynamic batching" in md
+    assert "2 instances" in md and "vs one instance" in md
     pngs = plot(grpc_result, tmp_path / "bench_grpc_tiny")
     assert [p.name for p in pngs] == ["bench_grpc_tiny_latency.png", "bench_grpc_tiny_qps.png"]
     assert all(p.stat().st_size > 1000 for p in pngs)
@@ -114,6 +121,16 @@ def test_comparisons_come_from_the_paired_phases_and_old_results_still_render() 
     md = markdown(result)
     assert "| 1 | 90.00 | 30.00 | 3.00x | 10.0 | 40.0 | 4.00x |" in md and "alternating 4 s phases, 3 rounds" in md
     assert "engine alone" not in md  # a run without the third side
+    assert "encoder instances" not in md  # nor the instances' side (an older file)
+    server["encoder_instances"] = 2
+    result["instances_compare"] = {"engine": "x:fp32", "count": 2,
+                                   "instances": {**row, "concurrency": 8, "rounds": 3, "qps": 50.0},
+                                   "one_instance": {**row, "concurrency": 8, "rounds": 3, "qps": 25.0, "p99_ms": 30.0}}
+    md = markdown(result)
+    assert "(chose x, index faiss-cpu, 2 encoder instances)" in md
+    assert ("at 8 clients (--engine x:fp32, alternating 4 s phases, 3 rounds each): 2 instances 50.00 QPS, p99 "
+            "12.0 ms vs one instance 25.00 QPS, p99 30.0 ms: 2.00x.") in md
+    del result["instances_compare"], server["encoder_instances"]
     server["paired"][0]["engine_alone"] = {**row, "concurrency": 1, "qps": 120.0, "p50_ms": 8.0}
     ((c, srv, alone, torch_),) = engine_alone(server)
     assert (c, srv["qps"], alone["qps"], torch_["qps"]) == (1, 90.0, 120.0, 30.0)
@@ -134,14 +151,13 @@ def test_engine_alone_runs_the_chosen_engine_on_the_same_requests_as_the_server_
     for write in (write_cllm4rec, write_tcf):
         model = write(tmp_path)
         users, histories = ["u1", "nobody"], [model.item_ids[:4], model.item_ids[2:5]]
-        answer = _engine_answer(model.path, "onnxruntime-cpu:fp32", users, histories, 5,
-                                ["--encoder-instances=2", "--ort-threads=1"])
+        answer = _engine_answer(model.path, "onnxruntime-cpu:fp32", users, histories, 5, ["--ort-threads=1"], 2)
         assert answer is not None
         for i in range(2):
             user = users[i] if model.kind == "cllm4rec" else None  # TCF's history path ignores the user
             expected = np.argsort(-(model.item_vectors @ model.history_vector(histories[i], user)), kind="stable")[:5]
             assert answer(i).tolist() == expected.tolist(), model.kind
-    assert _engine_answer(model.path, "no-such-engine:fp32", users, histories, 5, []) is None
+    assert _engine_answer(model.path, "no-such-engine:fp32", users, histories, 5, [], 1) is None
 
 
 def test_readme_section_is_rewritten_between_its_markers(grpc_result: dict, tmp_path: Path) -> None:

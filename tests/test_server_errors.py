@@ -29,6 +29,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
         queue_size=1,
         max_batch_size=1,
         max_wait_ms=0.0,
+        encoder_instances=1,  # one request encoding at a time, one queued: the admission tests count on it
     ) as (srv, client):
         yield srv, client
 

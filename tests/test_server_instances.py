@@ -15,7 +15,9 @@ from repo_fixtures import running_server, write_cllm4rec
 
 from server import errors
 from server.batching import DynamicBatcher
+from server.config import ServeConfig
 from server.engines.openvino_cpu import compile_config
+from server.machine import detect, usable_cpus
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -113,7 +115,43 @@ def test_a_server_with_two_instances_answers_concurrent_histories_like_one(tmp_p
         with running_server(tmp_path, engine=engine, encoder_instances=instances) as (srv, client):
             with srv.registry.use("tiny-cllm") as mv:
                 assert mv.batcher is not None and mv.batcher.instances == instances
+            (model,) = [m for m in client.list_models().models if m.name == "tiny-cllm"]
+            assert model.versions[-1].encoder_instances == instances
             with ThreadPoolExecutor(8) as pool:
                 answers.append(list(pool.map(lambda h: client.recommend("tiny-cllm", history=h, top_k=5), histories)))
     for one, two in zip(*answers, strict=True):
         assert np.allclose([s for _, s in one.items], [s for _, s in two.items], atol=1e-4)
+
+
+def test_auto_instances_are_the_usable_cores_over_the_threads_and_one_on_a_gpu() -> None:
+    auto = ServeConfig()
+    assert auto.encoder_instances == 0  # the default
+    assert [auto.instances(c) for c in (1, 2, 8)] == [1, 2, 8]
+    assert ServeConfig(ort_threads=2).instances(8) == 4 and ServeConfig(ort_threads=4).instances(2) == 1
+    assert auto.instances(8, device="cuda") == 1
+    assert ServeConfig(encoder_instances=3).instances(1, device="cuda") == 3  # a set flag wins
+    with pytest.raises(ValueError, match="encoder_instances must be >= 0"):
+        ServeConfig(encoder_instances=-1)
+
+
+def test_usable_cpus_follow_the_affinity_and_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "from server.machine import usable_cpus; print(usable_cpus())"
+    one_core = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert one_core.stdout.strip() == "1"
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")  # how loky takes an explicit limit, like a CPU quota
+    assert usable_cpus() == 1
+    assert detect().cpus >= 1
+
+
+def test_an_auto_sized_server_reports_its_instances(tmp_path: Path) -> None:
+    write_cllm4rec(tmp_path)
+    with running_server(tmp_path, encoder_instances=0) as (srv, client):
+        with srv.registry.use("tiny-cllm") as mv:
+            assert mv.batcher is not None and mv.batcher.instances == srv.cfg.instances(detect().cpus)
+        (model,) = [m for m in client.list_models().models if m.name == "tiny-cllm"]
+        assert model.versions[-1].encoder_instances == mv.batcher.instances

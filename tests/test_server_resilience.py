@@ -45,7 +45,8 @@ def env(tmp_path: Path):
     write_cllm4rec(tmp_path)
     write_tcf(tmp_path)
     with running_server(tmp_path, admin_token=TOKEN, watchdog_seconds=0.05, encoder_stall_seconds=0.5,
-                        max_wait_ms=0.0, queue_size=512) as (srv, client):
+                        max_wait_ms=0.0, queue_size=512,
+                        encoder_instances=1) as (srv, client):  # one worker: a gated batch holds the queue still
         yield srv, client
 
 

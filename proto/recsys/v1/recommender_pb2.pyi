@@ -79,7 +79,7 @@ class Capabilities(_message.Message):
     def __init__(self, user_id: _Optional[bool] = ..., history: _Optional[bool] = ..., upsert_items: _Optional[bool] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("version", "kind", "user_tower", "item_tower", "dim", "num_items", "num_users", "index_type", "capabilities", "loaded_at", "is_default", "pinned", "journal_seq", "deleted_items", "serving", "engine", "item_engine", "index_backend")
+    __slots__ = ("version", "kind", "user_tower", "item_tower", "dim", "num_items", "num_users", "index_type", "capabilities", "loaded_at", "is_default", "pinned", "journal_seq", "deleted_items", "serving", "engine", "item_engine", "index_backend", "encoder_instances")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     USER_TOWER_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class ModelVersionInfo(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     ITEM_ENGINE_FIELD_NUMBER: _ClassVar[int]
     INDEX_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: str
     user_tower: str
@@ -116,7 +117,8 @@ class ModelVersionInfo(_message.Message):
     engine: str
     item_engine: str
     index_backend: str
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., user_tower: _Optional[str] = ..., item_tower: _Optional[str] = ..., dim: _Optional[int] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., index_type: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., loaded_at: _Optional[str] = ..., is_default: _Optional[bool] = ..., pinned: _Optional[bool] = ..., journal_seq: _Optional[int] = ..., deleted_items: _Optional[int] = ..., serving: _Optional[bool] = ..., engine: _Optional[str] = ..., item_engine: _Optional[str] = ..., index_backend: _Optional[str] = ...) -> None: ...
+    encoder_instances: int
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., user_tower: _Optional[str] = ..., item_tower: _Optional[str] = ..., dim: _Optional[int] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., index_type: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., loaded_at: _Optional[str] = ..., is_default: _Optional[bool] = ..., pinned: _Optional[bool] = ..., journal_seq: _Optional[int] = ..., deleted_items: _Optional[int] = ..., serving: _Optional[bool] = ..., engine: _Optional[str] = ..., item_engine: _Optional[str] = ..., index_backend: _Optional[str] = ..., encoder_instances: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "default_version", "versions")
