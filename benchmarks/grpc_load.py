@@ -450,7 +450,8 @@ def markdown(result: dict) -> str:
     if "requests" in result:
         lines += [_requests_line(result), ""]
     for engine, server in result["servers"].items():
-        workers = f", {server['encoder_instances']} encoder instances" if server.get("encoder_instances") else ""
+        n = server.get("encoder_instances")
+        workers = f", {n} encoder instance{'s' if n != 1 else ''}" if n else ""
         lines += [f"### server --engine {engine} (chose {server['engine_chosen'] or 'none'}, "
                   f"index {server['index_backend']}{workers})", "",
                   "| workload | clients | QPS | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
@@ -509,11 +510,11 @@ def markdown(result: dict) -> str:
     inst = result.get("instances_compare")
     if inst:
         many, one = inst["instances"], inst["one_instance"]
-        lines.append(f"Encoder instances on the history workload at {one['concurrency']} clients (--engine "
+        lines += ["", f"Encoder instances on the history workload at {one['concurrency']} clients (--engine "
                      f"{inst['engine']}, alternating {result['config']['paired_seconds']:g} s phases, "
                      f"{one['rounds']} rounds each): {inst['count']} instances {many['qps']:.2f} QPS, p99 "
                      f"{many['p99_ms']:.1f} ms vs one instance {one['qps']:.2f} QPS, p99 {one['p99_ms']:.1f} ms: "
-                     f"{many['qps'] / one['qps']:.2f}x.")
+                     f"{many['qps'] / one['qps']:.2f}x."]
     return "\n".join(lines) + "\n"
 
 

@@ -46,7 +46,9 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
     for engine, s in r["servers"].items():
         by = {w: {x["concurrency"]: x for x in s.get(w, [])} for w in ("noop", "user_id", "history")}
         flags = " ".join([f"--engine {engine}", *r["config"].get("server_args", [])])
-        text = f"`{flags}` (chose {s['engine_chosen'] or '-'})"
+        n = s.get("encoder_instances")
+        workers = f", {n} encoder instance{'s' if n != 1 else ''}" if n else ""
+        text = f"`{flags}` (chose {s['engine_chosen'] or '-'}{workers})"
         if 1 in by["user_id"] and 1 in by["noop"]:
             text += (f": known user p99 {by['user_id'][1]['p99_ms']:.2f} ms = "
                      f"{by['user_id'][1]['p99_ms'] / by['noop'][1]['p99_ms']:.2f}x the no-op RPC's p99")
@@ -57,6 +59,10 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
                 text += f" (its engine alone in process {alone[c]['qps'] / torch_['qps']:.2f}x)"
         if "paired" in s:
             text += " (server and PyTorch phases alternating)"
+        inst = r.get("instances_compare")
+        if inst and engine == next(iter(r["servers"])):
+            text += (f"; its {inst['count']} encoder instances at {inst['one_instance']['concurrency']} clients: "
+                     f"{inst['instances']['qps'] / inst['one_instance']['qps']:.2f}x the QPS of one (alternating)")
         parts.append(text)
     return [f"- {r['model']} over gRPC{_workload(r)} ({_link(name)}): " + "; ".join(parts) + "."]
 
@@ -107,7 +113,8 @@ def render(results: Path) -> str:
                       ("bench_grpc_ml100k-cllm4rec-d8-lora-gate098", _grpc), ("bench_grpc_ml100k-cllm4rec-d8-mean", _grpc),
                       ("bench_grpc_ml100k-cllm4rec-d8-mean-L128", _grpc),
                       ("bench_grpc_ml100k-cllm4rec-d8-mean-L128-run2", _grpc),
-                      ("bench_grpc_ml100k-tcf", _grpc),
+                      ("bench_grpc_ml100k-cllm4rec-d8-mean-L128-run3", _grpc),
+                      ("bench_grpc_ml100k-tcf", _grpc), ("bench_grpc_ml100k-tcf-instances2", _grpc),
                       ("bench_scale", _scale), ("bench_scale_real-tcf", _scale),
                       ("serving_resilience_ml100k", _resilience)):
         r = _load(results, name)

@@ -35,7 +35,12 @@ class ServeConfig:
     encoder_instances: int = 0
     """user-encoder batches each model version runs at once (worker threads sharing its queue, each with
     its own OpenVINO stream); 0 = auto: on a CPU engine, the cores this process may use (physical cores,
-    CPU affinity, container CPU quota) / ort_threads, so every core works under load; on a GPU, 1"""
+    CPU affinity, container CPU quota) / ort_threads, so every core works under load; 1 on a GPU, or for
+    an encoder answering one request in under instances_min_encode_ms"""
+    instances_min_encode_ms: float = 5.0
+    """auto instances: an encoder faster than this per request (measured at load) gets one worker: the
+    server's own Python work per request (~1-2 ms) is then the bottleneck, and more workers only contend
+    for it and split the batches (bench_grpc_ml100k-tcf-instances2: 0.89x the QPS of one worker at 8 clients)"""
     engine: str = "auto"
     """encoder engine: auto (the fastest that passes the quality gate on this machine), or ENGINE[:PRECISION]
     e.g. onnxruntime-cpu, openvino-cpu:bf16, onnxruntime-cuda:fp16 (a version's manifest may also name one)"""
@@ -109,7 +114,7 @@ class ServeConfig:
                      "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("max_wait_ms", "poll_seconds", "journal_poll_seconds", "max_queue_wait_ms", "watchdog_seconds",
+        for name in ("max_wait_ms", "instances_min_encode_ms", "poll_seconds", "journal_poll_seconds", "max_queue_wait_ms", "watchdog_seconds",
                      "grace_seconds"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
@@ -128,14 +133,17 @@ class ServeConfig:
         if problems:
             raise ValueError("invalid server config: " + "; ".join(problems))
 
-    def instances(self, cpus: int, device: str = "cpu") -> int:
+    def instances(self, cpus: int, device: str = "cpu", encode_ms: float | None = None) -> int:
         """The encoder instances to run: the flag, or in auto mode one per `ort_threads` of the usable
         cores for a CPU engine (a lone request runs as fast on one of several OpenVINO streams as on a
-        latency-tuned model, so extra instances cost it nothing), and 1 for a GPU engine, where one
-        worker keeps the device busy and larger batches pay more than parallel ones."""
+        latency-tuned model, so extra instances cost it nothing); 1 for a GPU engine, where one worker
+        keeps the device busy and larger batches pay more than parallel ones, and 1 for an encoder whose
+        measured time for one request (`encode_ms`) is under instances_min_encode_ms."""
         if self.encoder_instances:
             return self.encoder_instances
-        return max(1, cpus // self.ort_threads) if device == "cpu" else 1
+        if device != "cpu" or (encode_ms is not None and encode_ms < self.instances_min_encode_ms):
+            return 1
+        return max(1, cpus // self.ort_threads)
 
     def pinned(self) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}

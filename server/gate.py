@@ -48,6 +48,7 @@ class Trial:
     probe_delta: float | None = None  # candidate - reference, mean over probe users
     probe_se: float | None = None
     ms: float | None = None  # median time of one pass over the reference cases
+    one_ms: float | None = None  # the chosen engine's median time for the smallest case alone: one request
 
     def label(self) -> str:
         return f"{self.engine}:{self.precision}"
@@ -184,6 +185,7 @@ def select(role: str, graph: Path, candidates: list[tuple[str, str]], ref: Refer
             log.info("engine not chosen", role=role, engine=t.label(), passed=t.passed, reason=t.reason or "slower",
                      cosine=t.cosine, overlap=t.overlap, probe_delta=t.probe_delta, ms=t.ms)
     chosen = next(t for t in trials if t.label() == best)
+    chosen.one_ms = _time({best: loaded[best]}, by_size[:1], cfg.repeats)[best]
     log.info("engine chosen", role=role, engine=best, cosine=chosen.cosine, overlap=chosen.overlap,
-             probe_delta=chosen.probe_delta, ms=chosen.ms)
+             probe_delta=chosen.probe_delta, ms=chosen.ms, one_request_ms=round(chosen.one_ms, 3))
     return loaded[best], trials

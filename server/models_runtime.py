@@ -95,7 +95,9 @@ class ModelVersion:
         if self.can_history:
             enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback,
                                 cfg.instances(machine.cpus))
-            self.encoder_instances = cfg.instances(machine.cpus, enc.device)
+            chosen = next((t for t in self.gate_trials["user_encoder"] if t.label() == self.engines["user_encoder"]),
+                          None)
+            self.encoder_instances = cfg.instances(machine.cpus, enc.device, chosen.one_ms if chosen else None)
             self.history_encoder = HistoryEncoder(self.adapter, enc, input_names(m, "user_encoder", enc))
             self.batcher = DynamicBatcher(name, self.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
                                           cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0,

@@ -130,6 +130,8 @@ def test_comparisons_come_from_the_paired_phases_and_old_results_still_render() 
     assert "(chose x, index faiss-cpu, 2 encoder instances)" in md
     assert ("at 8 clients (--engine x:fp32, alternating 4 s phases, 3 rounds each): 2 instances 50.00 QPS, p99 "
             "12.0 ms vs one instance 25.00 QPS, p99 30.0 ms: 2.00x.") in md
+    line = _grpc(result, "bench_grpc_m")[0]
+    assert "(chose x, 2 encoder instances)" in line and "its 2 encoder instances at 8 clients: 2.00x the QPS of one" in line
     del result["instances_compare"], server["encoder_instances"]
     server["paired"][0]["engine_alone"] = {**row, "concurrency": 1, "qps": 120.0, "p50_ms": 8.0}
     ((c, srv, alone, torch_),) = engine_alone(server)

@@ -123,13 +123,15 @@ def test_a_server_with_two_instances_answers_concurrent_histories_like_one(tmp_p
         assert np.allclose([s for _, s in one.items], [s for _, s in two.items], atol=1e-4)
 
 
-def test_auto_instances_are_the_usable_cores_over_the_threads_and_one_on_a_gpu() -> None:
+def test_auto_instances_are_the_usable_cores_over_the_threads_and_one_on_a_gpu_or_a_fast_encoder() -> None:
     auto = ServeConfig()
     assert auto.encoder_instances == 0  # the default
     assert [auto.instances(c) for c in (1, 2, 8)] == [1, 2, 8]
     assert ServeConfig(ort_threads=2).instances(8) == 4 and ServeConfig(ort_threads=4).instances(2) == 1
     assert auto.instances(8, device="cuda") == 1
-    assert ServeConfig(encoder_instances=3).instances(1, device="cuda") == 3  # a set flag wins
+    assert auto.instances(8, encode_ms=0.3) == 1 and auto.instances(8, encode_ms=40.0) == 8
+    assert ServeConfig(instances_min_encode_ms=0.1).instances(8, encode_ms=0.3) == 8
+    assert ServeConfig(encoder_instances=3).instances(1, device="cuda", encode_ms=0.1) == 3  # a set flag wins
     with pytest.raises(ValueError, match="encoder_instances must be >= 0"):
         ServeConfig(encoder_instances=-1)
 
@@ -148,10 +150,14 @@ def test_usable_cpus_follow_the_affinity_and_the_quota(monkeypatch: pytest.Monke
     assert detect().cpus >= 1
 
 
-def test_an_auto_sized_server_reports_its_instances(tmp_path: Path) -> None:
+@pytest.mark.parametrize("min_ms", [5.0, 0.0])
+def test_an_auto_sized_server_measures_its_encoder_and_reports_its_instances(tmp_path: Path, min_ms: float) -> None:
     write_cllm4rec(tmp_path)
-    with running_server(tmp_path, encoder_instances=0) as (srv, client):
+    with running_server(tmp_path, encoder_instances=0, instances_min_encode_ms=min_ms) as (srv, client):
         with srv.registry.use("tiny-cllm") as mv:
-            assert mv.batcher is not None and mv.batcher.instances == srv.cfg.instances(detect().cpus)
+            (chosen,) = [t for t in mv.gate_trials["user_encoder"] if t.label() == mv.engines["user_encoder"]]
+            assert chosen.one_ms is not None and 0 < chosen.one_ms < 5.0  # a tiny model: well under 5 ms
+            expected = 1 if min_ms else detect().cpus  # a fast encoder gets one worker; else one per core
+            assert mv.batcher is not None and mv.batcher.instances == expected
         (model,) = [m for m in client.list_models().models if m.name == "tiny-cllm"]
-        assert model.versions[-1].encoder_instances == mv.batcher.instances
+        assert model.versions[-1].encoder_instances == expected
