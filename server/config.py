@@ -114,8 +114,8 @@ class ServeConfig:
                      "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("max_wait_ms", "instances_min_encode_ms", "poll_seconds", "journal_poll_seconds", "max_queue_wait_ms", "watchdog_seconds",
-                     "grace_seconds"):
+        for name in ("max_wait_ms", "instances_min_encode_ms", "poll_seconds", "journal_poll_seconds",
+                     "max_queue_wait_ms", "watchdog_seconds", "grace_seconds"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.encoder_instances < 0:

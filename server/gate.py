@@ -185,7 +185,8 @@ def select(role: str, graph: Path, candidates: list[tuple[str, str]], ref: Refer
             log.info("engine not chosen", role=role, engine=t.label(), passed=t.passed, reason=t.reason or "slower",
                      cosine=t.cosine, overlap=t.overlap, probe_delta=t.probe_delta, ms=t.ms)
     chosen = next(t for t in trials if t.label() == best)
-    chosen.one_ms = _time({best: loaded[best]}, by_size[:1], cfg.repeats)[best]
+    if by_size:  # what auto-sized encoder instances go by (ServeConfig.instances)
+        chosen.one_ms = _time({best: loaded[best]}, by_size[:1], cfg.repeats)[best]
     log.info("engine chosen", role=role, engine=best, cosine=chosen.cosine, overlap=chosen.overlap,
-             probe_delta=chosen.probe_delta, ms=chosen.ms, one_request_ms=round(chosen.one_ms, 3))
+             probe_delta=chosen.probe_delta, ms=chosen.ms, one_request_ms=chosen.one_ms)
     return loaded[best], trials

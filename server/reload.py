@@ -158,7 +158,8 @@ class Reloader:
         self._set_loaded(mv.name, mv.version, True, mv)
         self.metrics.reloads.labels(model=mv.name, result="success").inc()
         log.info("version loaded", model=mv.name, version=mv.version, kind=mv.kind, items=mv.catalogue.num_items,
-                 users=len(mv.user_ids), pinned=mv.pinned, journal_seq=mv.applied_seq)
+                 users=len(mv.user_ids), pinned=mv.pinned, journal_seq=mv.applied_seq,
+                 encoder_instances=mv.encoder_instances)
         result.loaded.append(f"{mv.name}:{mv.version}")
         return True
 
