@@ -422,6 +422,12 @@ def engine_alone(server: dict) -> list[tuple[int, dict[str, Any], dict[str, Any]
             for p in server.get("paired", []) if "engine_alone" in p]
 
 
+def instances_label(server: dict) -> str:
+    """", N encoder instances" for a server that reported its count (files before the count: "")."""
+    n = server.get("encoder_instances")
+    return f", {n} encoder instance{'s' if n != 1 else ''}" if n else ""
+
+
 def _torch_rows(result: dict) -> list[dict[str, Any]]:
     first = next(iter(result["servers"].values()), {})
     if "paired" in first:
@@ -450,10 +456,8 @@ def markdown(result: dict) -> str:
     if "requests" in result:
         lines += [_requests_line(result), ""]
     for engine, server in result["servers"].items():
-        n = server.get("encoder_instances")
-        workers = f", {n} encoder instance{'s' if n != 1 else ''}" if n else ""
         lines += [f"### server --engine {engine} (chose {server['engine_chosen'] or 'none'}, "
-                  f"index {server['index_backend']}{workers})", "",
+                  f"index {server['index_backend']}{instances_label(server)})", "",
                   "| workload | clients | QPS | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
                   "|---|---|---|---|---|---|---|---|"]
         for workload in ("noop", "user_id", "history"):

@@ -40,15 +40,13 @@ def _encoders(r: dict[str, Any], name: str) -> list[str]:
 
 
 def _grpc(r: dict[str, Any], name: str) -> list[str]:
-    from benchmarks.grpc_load import comparisons, engine_alone
+    from benchmarks.grpc_load import comparisons, engine_alone, instances_label
 
     parts = []
     for engine, s in r["servers"].items():
         by = {w: {x["concurrency"]: x for x in s.get(w, [])} for w in ("noop", "user_id", "history")}
         flags = " ".join([f"--engine {engine}", *r["config"].get("server_args", [])])
-        n = s.get("encoder_instances")
-        workers = f", {n} encoder instance{'s' if n != 1 else ''}" if n else ""
-        text = f"`{flags}` (chose {s['engine_chosen'] or '-'}{workers})"
+        text = f"`{flags}` (chose {s['engine_chosen'] or '-'}{instances_label(s)})"
         if 1 in by["user_id"] and 1 in by["noop"]:
             text += (f": known user p99 {by['user_id'][1]['p99_ms']:.2f} ms = "
                      f"{by['user_id'][1]['p99_ms'] / by['noop'][1]['p99_ms']:.2f}x the no-op RPC's p99")
