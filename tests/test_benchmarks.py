@@ -177,6 +177,14 @@ def test_readme_section_is_rewritten_between_its_markers(grpc_result: dict, tmp_
         update(readme, results)
 
 
+def test_readme_lists_every_rerun_of_a_result_in_run_order(grpc_result: dict, tmp_path: Path) -> None:
+    for suffix, model in (("", "first"), ("-run10", "tenth"), ("-run2", "second"), ("-runaway", "stray")):
+        (tmp_path / f"bench_grpc_ml100k-tcf{suffix}.json").write_text(json.dumps({**grpc_result, "model": model}))
+    text = render(tmp_path)
+    assert text.index("first over gRPC") < text.index("second over gRPC") < text.index("tenth over gRPC")
+    assert "stray" not in text and "bench_grpc_ml100k-tcf-run10.md" in text
+
+
 def test_readme_performance_section_matches_the_committed_results() -> None:
     text = (ROOT / "README.md").read_text()
     section = text.split(START, 1)[1].split(END, 1)[0]
