@@ -94,7 +94,7 @@ def load_index(path: Path, index_section: dict[str, Any] | None = None, mmap: bo
     """Reads items.faiss and re-applies the query-time parameters recorded in the manifest."""
     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
     params = (index_section or {}).get("params", {})
-    ivf = _ivf(index)
+    ivf = ivf_part(index)
     if ivf is not None and "nprobe" in params:
         ivf.nprobe = int(params["nprobe"])
     if isinstance(index, faiss.IndexHNSW) and "ef_search" in params:
@@ -102,7 +102,8 @@ def load_index(path: Path, index_section: dict[str, Any] | None = None, mmap: bo
     return index
 
 
-def _ivf(index: faiss.Index) -> Any:
+def ivf_part(index: faiss.Index) -> Any:
+    """The IVF layer of an index (itself, or under a pre-transform), or None: where nprobe lives."""
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -122,7 +123,7 @@ def search(
         q = q[None, :]
     k = max(1, min(int(k), index.ntotal))
     sp = None
-    if nprobe is not None and _ivf(index) is not None:
+    if nprobe is not None and ivf_part(index) is not None:
         sp = faiss.SearchParametersIVF(nprobe=int(nprobe))
     elif ef_search is not None and isinstance(index, faiss.IndexHNSW):
         sp = faiss.SearchParametersHNSW(efSearch=int(ef_search))

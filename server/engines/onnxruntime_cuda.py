@@ -1,8 +1,9 @@
 """ONNX Runtime's CUDA execution provider (the `gpu` install extra), fp32 or fp16.
 
 fp16 converts the graph at load (onnxconverter-common, inputs and outputs kept fp32); the quality
-gate decides whether that precision may serve. Not exercised on this project's CPU-only machines:
-its tests skip without a GPU.
+gate decides whether that precision may serve. Checked against the exact answers in
+tests/test_server_gpu.py, which skips its GPU cases where no GPU is visible (every session of this
+project so far).
 """
 
 from __future__ import annotations

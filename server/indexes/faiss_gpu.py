@@ -1,7 +1,8 @@
 """FAISS on a GPU (the `gpu` install extra: faiss-gpu-cu12), for flat and IVF indexes; HNSW has no GPU
 version and stays on the CPU backend. A GPU index is not safe for concurrent searches, so they are
-serialised; the small exact index of items added while serving stays on the CPU. Not exercised on
-this project's CPU-only machines: its tests skip without a GPU.
+serialised; the small exact index of items added while serving stays on the CPU. Checked against exact
+search in tests/test_server_gpu.py, which skips its GPU cases where no GPU is visible (every session of
+this project so far).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from export.index import load_index
+from export.index import ivf_part, load_index
 from server.indexes.faiss_cpu import FaissCpu, FaissIndex
 from server.machine import Machine
 
@@ -47,7 +48,11 @@ class FaissGpu:
         if FaissGpu._resources is None:
             FaissGpu._resources = faiss.StandardGpuResources()
         cpu = load_index(path, manifest_index)
-        return GpuFaissIndex(faiss.index_cpu_to_gpu(FaissGpu._resources, 0, cpu))
+        gpu = faiss.index_cpu_to_gpu(FaissGpu._resources, 0, cpu)
+        ivf = ivf_part(cpu)
+        if ivf is not None and hasattr(gpu, "nprobe"):  # the manifest's query-time depth, whatever the cloner copies
+            gpu.nprobe = int(ivf.nprobe)
+        return GpuFaissIndex(gpu)
 
     @staticmethod
     def exact(vectors: np.ndarray) -> FaissIndex:
