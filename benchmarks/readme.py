@@ -84,16 +84,21 @@ def _workload(r: dict[str, Any]) -> str:
 
 
 def _scale(r: dict[str, Any], name: str) -> list[str]:
-    from benchmarks.scale import operating_point
+    from benchmarks.scale import exact_vs, operating_point
 
     cfg = r["config"]
     rows = []
     for row in r["rows"]:
         best = operating_point(row, cfg["min_recall"])
         exact_x = row["paths"]["faiss_flat"]["speedup_p50_vs_torch_matmul_topk"]
-        rows.append(f"{row['items']:,} items: exact FAISS {exact_x:.1f}x PyTorch; " + (
+        text = f"{row['items']:,} items: exact FAISS {exact_x:.1f}x PyTorch; " + (
             f"{best[0][len('faiss_'):]} {best[2]:.1f}x exact at recall@{row['k']} {best[1]:.3f}" if best
-            else f"no approximate setting reached recall {cfg['min_recall']}"))
+            else f"no approximate setting reached recall {cfg['min_recall']}")
+        if "faiss_gpu_flat" in row["paths"]:
+            gpu = operating_point(row, cfg["min_recall"], "gpu")
+            text += (f"; on the GPU exact {exact_vs(row, 'faiss_gpu_flat'):.1f}x exact FAISS on the CPU" + (
+                f", {gpu[0][len('faiss_gpu_'):]} {gpu[2]:.1f}x GPU exact at recall {gpu[1]:.3f}" if gpu else ""))
+        rows.append(text)
     source = cfg.get("vectors_from") or "synthetic clustered vectors"
     return [f"- Catalog scale, one query on one thread, dim {r['rows'][0]['dim']}, {source}, fastest approximate "
             f"index with recall@{cfg['k']} >= {cfg['min_recall']} ({_link(name)}): " + "; ".join(rows) + "."]

@@ -2,13 +2,17 @@
 
 Item vectors are synthetic (clustered Gaussians, so approximate indexes face realistic structure);
 queries are drawn near the items. Recall of each approximate index is measured against exact search.
+Where FAISS sees a GPU (the gpu install extra), the same flat and IVF indexes also run cloned onto it,
+beside PyTorch's matmul + topk on CUDA, query in and ids out on the host as the server needs them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -54,6 +58,35 @@ def real_catalog(version: Path, n: int, queries: int, rng: np.random.Generator) 
     return items.astype(np.float32), users[rng.integers(0, len(users), size=queries)]
 
 
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def _gpu_paths(flat: Any, ivf: Any, items_t: Any, one: np.ndarray, probes: list[int], k: int,
+               queries: np.ndarray, exact: np.ndarray) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
+    """The GPU side, where there is one: (paths to time, their recall against exact search)."""
+    if gpu_count() == 0:
+        return {}, {}
+    import torch
+
+    res = faiss.StandardGpuResources()
+    gflat, givf = faiss.index_cpu_to_gpu(res, 0, flat), faiss.index_cpu_to_gpu(res, 0, ivf)
+
+    def ivf_search(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+        givf.nprobe = p  # one index, its depth set per call (cheap) instead of one GPU copy per depth
+        return givf.search(x, k)
+
+    paths: dict[str, Callable[[], object]] = {
+        "faiss_gpu_flat": lambda: gflat.search(one, k),
+        **{f"faiss_gpu_ivf_nprobe{p}": (lambda p=p: ivf_search(one, p)) for p in probes}}
+    recall = {"gpu_flat": _recall(gflat.search(queries, k)[1], exact),
+              **{f"gpu_ivf_nprobe{p}": _recall(ivf_search(queries, p)[1], exact) for p in probes}}
+    if torch.cuda.is_available():
+        items_c = items_t.cuda()
+        paths["torch_cuda_matmul_topk"] = lambda: torch.topk(torch.from_numpy(one).cuda() @ items_c.T, k)[1].cpu()
+    return paths, recall
+
+
 def _one_size(n: int, cfg: ScaleConfig, rng: np.random.Generator) -> dict:
     import torch  # the baseline path; imported here so the rest of benchmarks stays torch-free
 
@@ -85,11 +118,14 @@ def _one_size(n: int, cfg: ScaleConfig, rng: np.random.Generator) -> dict:
     recall["hnsw"] = _recall(hnsw.search(queries, cfg.k)[1], exact)
     one = queries[:1]
     one_t = torch.from_numpy(one)
+    gpu_paths, gpu_recall = _gpu_paths(flat, ivf, items_t, one, probes, cfg.k, queries, exact)
+    recall.update(gpu_recall)
     paths = {
         "torch_matmul_topk": lambda: torch.topk(one_t @ items_t.T, cfg.k),
         "faiss_flat": lambda: flat.search(one, cfg.k),
         **{f"faiss_ivf_nprobe{p}": (lambda p=p: ivf.search(one, cfg.k, params=params[p])) for p in probes},
         "faiss_hnsw": lambda: hnsw.search(one, cfg.k),
+        **gpu_paths,
     }
     timings = interleaved(paths, repeats=cfg.repeats if n < 1_000_000 else max(10, cfg.repeats // 3))
     return {
@@ -103,11 +139,17 @@ def _one_size(n: int, cfg: ScaleConfig, rng: np.random.Generator) -> dict:
     }
 
 
-def operating_point(row: dict, min_recall: float) -> tuple[str, float, float] | None:
-    """(path, recall, speed-up over exact FAISS) of the fastest approximate setting with recall >= min_recall."""
-    exact = row["paths"]["faiss_flat"]["p50_ms"]
+def operating_point(row: dict, min_recall: float, device: str = "cpu") -> tuple[str, float, float] | None:
+    """(path, recall, speed-up over exact FAISS on the same device) of the fastest approximate setting
+    with recall >= min_recall; None where none qualifies or the device was not measured."""
+    prefix = "faiss_gpu_" if device == "gpu" else "faiss_"
+    exact_name = prefix + "flat"
+    if exact_name not in row["paths"]:
+        return None
+    exact = row["paths"][exact_name]["p50_ms"]
     ok = [(name, row["recall_vs_exact"][name[len("faiss_"):]], exact / row["paths"][name]["p50_ms"])
-          for name in row["paths"] if name.startswith("faiss_") and name != "faiss_flat"
+          for name in row["paths"] if name.startswith(prefix) and name != exact_name
+          and (device == "gpu" or not name.startswith("faiss_gpu_"))
           and row["recall_vs_exact"][name[len("faiss_"):]] >= min_recall]
     return max(ok, key=lambda x: x[2]) if ok else None
 
@@ -123,6 +165,11 @@ def run_scale(cfg: ScaleConfig) -> dict:
     return {"config": config, "rows": [_one_size(n, cfg, rng) for n in cfg.sizes]}
 
 
+def exact_vs(row: dict, name: str) -> float:
+    """A path's speed-up over exact FAISS on the CPU."""
+    return row["paths"]["faiss_flat"]["p50_ms"] / row["paths"][name]["p50_ms"]
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     source = cfg.get("vectors_from") or f"synthetic clustered vectors, dim {cfg['dim']}"
@@ -132,8 +179,8 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         exact = r["paths"]["faiss_flat"]["p50_ms"]
         for name, p in r["paths"].items():
-            rec = r["recall_vs_exact"].get(name[len("faiss_"):], 1.0 if name in ("faiss_flat", "torch_matmul_topk")
-                                           else float("nan"))
+            exact_path = name in ("faiss_flat", "torch_matmul_topk", "torch_cuda_matmul_topk")
+            rec = r["recall_vs_exact"].get(name[len("faiss_"):], 1.0 if exact_path else float("nan"))
             lines.append(f"| {r['items']:,} | {name} | {p['p50_ms']:.3f} | {p[key]:.1f}x | {exact / p['p50_ms']:.1f}x | "
                          f"{rec:.3f} |")
     lines.append("")
@@ -141,4 +188,9 @@ def markdown(result: dict) -> str:
         best = operating_point(r, cfg["min_recall"])
         lines.append(f"{r['items']:,} items: fastest with recall >= {cfg['min_recall']}: " + (
             f"{best[0]} at {best[1]:.3f}, {best[2]:.1f}x exact FAISS." if best else "none."))
+        if "faiss_gpu_flat" in r["paths"]:
+            gpu = operating_point(r, cfg["min_recall"], "gpu")
+            best_gpu = f"{gpu[0]} at {gpu[1]:.3f}, {gpu[2]:.1f}x exact FAISS on the GPU." if gpu else "none."
+            lines.append(f"{r['items']:,} items on the GPU: exact {exact_vs(r, 'faiss_gpu_flat'):.1f}x exact FAISS on "
+                         f"the CPU; fastest with recall >= {cfg['min_recall']}: {best_gpu}")
     return "\n".join(lines) + "\n"

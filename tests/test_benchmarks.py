@@ -201,3 +201,35 @@ def test_scale_catalogue_grows_from_real_vectors(tmp_path: Path) -> None:
     assert items.shape == (500, model.item_vectors.shape[1]) and queries.shape == (7, items.shape[1])
     assert np.array_equal(items[: len(model.item_vectors)], model.item_vectors)  # the real ones first
     assert all(any(np.array_equal(q, u) for u in model.user_vectors) for q in queries)
+
+
+def test_scale_bench_times_the_gpu_index_where_faiss_sees_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU side's plumbing, with FAISS's GPU calls standing in as CPU clones (a real GPU runs the same
+    code through faiss-gpu): its paths are timed, their recall measured, and the report says both."""
+    import faiss
+
+    from benchmarks.scale import ScaleConfig, markdown, operating_point, run_scale
+
+    cfg = ScaleConfig(sizes=[2000], dim=16, k=10, queries=20, repeats=3, ivf_nprobe=[4, 64])
+    cpu_only = run_scale(cfg)["rows"][0]
+    assert not any(name.startswith("faiss_gpu_") for name in cpu_only["paths"])
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, device, index: faiss.clone_index(index), raising=False)
+    result = run_scale(cfg)
+    row = result["rows"][0]
+    nlist = row["ivf"]["nlist"]
+    assert {"faiss_gpu_flat", "faiss_gpu_ivf_nprobe4", f"faiss_gpu_ivf_nprobe{min(64, nlist)}"} <= set(row["paths"])
+    assert row["recall_vs_exact"]["gpu_flat"] == 1.0
+    assert row["recall_vs_exact"][f"gpu_ivf_nprobe{min(64, nlist)}"] == 1.0  # every cell visited: exact
+    assert row["recall_vs_exact"]["gpu_ivf_nprobe4"] == row["recall_vs_exact"]["ivf_nprobe4"]  # same index, depth
+    best_gpu = operating_point(row, cfg.min_recall, "gpu")
+    assert best_gpu is not None and best_gpu[0].startswith("faiss_gpu_ivf")
+    best_cpu = operating_point(row, cfg.min_recall)
+    assert best_cpu is not None and not best_cpu[0].startswith("faiss_gpu_")
+    text = markdown(result)
+    assert "| faiss_gpu_flat |" in text and "2,000 items on the GPU: exact" in text
+    from benchmarks.readme import _scale
+
+    assert "on the GPU exact" in _scale(result, "bench_scale_gpu")[0]
+    assert "on the GPU" not in _scale({"config": result["config"], "rows": [cpu_only]}, "bench_scale")[0]
