@@ -70,6 +70,9 @@ class GrpcBenchConfig:
     # serve its chosen engine with one instance and alternate the two on the history workload at the highest
     # baseline concurrency, so what the instances add under load is measured in the same run.
     compare_one_instance: bool = True
+    # Where the PyTorch baseline runs: auto = CUDA when torch sees a GPU (a GPU server is compared with
+    # PyTorch on the same GPU, not with the CPU), else the CPU with one thread per request.
+    torch_device: str = "auto"
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
 
 
@@ -211,11 +214,26 @@ def _feeds_builder(version_dir: Path, users: list[str], histories: list[list[str
     return feeds
 
 
-def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int
-                  ) -> Callable[[int], None] | None:
+def torch_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def torch_label(result: dict) -> str:
+    """The baseline's name in reports: the device only where it is not the CPU."""
+    device = result.get("pytorch_device", "cpu")
+    return "PyTorch eager fp32" + ("" if device == "cpu" else f" on {device}")
+
+
+def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int,
+                  device: str = "cpu") -> Callable[[int], None] | None:
     """Research-code serving: the torch encoder per request, scores against every item, topk, no batching.
-    Prompts / sequences are built by the server's own adapter, so both sides encode the same input.
-    None for a model without a history encoder (DSSM)."""
+    Prompts / sequences are built by the server's own adapter, so both sides encode the same input; on a
+    GPU the inputs go up and the ids come back per request, as the server's do. None for a model without
+    a history encoder (DSSM)."""
     import torch
 
     from models.bundle import load_bundle
@@ -226,14 +244,15 @@ def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histori
         return None
     torch.set_num_threads(1)
     items = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
-    items_t = torch.from_numpy(items)
+    items_t = torch.from_numpy(items).to(device)
+    module = enc.module.to(device).eval()
     feeds_of = _feeds_builder(version_dir, users, histories, items, enc.input_names)
 
     def answer(i: int) -> None:
         feeds = feeds_of(i)
         with torch.inference_mode():
-            v = enc.module(*(torch.from_numpy(feeds[n]) for n in enc.input_names))
-            torch.topk(v @ items_t.T, k)
+            v = module(*(torch.from_numpy(feeds[n]).to(device) for n in enc.input_names))
+            torch.topk(v @ items_t.T, k)[1].cpu()
 
     answer(0)  # warm-up
     return answer
@@ -348,7 +367,9 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
                                "cpu_count": os.cpu_count()}}
     torch_answer = None
     if cfg.checkpoint is not None and "history" in workloads:
-        torch_answer = _torch_answer(cfg.checkpoint, version_dir, users, histories, cfg.top_k)
+        result["pytorch_device"] = torch_device(cfg.torch_device)
+        torch_answer = _torch_answer(cfg.checkpoint, version_dir, users, histories, cfg.top_k,
+                                     result["pytorch_device"])
         if torch_answer is None:
             result["pytorch_eager"] = {"skipped": "model has no history encoder (DSSM)"}
     for engine in cfg.engines:
@@ -475,7 +496,7 @@ def markdown(result: dict) -> str:
         pairs = comparisons(result, server)
         if pairs and "paired" in server:
             cfg = result["config"]
-            lines += ["", f"History workload, server vs PyTorch eager fp32 in process (encode + score all items + "
+            lines += ["", f"History workload, server vs {torch_label(result)} in process (encode + score all items + "
                       f"topk, no batching), alternating {cfg['paired_seconds']:g} s phases, {cfg['paired_rounds']} "
                       "rounds each side:", "",
                       "| clients | server QPS | PyTorch QPS | QPS ratio | server p50 ms | PyTorch p50 ms | p50 ratio | "
@@ -494,7 +515,7 @@ def markdown(result: dict) -> str:
                           f"{srv['qps'] / e['qps']:.2f} | {e['p50_ms'] / srv['p50_ms']:.2f} |" for c, srv, e, t in alone]
         else:
             for c, srv, t in pairs:
-                lines.append(f"history at {c} client(s): server {srv['qps']:.2f} QPS vs PyTorch eager "
+                lines.append(f"history at {c} client(s): server {srv['qps']:.2f} QPS vs {torch_label(result)} "
                              f"{t['qps']:.2f} QPS: {srv['qps'] / t['qps']:.2f}x; p50 {srv['p50_ms']:.1f} vs "
                              f"{t['p50_ms']:.1f} ms: {t['p50_ms'] / srv['p50_ms']:.2f}x.")
         lines.append("")
@@ -541,7 +562,7 @@ def plot(result: dict, prefix: Path) -> list[Path]:
         base = _torch_rows(result)
         if base:
             ax.plot([r["concurrency"] for r in base], [r[metric] for r in base], marker="s", linestyle="--",
-                    label="history (PyTorch eager fp32)")
+                    label=f"history ({torch_label(result)})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent clients")

@@ -47,7 +47,7 @@ def _encoders(r: dict[str, Any], name: str) -> list[str]:
 
 
 def _grpc(r: dict[str, Any], name: str) -> list[str]:
-    from benchmarks.grpc_load import comparisons, engine_alone, instances_label
+    from benchmarks.grpc_load import comparisons, engine_alone, instances_label, torch_label
 
     parts = []
     for engine, s in r["servers"].items():
@@ -59,7 +59,7 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
                      f"{by['user_id'][1]['p99_ms'] / by['noop'][1]['p99_ms']:.2f}x the no-op RPC's p99")
         alone = {c: e for c, _, e, _ in engine_alone(s)}
         for c, srv, torch_ in comparisons(r, s):
-            text += f"; history at {c} client(s) {srv['qps']:.1f} QPS = {srv['qps'] / torch_['qps']:.2f}x PyTorch eager fp32"
+            text += f"; history at {c} client(s) {srv['qps']:.1f} QPS = {srv['qps'] / torch_['qps']:.2f}x {torch_label(r)}"
             if c in alone:
                 text += f" (its engine alone in process {alone[c]['qps'] / torch_['qps']:.2f}x)"
         if "paired" in s:
