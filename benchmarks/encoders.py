@@ -1,7 +1,8 @@
 """Encoder + search latency per engine on real inputs, against the plain PyTorch way (the checkpoint's
 own torch module + matmul + topk), interleaved in one process so machine noise hits every path alike.
 
-Paths: PyTorch eager fp32 (the baseline) and bf16 autocast where the CPU has AMX / avx512_bf16, then
+Paths: PyTorch eager fp32 (the baseline) and bf16 autocast where the CPU has AMX / avx512_bf16 (and on
+CUDA, fp32 and fp16 autocast, where torch sees a GPU: the CUDA engines' own baseline), then
 every engine:precision this machine offers the server (server/engines: ONNX Runtime, OpenVINO fp32 /
 bf16 / int8 weights, CUDA where present), each followed by the FAISS search the server does. Inputs
 are real: the LM user encoder gets real users' prompts cut to several lengths (built by the server's
@@ -11,6 +12,7 @@ is reported beside its speed: cosine and top-20 overlap against PyTorch fp32 on 
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable
@@ -97,6 +99,24 @@ def _request(run: Callable[[dict[str, np.ndarray]], np.ndarray], feeds: dict[str
         index.search(np.ascontiguousarray(v, dtype=np.float32), k)
 
 
+def torch_runs(module: Any, names: list[str], device: str, low: bool
+               ) -> dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]]:
+    """PyTorch eager on `device`, fp32 and (where `low`) its low-precision autocast: bf16 on a CPU, fp16
+    on CUDA. Inputs go to the device and the vector comes back per call, as with every engine."""
+    import torch
+
+    suffix, dtype, low_name = ("", torch.bfloat16, "bf16") if device == "cpu" else ("-cuda", torch.float16, "fp16")
+
+    def run(feeds: dict[str, np.ndarray], autocast: bool = False) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=autocast):
+            return module(*(torch.from_numpy(feeds[n]).to(device) for n in names)).float().cpu().numpy()
+
+    runs: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {f"pytorch-eager{suffix}:fp32": run}
+    if low:
+        runs[f"pytorch-eager{suffix}:{low_name}"] = functools.partial(run, autocast=True)
+    return runs
+
+
 def run_encoders(cfg: EncoderBenchConfig) -> dict:
     import torch
 
@@ -126,15 +146,9 @@ def run_encoders(cfg: EncoderBenchConfig) -> dict:
         loaded = {f"{e}:{p}": ENGINES[e].load(graph, p, cfg.threads) for e, p in dict.fromkeys(engines)}
         search = name == "user_encoder"
         module = enc.module.eval()
-
-        def torch_run(feeds: dict[str, np.ndarray], bf16: bool = False, module: Any = module,
-                      names: list[str] = enc.input_names) -> np.ndarray:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return module(*(torch.from_numpy(feeds[n]) for n in names)).float().numpy()
-
-        runs: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {"pytorch-eager:fp32": torch_run}
-        if machine.cpu_bf16:
-            runs["pytorch-eager:bf16"] = lambda f, run=torch_run: run(f, bf16=True)
+        runs = torch_runs(module, enc.input_names, "cpu", low=machine.cpu_bf16)
+        if torch.cuda.is_available():  # the GPU engines' own baseline: PyTorch on the same GPU
+            runs |= torch_runs(copy.deepcopy(module).cuda(), enc.input_names, "cuda", low=True)
         runs |= {key: e.run for key, e in loaded.items()}
         ref_entry = spec.get("reference") or {}
         quality: dict[str, dict[str, float]] = {}

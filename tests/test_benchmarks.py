@@ -240,3 +240,25 @@ def test_scale_bench_times_the_gpu_index_where_faiss_sees_a_gpu(monkeypatch: pyt
 
     assert "on the GPU exact" in _scale(result, "bench_scale_gpu")[0]
     assert "on the GPU" not in _scale({"config": result["config"], "rows": [cpu_only]}, "bench_scale")[0]
+
+
+def test_torch_baselines_run_fp32_and_the_devices_low_precision() -> None:
+    import numpy as np
+    import torch
+
+    from benchmarks.encoders import torch_runs
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(8, 4).eval()
+    feeds = {"x": np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)}
+    want = module(torch.from_numpy(feeds["x"])).detach().numpy()
+    assert list(torch_runs(module, ["x"], "cpu", low=False)) == ["pytorch-eager:fp32"]
+    runs = torch_runs(module, ["x"], "cpu", low=True)
+    assert list(runs) == ["pytorch-eager:fp32", "pytorch-eager:bf16"]
+    assert np.allclose(runs["pytorch-eager:fp32"](feeds), want, atol=1e-6)
+    low = runs["pytorch-eager:bf16"](feeds)
+    assert low.dtype == np.float32 and not np.array_equal(low, want) and np.allclose(low, want, atol=0.1)
+    if torch.cuda.is_available():
+        cuda = torch_runs(module.cuda(), ["x"], "cuda", low=True)
+        assert list(cuda) == ["pytorch-eager-cuda:fp32", "pytorch-eager-cuda:fp16"]
+        assert np.allclose(cuda["pytorch-eager-cuda:fp32"](feeds), want, atol=1e-4)
