@@ -58,14 +58,14 @@ def real_catalog(version: Path, n: int, queries: int, rng: np.random.Generator) 
     return items.astype(np.float32), users[rng.integers(0, len(users), size=queries)]
 
 
-def gpu_count() -> int:
+def _gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
 def _gpu_paths(flat: Any, ivf: Any, items_t: Any, one: np.ndarray, probes: list[int], k: int,
                queries: np.ndarray, exact: np.ndarray) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
     """The GPU side, where there is one: (paths to time, their recall against exact search)."""
-    if gpu_count() == 0:
+    if _gpu_count() == 0:
         return {}, {}
     import torch
 
