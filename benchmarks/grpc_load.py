@@ -70,8 +70,9 @@ class GrpcBenchConfig:
     # serve its chosen engine with one instance and alternate the two on the history workload at the highest
     # baseline concurrency, so what the instances add under load is measured in the same run.
     compare_one_instance: bool = True
-    # Where the PyTorch baseline runs: auto = CUDA when torch sees a GPU (a GPU server is compared with
-    # PyTorch on the same GPU, not with the CPU), else the CPU with one thread per request.
+    # Where the PyTorch baseline runs (auto | cpu | cuda | cuda:N, as the trainers' --device): auto = the
+    # first GPU when torch sees one (a GPU server is compared with PyTorch on the same GPU, not with the
+    # CPU), else the CPU with one thread per request.
     torch_device: str = "auto"
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
 
@@ -212,14 +213,6 @@ def _feeds_builder(version_dir: Path, users: list[str], histories: list[list[str
         return adapter.feeds([payload], input_names)
 
     return feeds
-
-
-def torch_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def torch_label(result: dict) -> str:
@@ -367,7 +360,9 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
                                "cpu_count": os.cpu_count()}}
     torch_answer = None
     if cfg.checkpoint is not None and "history" in workloads:
-        result["pytorch_device"] = torch_device(cfg.torch_device)
+        from models.training.devices import resolve_device  # torch: only where the baseline runs
+
+        result["pytorch_device"] = str(resolve_device(cfg.torch_device, local_rank=0))
         torch_answer = _torch_answer(cfg.checkpoint, version_dir, users, histories, cfg.top_k,
                                      result["pytorch_device"])
         if torch_answer is None:

@@ -20,7 +20,6 @@ from benchmarks.grpc_load import (
     paired,
     plot,
     run_grpc,
-    torch_device,
 )
 from benchmarks.readme import END, START, _grpc, render, update
 from models.reports import RESULTS_DIR
@@ -146,12 +145,15 @@ def test_comparisons_come_from_the_paired_phases_and_old_results_still_render() 
     ((_, srv, torch_),) = comparisons(legacy, legacy["servers"]["auto"])
     assert srv["qps"] == 100.0 and torch_["qps"] == 25.0
     assert "server 100.00 QPS vs PyTorch eager fp32 25.00 QPS: 4.00x" in markdown(legacy)
-    result["pytorch_device"] = "cuda"  # a GPU server's baseline runs on the GPU, and the reports say so
-    assert "History workload, server vs PyTorch eager fp32 on cuda in process" in markdown(result)
-    assert "= 3.00x PyTorch eager fp32 on cuda" in _grpc(result, "bench_grpc_m")[0]
+    result["pytorch_device"] = "cuda:0"  # a GPU server's baseline runs on the GPU, and the reports say so
+    assert "History workload, server vs PyTorch eager fp32 on cuda:0 in process" in markdown(result)
+    assert "= 3.00x PyTorch eager fp32 on cuda:0" in _grpc(result, "bench_grpc_m")[0]
     import torch
 
-    assert torch_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") and torch_device("cpu") == "cpu"
+    from models.training.devices import resolve_device  # what --bench.torch-device resolves with
+
+    assert str(resolve_device("auto", local_rank=0)) == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert str(resolve_device("cpu", local_rank=0)) == "cpu"
 
 
 def test_engine_alone_runs_the_chosen_engine_on_the_same_requests_as_the_server_would(tmp_path: Path) -> None:

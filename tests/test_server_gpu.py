@@ -27,8 +27,8 @@ NEEDS_FAISS_GPU = pytest.mark.skipif(
 
 
 def _expected(model: TinyModel, history: list[str], k: int) -> tuple[list[str], np.ndarray]:
-    scores = model.item_vectors @ model.history_vector(history)
-    return model.top_k(model.history_vector(history), k), scores
+    vector = model.history_vector(history)
+    return model.top_k(vector, k), model.item_vectors @ vector
 
 
 @pytest.mark.parametrize("engine", [
