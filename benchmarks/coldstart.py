@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from export.journal import JournalRecord
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
+from repository.journal import JournalRecord
 from server.spawn import spawn_server, stop_server
 
 TOKEN = "coldstart-bench"
@@ -34,11 +34,11 @@ class ColdRequest:
 def offline_hits(version: Path, new_items: Sequence[tuple[str, str, str]], requests: Sequence[ColdRequest],
                  k: int, engine: str = "onnxruntime-cpu") -> list[bool]:
     """Top-k hits of each request, computed by the server's own code in this process."""
+    from repository.reader import load_files
     from server.config import ServeConfig
-    from server.models_runtime import ModelVersion
-    from server.repository import load_files
+    from server.model_version import ModelVersion
 
-    mv = ModelVersion(version.parent.name, load_files(version), ServeConfig(repository=version.parent.parent,
+    mv = ModelVersion.load(version.parent.name, load_files(version), ServeConfig(repository=version.parent.parent,
                                                                             engine=engine))
     try:
         for seq, (item_id, text, title) in enumerate(new_items, start=1):  # one per call, as the replay does

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,9 @@ import faiss
 import numpy as np
 
 from benchmarks.timing import compare, interleaved
+from repository import files as F
+from repository.arrays import read_user_history
+from repository.manifest import Manifest, read_manifest
 from server.machine import detect
 
 
@@ -40,31 +42,30 @@ class EncoderBenchConfig:
     int8: bool = True  # include int8-weight engines in "auto"
 
 
-def _lm_cases(version: Path, manifest: dict[str, Any], lengths: list[int], batch: int) -> dict[str, list[list[int]]]:
+def _lm_cases(version: Path, manifest: Manifest, lengths: list[int], batch: int) -> dict[str, list[list[int]]]:
     """Real users' rec prompts of about `lengths` tokens, through the server's own adapter."""
     from server.adapters.cllm4rec_lm import Cllm4recPrompt
 
     adapter = Cllm4recPrompt(version, manifest)
-    with np.load(version / "user_history.npz") as h:
-        indptr, indices = h["indptr"], h["indices"]
+    indptr, indices = read_user_history(version / F.USER_HISTORY)
     overhead = len(adapter.payload(0, [], lambda rows: np.zeros(0)))
     users = sorted(range(len(indptr) - 1), key=lambda u: -(indptr[u + 1] - indptr[u]))[:batch]
     cases = {}
     for length in lengths:
-        n = max(1, min(length - overhead, int(manifest["cllm4rec"]["max_history"])))
+        n = max(1, min(length - overhead, manifest.cllm4rec.max_history))
         cases[f"1x{n + overhead}"] = [adapter.payload(u, indices[indptr[u]:indptr[u + 1]][-n:], lambda r: r)
                                       for u in users[:1]]
-    n = max(1, min(max(lengths) - overhead, int(manifest["cllm4rec"]["max_history"])))
+    n = max(1, min(max(lengths) - overhead, manifest.cllm4rec.max_history))
     cases[f"{batch}x{n + overhead}"] = [adapter.payload(u, indices[indptr[u]:indptr[u + 1]][-n:], lambda r: r)
                                         for u in users]
     return cases
 
 
-def _feeds(manifest: dict[str, Any], version: Path, role: str, bundle_enc: Any, lengths: list[int],
+def _feeds(manifest: Manifest, version: Path, role: str, bundle_enc: Any, lengths: list[int],
            batch: int) -> dict[str, dict[str, np.ndarray]]:
     """Named cases -> feeds (input name -> array) for one encoder."""
     names = bundle_enc.input_names
-    if role == "user_encoder" and manifest["kind"] == "cllm4rec":
+    if role == "user_encoder" and manifest.kind == "cllm4rec":
         from server.adapters.cllm4rec_lm import Cllm4recPrompt
 
         adapter = Cllm4recPrompt(version, manifest)
@@ -120,29 +121,29 @@ def torch_runs(module: Any, names: list[str], device: str, low: bool
 def run_encoders(cfg: EncoderBenchConfig) -> dict:
     import torch
 
-    from export.reference import read_reference
     from models.bundle import load_bundle
+    from repository.reference import read_reference
     from server.engines import ENGINES, candidates, engine_candidates
 
     torch.set_num_threads(cfg.threads)
     faiss.omp_set_num_threads(cfg.threads)
     machine = detect()
-    manifest = json.loads((cfg.version / "manifest.json").read_text())
+    manifest = read_manifest(cfg.version)
     bundle = load_bundle(cfg.checkpoint, known_users=False)
-    index = faiss.read_index(str(cfg.version / "items.faiss"))
+    index = faiss.read_index(str(cfg.version / F.ITEMS_INDEX))
     items = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
     items_t = torch.from_numpy(items)
     k = min(cfg.k, len(items))
     engines = [c for e in cfg.engines for c in (candidates(machine, int8=cfg.int8) if e == "auto"
                                                  else engine_candidates(machine, e))]
-    result: dict = {"model": manifest["name"], "version": manifest["version"], "kind": manifest["kind"],
+    result: dict = {"model": manifest.name, "version": manifest.version, "kind": manifest.kind,
                     "threads": cfg.threads, "k": k, "cpu_bf16": machine.cpu_bf16,
                     "engines": [f"{e}:{p}" for e, p in engines], "encoders": {}}
     for name, enc in bundle.encoders.items():
-        spec = manifest["encoders"].get(name)
+        spec = manifest.encoders.get(name)
         if spec is None:
             continue
-        graph = cfg.version / spec["path"]
+        graph = cfg.version / spec.path
         loaded = {f"{e}:{p}": ENGINES[e].load(graph, p, cfg.threads) for e, p in dict.fromkeys(engines)}
         search = name == "user_encoder"
         module = enc.module.eval()
@@ -150,10 +151,9 @@ def run_encoders(cfg: EncoderBenchConfig) -> dict:
         if torch.cuda.is_available():  # the GPU engines' own baseline: PyTorch on the same GPU
             runs |= torch_runs(copy.deepcopy(module).cuda(), enc.input_names, "cuda", low=True)
         runs |= {key: e.run for key, e in loaded.items()}
-        ref_entry = spec.get("reference") or {}
         quality: dict[str, dict[str, float]] = {}
-        if ref_entry.get("file"):
-            ref = read_reference(cfg.version / ref_entry["file"], ref_entry.get("metric"))
+        if spec.reference_file:
+            ref = read_reference(cfg.version / spec.reference_file, (spec.reference or {}).get("metric"))
             ref_cases, ref_outs = (ref.probe_cases or ref.cases), (ref.probe_outputs or ref.outputs)
             quality = {key: _quality(run, ref_cases, np.concatenate(ref_outs), items) for key, run in runs.items()}
         cases = {}

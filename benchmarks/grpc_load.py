@@ -18,7 +18,6 @@ machine in this run.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -32,9 +31,14 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
 
-from llmrec.errors import ConfigError
+from common.errors import ConfigError
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from repository import files as F
+from repository.arrays import read_json_list, read_user_history
+from repository.kinds import KINDS
+from repository.manifest import Manifest, read_manifest
+from repository.versions import list_versions
 from server.spawn import spawn_server, stop_server
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -79,10 +83,9 @@ class GrpcBenchConfig:
 
 def _load_requests(version_dir: Path, n: int, history_len: int, seed: int = 0, fixed: bool = False
                    ) -> tuple[list[str], list[list[str]]]:
-    user_ids = json.loads((version_dir / "user_ids.json").read_text())
-    item_ids = json.loads((version_dir / "item_ids.json").read_text())
-    with np.load(version_dir / "user_history.npz") as hist:
-        indptr, indices = hist["indptr"], hist["indices"]
+    user_ids = read_json_list(version_dir / F.USER_IDS)
+    item_ids = read_json_list(version_dir / F.ITEM_IDS)
+    indptr, indices = read_user_history(version_dir / F.USER_HISTORY)
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(np.diff(indptr) >= history_len) if fixed else np.arange(len(user_ids))
     if not len(pool):
@@ -192,20 +195,20 @@ def open_loop(future: Callable[[int], Any], rate: float, seconds: float) -> dict
     return rec.summary(time.perf_counter() - t_start, rate=rate, offered=n)
 
 
-def _server_adapter(version_dir: Path, manifest: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+def _server_adapter(version_dir: Path, manifest: Manifest) -> tuple[Any, dict[str, int]]:
     """The server's request adapter for this version and its item id -> row map."""
     from server.adapters import adapter_for
 
-    adapter = adapter_for(manifest["kind"], manifest["user_tower"])(version_dir, manifest)
-    return adapter, {x: i for i, x in enumerate(json.loads((version_dir / "item_ids.json").read_text()))}
+    adapter = adapter_for(manifest.kind, manifest.user_tower)(version_dir, manifest)
+    return adapter, {x: i for i, x in enumerate(read_json_list(version_dir / F.ITEM_IDS))}
 
 
 def _feeds_builder(version_dir: Path, users: list[str], histories: list[list[str]], items: np.ndarray,
                    input_names: list[str]) -> Callable[[int], dict[str, np.ndarray]]:
     """Request i's encoder feeds, built by the server's own adapter, so every in-process baseline encodes
     exactly what the server does."""
-    adapter, rows = _server_adapter(version_dir, json.loads((version_dir / "manifest.json").read_text()))
-    user_rows = {u: i for i, u in enumerate(json.loads((version_dir / "user_ids.json").read_text()))}
+    adapter, rows = _server_adapter(version_dir, read_manifest(version_dir))
+    user_rows = {u: i for i, u in enumerate(read_json_list(version_dir / F.USER_IDS))}
 
     def feeds(i: int) -> dict[str, np.ndarray]:
         user, hist = users[i % len(users)], histories[i % len(histories)]
@@ -304,7 +307,7 @@ def _sweep(target: str, cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int
     return out
 
 
-def _request_lengths(version_dir: Path, manifest: dict[str, Any], histories: list[list[str]]) -> dict[str, Any]:
+def _request_lengths(version_dir: Path, manifest: Manifest, histories: list[list[str]]) -> dict[str, Any]:
     """Percentiles of the history lengths sent and, where the model's adapter measures it, of the encoder
     input length they make (prompt tokens for CLLM4Rec): a figure at "L about 128" needs to say its L."""
     from server.adapters import adapter_for
@@ -313,16 +316,12 @@ def _request_lengths(version_dir: Path, manifest: dict[str, Any], histories: lis
         return {f"p{q}": float(np.percentile(xs, q)) for q in (10, 50, 90)}
 
     out: dict[str, Any] = {"history_items": pct([len(h) for h in histories])}
-    cls = adapter_for(manifest["kind"], manifest["user_tower"])
-    if cls is not None and cls.history and hasattr(cls, "length"):
+    cls = adapter_for(manifest.kind, manifest.user_tower)
+    if KINDS[(manifest.kind, manifest.user_tower)].history and hasattr(cls, "length"):
         adapter, rows = _server_adapter(version_dir, manifest)
         out["encoder_input_length"] = pct([adapter.length(adapter.payload(None, [rows[x] for x in h], lambda r: None))
                                            for h in histories])
     return out
-
-
-def _versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _latest_version(repository: Path, model: str) -> int:
@@ -330,28 +329,28 @@ def _latest_version(repository: Path, model: str) -> int:
     if not repository.is_dir():
         raise ConfigError(f"model repository {repository} does not exist; pass --bench.repository "
                           "(a folder written by `llmrec export`)")
-    models = sorted(p.name for p in repository.iterdir() if p.is_dir() and _versions(p))
+    models = sorted(p.name for p in repository.iterdir() if p.is_dir() and list_versions(p))
     accepted = f"models in {repository}: {', '.join(models) or '(none: run `llmrec export` first)'}"
     if not model:
         raise ConfigError(f"--bench.model is required; {accepted}")
     if model not in models:
         raise ConfigError(f"no model {model!r} with a version in the repository; {accepted}")
-    return _versions(repository / model)[-1]
+    return list_versions(repository / model)[-1]
 
 
 def run_grpc(cfg: GrpcBenchConfig) -> dict:
     model_dir = cfg.repository / cfg.model
     versions = [_latest_version(cfg.repository, cfg.model)]
     version_dir = model_dir / str(versions[-1])
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    manifest = read_manifest(version_dir)
     users, histories = _load_requests(version_dir, 500, cfg.history_len, fixed=cfg.fixed_history)
     workloads: dict[str, Callable[[int], pb.RecommendRequest]] = {
         "user_id": lambda i: pb.RecommendRequest(model=cfg.model, user_id=users[i % len(users)], top_k=cfg.top_k)}
-    if manifest["capabilities"].get("history"):
+    if manifest.capabilities.history:
         workloads["history"] = lambda i: pb.RecommendRequest(model=cfg.model, history=histories[i % len(histories)],
                                                              top_k=cfg.top_k)
-    result: dict = {"model": cfg.model, "version": versions[-1], "kind": manifest["kind"],
-                    "user_tower": manifest["user_tower"], "servers": {},
+    result: dict = {"model": cfg.model, "version": versions[-1], "kind": manifest.kind,
+                    "user_tower": manifest.user_tower, "servers": {},
                     "requests": _request_lengths(version_dir, manifest, histories),
                     "config": {"seconds": cfg.seconds, "top_k": cfg.top_k, "history_len": cfg.history_len,
                                "fixed_history": cfg.fixed_history,
@@ -370,7 +369,7 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
     for engine in cfg.engines:
         proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", "--engine", engine, *cfg.server_args])
         try:
-            from llmrec.client import RecommenderClient
+            from client import RecommenderClient
 
             with RecommenderClient(target) as c:
                 info = next(m for m in c.list_models().models if m.name == cfg.model).versions[-1]

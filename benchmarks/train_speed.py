@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.assets import work_dir
-from llmrec.config import parse
+from common.assets import work_dir
+from common.config import parse
 from models.cllm4rec import cli as cllm_cli
 from models.cllm4rec.backbone import BackboneConfig
 from models.data.config import DataConfig

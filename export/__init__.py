@@ -1,6 +1,6 @@
 """Checkpoint -> one version of a model repository (ONNX graphs + FAISS index + manifest).
 
-Torch-free modules, safe for the server and the benchmarks to import: `export.manifest`,
-`export.repository`, `export.index`. The rest (`onnx_graphs`, `parity`, `quantize`, `writer`,
-`cli`, `testing`) import torch and are for the exporting side only.
+The format itself (file names, the typed manifest, publication, the journal) belongs to the torch-free
+`repository` package, which the server reads through; everything here is for the exporting side only
+and may import torch and the models.
 """

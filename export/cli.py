@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common import logs
+from common.config import parse, to_dict
+from common.errors import reading_checkpoint
 from export.config import ExportConfig
-from llmrec import logs
-from llmrec.config import parse, to_dict
-from llmrec.errors import reading_checkpoint
+from repository.manifest import Manifest, read_manifest
 
 
 def export_bundle(bundle: Any, repository: Path, name: str, cfg: ExportConfig | None = None,
@@ -24,36 +25,35 @@ def export_bundle(bundle: Any, repository: Path, name: str, cfg: ExportConfig | 
     return _export_bundle(bundle, repository, name, cfg, source_checkpoint)
 
 
-def summary(manifest: dict[str, Any]) -> dict[str, Any]:
+def summary(manifest: Manifest) -> dict[str, Any]:
     """The numbers worth a glance (and a report): parity, quantization, index recall."""
     return {
-        "name": manifest["name"],
-        "version": manifest["version"],
-        "kind": manifest["kind"],
-        "user_tower": manifest["user_tower"],
-        "item_tower": manifest["item_tower"],
-        "num_items": manifest["num_items"],
-        "num_users": manifest["num_users"],
-        "dim": manifest["dim"],
-        "index": manifest["index"],
+        "name": manifest.name,
+        "version": manifest.version,
+        "kind": manifest.kind,
+        "user_tower": manifest.user_tower,
+        "item_tower": manifest.item_tower,
+        "num_items": manifest.num_items,
+        "num_users": manifest.num_users,
+        "dim": manifest.dim,
+        "index": manifest.index.to_dict(),
         "parity": {k: {x: v[x] for x in ("max_abs_err", "cases", "k", "topk_identical", "topk_identical_up_to_ties")}
-                   for k, v in manifest["parity"].items()},
-        "encoders": {k: {"precision": v["precision"], "graph_optimization": v["graph_optimization"]}
-                     for k, v in manifest["encoders"].items()},
-        "quantization": manifest["quantization"],
-        "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+                   for k, v in manifest.parity.items()},
+        "encoders": {k: {"precision": v.precision, "graph_optimization": v.graph_optimization}
+                     for k, v in manifest.encoders.items()},
+        "quantization": manifest.quantization,
+        "bytes": sum(f.bytes for f in manifest.files.values()),
     }
 
 
 def write_export_report(version_dir: Path, cfg: ExportConfig) -> Path:
     from models.reports import markdown_table, write_report
 
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    s = summary(manifest)
+    s = summary(read_manifest(version_dir))
     rows = [[enc, p["max_abs_err"], p["cases"], p["topk_identical"], s["encoders"][enc]["precision"],
              s["encoders"][enc]["graph_optimization"]] for enc, p in s["parity"].items()]
     md = f"# Export {s['name']} v{s['version']} ({s['kind']}, {s['user_tower']}/{s['item_tower']})\n\n"
-    md += markdown_table(["encoder", "max abs err", "cases", f"top-{cfg.parity_k} identical", "precision", "ORT opt"],
+    md += markdown_table(["encoder", "max abs err", "cases", f"top-{cfg.parity.k} identical", "precision", "ORT opt"],
                          rows, digits=8)
     rec = s["index"].get("recall_vs_exact")
     md += f"\nIndex: {s['index']['type']} {s['index']['params']}"
@@ -76,9 +76,9 @@ def main(argv: list[str]) -> int:
     import torch
 
     from export.parity import ParityError
-    from export.repository import VersionError
     from export.writer import BundleError, IndexRecallError
     from models.bundle import load_bundle
+    from repository.errors import VersionError
 
     torch.set_num_threads(cfg.threads)
     try:
@@ -88,8 +88,7 @@ def main(argv: list[str]) -> int:
     except (ParityError, BundleError, IndexRecallError, VersionError, FileNotFoundError, ValueError) as exc:
         print(f"llmrec export: refused: {exc}", file=sys.stderr)
         return 1
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    print(json.dumps({"version_dir": str(version_dir), **summary(manifest)}, indent=2))
+    print(json.dumps({"version_dir": str(version_dir), **summary(read_manifest(version_dir))}, indent=2))
     if cfg.report:
         print(f"report: {write_export_report(version_dir, cfg)}")
     return 0

@@ -1,6 +1,5 @@
-"""FAISS inner-product indexes over item vectors: build, save, load, search, and measure recall.
-
-Torch-free: the server and the benchmarks use these helpers. FAISS ids are item rows
+"""FAISS inner-product indexes over item vectors: build, save and measure recall (loading and searching
+an index as the manifest describes it is the format's part: repository/index.py). FAISS ids are item rows
 (0..num_items-1) because items are added once, in row order, with sequential ids; an item added
 later (TCF upsert) gets the next row, which matches the row appended to the id list.
 """
@@ -11,17 +10,18 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-from export.manifest import INDEX_TYPES
+from repository.index import as_f32 as _as_f32
+from repository.manifest import INDEX_TYPES
 
 
 @dataclass
 class IndexParams:
-    type: str = "flat"  # flat | ivf | hnsw | ivfpq
+    type: Literal["flat", "ivf", "hnsw", "ivfpq"] = "flat"
     nlist: int = 0  # IVF cells; 0 = sqrt(num_items), capped so each cell trains on >= 39 items
     nprobe: int = 16  # IVF cells visited per query
     hnsw_m: int = 32  # HNSW neighbours per node
@@ -29,10 +29,6 @@ class IndexParams:
     ef_construction: int = 200  # HNSW candidate list while building
     pq_m: int = 8  # IVF-PQ sub-quantizers (must divide dim)
     pq_nbits: int = 8  # bits per PQ code
-
-
-def _as_f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
 def build_index(vectors: np.ndarray, params: IndexParams) -> tuple[faiss.Index, dict[str, Any]]:
@@ -88,47 +84,6 @@ def build_index(vectors: np.ndarray, params: IndexParams) -> tuple[faiss.Index, 
 
 def save_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
-
-
-def load_index(path: Path, index_section: dict[str, Any] | None = None, mmap: bool = False) -> faiss.Index:
-    """Reads items.faiss and re-applies the query-time parameters recorded in the manifest."""
-    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
-    params = (index_section or {}).get("params", {})
-    ivf = ivf_part(index)
-    if ivf is not None and "nprobe" in params:
-        ivf.nprobe = int(params["nprobe"])
-    if isinstance(index, faiss.IndexHNSW) and "ef_search" in params:
-        index.hnsw.efSearch = int(params["ef_search"])
-    return index
-
-
-def ivf_part(index: faiss.Index) -> Any:
-    """The IVF layer of an index (itself, or under a pre-transform), or None: where nprobe lives."""
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
-
-
-def search(
-    index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) best first; rows are -1 where an approximate index found fewer than k.
-
-    nprobe / ef_search apply to this call only (SearchParameters), so concurrent requests never
-    mutate shared index state.
-    """
-    q = _as_f32(queries)
-    if q.ndim == 1:
-        q = q[None, :]
-    k = max(1, min(int(k), index.ntotal))
-    sp = None
-    if nprobe is not None and ivf_part(index) is not None:
-        sp = faiss.SearchParametersIVF(nprobe=int(nprobe))
-    elif ef_search is not None and isinstance(index, faiss.IndexHNSW):
-        sp = faiss.SearchParametersHNSW(efSearch=int(ef_search))
-    scores, rows = index.search(q, k, params=sp) if sp is not None else index.search(q, k)
-    return scores, rows
 
 
 def exact_topk(item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

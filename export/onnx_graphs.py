@@ -1,13 +1,11 @@
-"""torch encoder -> checked ONNX graph (legacy exporter, opset 17, dynamic axes) + offline ORT optimization.
+"""A traced ONNX graph (models.onnx_trace) -> checked graph + offline ORT optimization + manifest entries.
 
-The legacy TorchScript exporter is used on purpose (performance-notes.md): it exports the LM in
-~40 s and its graph runs 5-10% faster than the dynamo exporter's. Tracing bakes some branches
-into the graph, which is why every graph goes through `export.parity` before it is kept.
+Tracing bakes some branches into the graph, which is why every graph goes through `export.parity`
+before it is kept.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ import torch
 
 from models.bundle import EncoderExport
 
-OPSET = 17
 # An optimized graph may carry contrib ops that only the CPU EP knows at "extended"; "basic" keeps
 # standard ONNX ops (constant folding, redundant-node removal), so OpenVINO / CUDA can still read it.
 ORT_LEVELS = {
@@ -26,38 +23,6 @@ ORT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
 }
 _DTYPES = {torch.int64: "int64", torch.int32: "int32", torch.float32: "float32", torch.bool: "bool"}
-
-
-def trace_inputs(enc: EncoderExport) -> tuple[torch.Tensor, ...]:
-    """The largest sample with batch > 1: tracing on batch 1 or length 1 invites baked-in shapes."""
-    if not enc.sample_inputs:
-        raise ValueError("encoder has no sample_inputs: the exporter needs real inputs to trace and to check parity")
-
-    def size(case: tuple[torch.Tensor, ...]) -> tuple[bool, int]:
-        first = case[0]
-        return (first.shape[0] > 1 and (first.dim() < 2 or first.shape[1] > 1), int(first.numel()))
-
-    return max(enc.sample_inputs, key=size)
-
-
-def export_graph(enc: EncoderExport, path: Path, opset: int = OPSET) -> Path:
-    path = Path(path)
-    enc.module.eval()
-    args = trace_inputs(enc)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings are expected; parity decides
-        torch.onnx.export(
-            enc.module,
-            args,
-            str(path),
-            input_names=list(enc.input_names),
-            output_names=[enc.output_name],
-            dynamic_axes=enc.dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return path
 
 
 def external_data_files(path: Path) -> list[str]:
@@ -106,14 +71,6 @@ def check_graph(path: Path, input_names: list[str], output_name: str) -> None:
             f"{Path(path).name}: graph inputs {got_in} / outputs {got_out} differ from the declared "
             f"{list(input_names)} / [{output_name!r}] (does forward() ignore an input?)"
         )
-
-
-def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def optimize_offline(path: Path, out_path: Path, level: str) -> Path:

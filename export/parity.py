@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.onnx_graphs import session
 from models.bundle import EncoderExport
+from models.onnx_trace import session
 
 
 class ParityError(RuntimeError):

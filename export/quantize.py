@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from export.onnx_graphs import external_data_files, session
+from export.onnx_graphs import external_data_files
 from models.bundle import EncoderExport, QualityProbe
 from models.metrics import mask_seen, per_user_metrics, top_k
+from models.onnx_trace import session
 
 
 def quantize_graph(fp32: Path, int8: Path) -> Path:

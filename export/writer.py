@@ -17,37 +17,38 @@ import numpy as np
 import onnx
 import torch
 
-from export import manifest as M
+from common import logs
 from export.config import ExportConfig
 from export.index import build_index, recall_vs_exact, sample_rows, save_index
-from export.journal import JOURNAL
 from export.journal_fold import fold_journal
 from export.onnx_graphs import (
     check_graph,
     consolidate_external_data,
-    export_graph,
     external_data_files,
     io_spec,
     optimize_offline,
 )
 from export.parity import ParityError, check_parity, torch_outputs
+from export.provenance import checkpoint_sha256, package_versions, utc_now_iso
 from export.quantize import evaluate as evaluate_quantization
 from export.quantize import quantize_graph
-from export.reference import ReferenceData, write_reference
-from export.repository import (
-    checkpoint_sha256,
-    file_entries,
-    package_versions,
-    publish,
-    staging_folder,
-    utc_now_iso,
-    write_json,
-    write_user_history,
-)
-from llmrec import logs
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
-from server.adapters import accepted as accepted_adapters
-from server.adapters import adapter_for
+from models.onnx_trace import export_graph
+from repository import files as F
+from repository.arrays import write_json, write_user_history
+from repository.errors import VersionError
+from repository.kinds import KINDS, accepted
+from repository.manifest import (
+    ENCODER_NAMES,
+    SECTIONS,
+    Capabilities,
+    EncoderSpec,
+    IndexSection,
+    Manifest,
+    TcfSection,
+)
+from repository.reference import ReferenceData, write_reference
+from repository.versions import file_entries, publish, staging_folder
 
 log = logs.get(__name__)
 
@@ -67,12 +68,12 @@ def validate_name(name: str) -> None:
 
 def validate_bundle(b: ServingBundle) -> None:
     """Refuses bundles the server could not serve consistently, before any work is done."""
-    adapter = adapter_for(b.kind, b.user_tower)  # the server's own registry: what it cannot serve is not written
-    if adapter is None:
-        raise BundleError(f"bundle kind/user_tower = {b.kind}/{b.user_tower}; accepted: {accepted_adapters()}")
-    if b.item_tower not in adapter.item_towers:
+    spec = KINDS.get((b.kind, b.user_tower))  # the format's registry: what no server can serve is not written
+    if spec is None:
+        raise BundleError(f"bundle kind/user_tower = {b.kind}/{b.user_tower}; accepted: {accepted()}")
+    if b.item_tower not in spec.item_towers:
         raise BundleError(f"bundle.item_tower = {b.item_tower!r}; accepted for {b.kind}/{b.user_tower}: "
-                          f"{', '.join(adapter.item_towers)}")
+                          f"{', '.join(spec.item_towers)}")
     iv, uv = np.asarray(b.item_vectors), np.asarray(b.user_vectors)
     n_items, n_users = len(b.item_ids), len(b.user_ids)
     if iv.shape != (n_items, b.dim) or n_items == 0:
@@ -93,13 +94,13 @@ def validate_bundle(b: ServingBundle) -> None:
         h = np.asarray(h)
         if len(h) and (h.min() < 0 or h.max() >= n_items):
             raise BundleError(f"user row {u} history has item rows outside [0, {n_items})")
-    unknown = set(b.encoders) - set(M.ENCODER_NAMES)
+    unknown = set(b.encoders) - set(ENCODER_NAMES)
     if unknown:
-        raise BundleError(f"unknown encoder(s) {sorted(unknown)}; accepted: {', '.join(M.ENCODER_NAMES)}")
-    if adapter.history and "user_encoder" not in b.encoders:
+        raise BundleError(f"unknown encoder(s) {sorted(unknown)}; accepted: {', '.join(ENCODER_NAMES)}")
+    if spec.history and "user_encoder" not in b.encoders:
         raise BundleError(f"a {b.user_tower} user tower needs a user_encoder")
-    if b.item_tower in ("text", "hybrid") and "item_encoder" in b.encoders and M.TOKENIZER not in b.assets:
-        raise BundleError(f"a text item_encoder needs the asset {M.TOKENIZER}")
+    if b.item_tower in ("text", "hybrid") and "item_encoder" in b.encoders and F.TOKENIZER not in b.assets:
+        raise BundleError(f"a text item_encoder needs the asset {F.TOKENIZER}")
     for name, enc in b.encoders.items():
         if not enc.sample_inputs:
             raise BundleError(f"{name} has no sample_inputs (needed for tracing and parity)")
@@ -110,6 +111,11 @@ def validate_bundle(b: ServingBundle) -> None:
             raise BundleError(f"asset {asset} -> {path} is not a file")
     if not isinstance(b.model_config, dict) or not b.model_config:
         raise BundleError(f"model_config (the manifest's {b.kind!r} section) must be a non-empty dict")
+    if b.kind in SECTIONS:
+        try:
+            SECTIONS[b.kind].from_dict(b.model_config, f"model_config (the manifest's {b.kind!r} section)")
+        except VersionError as exc:
+            raise BundleError(str(exc)) from None
 
 
 def _place_graph(src: Path, dst: Path) -> list[str]:
@@ -125,58 +131,58 @@ def _place_graph(src: Path, dst: Path) -> list[str]:
 
 def export_encoder(
     name: str, enc: EncoderExport, bundle: ServingBundle, out_dir: Path, work: Path, cfg: ExportConfig
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, list[str]]:
+) -> tuple[EncoderSpec, dict[str, Any], dict[str, Any] | None, list[str]]:
     """(encoder entry, parity entry, quantization entry or None, files written) for one encoder."""
     refs = torch_outputs(enc)
-    plain = export_graph(enc, work / f"{name}.plain.onnx", opset=cfg.opset)
+    plain = export_graph(enc, work / f"{name}.plain.onnx", opset=cfg.graph.opset)
     consolidate_external_data(plain)
     check_graph(plain, enc.input_names, enc.output_name)
     item_vectors = np.asarray(bundle.item_vectors, dtype=np.float32)
 
     def parity(graph: Path) -> dict[str, Any]:
-        return check_parity(enc, graph, item_vectors, refs, atol=cfg.parity_atol, k=cfg.parity_k, rtol=cfg.parity_rtol,
+        return check_parity(enc, graph, item_vectors, refs, atol=cfg.parity.atol, k=cfg.parity.k, rtol=cfg.parity.rtol,
                             label=name)
 
     chosen, level, note, par = plain, "none", None, None
-    if cfg.ort_optimize != "none":
+    optimize = cfg.graph.ort_optimize
+    if optimize != "none":
         try:
-            opt = optimize_offline(plain, work / f"{name}.opt.onnx", cfg.ort_optimize)
+            opt = optimize_offline(plain, work / f"{name}.opt.onnx", optimize)
             par = parity(opt)
-            chosen, level = opt, cfg.ort_optimize
+            chosen, level = opt, optimize
         except ParityError as exc:
-            note = f"ORT {cfg.ort_optimize} optimization broke parity, kept the plain graph: {exc}"
+            note = f"ORT {optimize} optimization broke parity, kept the plain graph: {exc}"
         except Exception as exc:  # an optimizer failure is not fatal: the plain graph is fine
-            note = f"ORT {cfg.ort_optimize} optimization failed, kept the plain graph: {exc}"
+            note = f"ORT {optimize} optimization failed, kept the plain graph: {exc}"
         if note:
             log.warning("graph optimization not kept", encoder=name, reason=note)
     if par is None:
         par = parity(plain)  # raises ParityError: nothing will be written
     inputs, output = io_spec(enc, refs[0])
-    entry: dict[str, Any] = {"path": f"{name}.onnx", "inputs": inputs, "output": output, "opset": cfg.opset,
-                             "precision": "fp32", "graph_optimization": level}
+    entry = EncoderSpec(F.encoder_file(name), inputs, output, cfg.graph.opset, "fp32", level)
     if note:
-        entry["graph_optimization_note"] = note
+        entry.extra["graph_optimization_note"] = note
     quant = None
     final = chosen
-    if cfg.quantize == "int8":
+    if cfg.quantize.mode == "int8":
         int8 = quantize_graph(chosen, work / f"{name}.int8.onnx")
         probe = bundle.probe if name == "user_encoder" else None
-        quant = evaluate_quantization(enc, chosen, int8, item_vectors, probe, cfg.quantize_min_overlap,
-                                      cfg.quantize_max_metric_drop)
+        quant = evaluate_quantization(enc, chosen, int8, item_vectors, probe, cfg.quantize.min_overlap,
+                                      cfg.quantize.max_metric_drop)
         if quant["status"] == "accepted":
-            final, entry["precision"] = int8, "int8-dynamic"
+            final, entry.precision = int8, "int8-dynamic"
         else:
             log.warning("int8 quantization refused, keeping fp32", encoder=name, reason=quant["reason"])
             warnings.warn(f"{name}: int8 quantization refused ({quant['reason']})", stacklevel=2)
-    files = _place_graph(final, out_dir / f"{name}.onnx")
+    files = _place_graph(final, out_dir / F.encoder_file(name))
     if len(files) > 1:
-        entry["external_data"] = files[1]
-    ref_file = out_dir / f"reference_{name}.npz"
-    entry["reference"] = write_reference(ref_file, reference_data(
+        entry.external_data = files[1]
+    ref_file = out_dir / F.reference_file(name)
+    entry.reference = write_reference(ref_file, reference_data(
         enc, refs, bundle.probe if name == "user_encoder" else None, cfg.reference_users))
     files.append(ref_file.name)
     log.info("encoder exported", encoder=name, max_abs_err=par["max_abs_err"], cases=par["cases"],
-             optimization=level, precision=entry["precision"])
+             optimization=level, precision=entry.precision)
     return entry, par, quant, files
 
 
@@ -220,7 +226,7 @@ def export_bundle(
         work.mkdir()
         files: list[str] = []
         encoders, parity, quantization = {}, {}, {}
-        for enc_name in M.ENCODER_NAMES:
+        for enc_name in ENCODER_NAMES:
             if enc_name in bundle.encoders:
                 entry, par, quant, written = export_encoder(enc_name, bundle.encoders[enc_name], bundle, tmp, work, cfg)
                 encoders[enc_name], parity[enc_name] = entry, par
@@ -233,42 +239,42 @@ def export_bundle(
         item_titles = [t or "" for t in bundle.item_titles]
         journal_entry = None
         if cfg.fold_journal:
-            has_text = "item_encoder" in encoders and M.TOKENIZER in bundle.assets
-            id_file = bundle.model_config.get("id_part")
+            has_text = "item_encoder" in encoders and F.TOKENIZER in bundle.assets
+            tcf = TcfSection.from_dict(bundle.model_config, "tcf section") if bundle.kind == "tcf" else None
+            id_file = tcf.id_part if tcf else None
             item_ids, item_vectors, item_titles, journal_entry = fold_journal(
-                model_dir / JOURNAL, tmp / "item_encoder.onnx" if has_text else None,
-                bundle.assets.get(M.TOKENIZER), bundle.model_config, encoders.get("item_encoder"), item_ids,
+                model_dir / F.JOURNAL, tmp / F.ITEM_ENCODER if has_text else None,
+                bundle.assets.get(F.TOKENIZER), tcf, encoders.get("item_encoder"), item_ids,
                 item_vectors, item_titles, np.load(bundle.assets[id_file]) if id_file else None)
-            log.info("item journal folded", **journal_entry)
+            log.info("item journal folded", file=journal_entry.file, folded_through=journal_entry.folded_through,
+                     folded_upserts=journal_entry.folded_upserts)
 
-        params = cfg.index_params()
+        params = cfg.index
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             index, used = build_index(item_vectors, params)
-        save_index(index, tmp / M.ITEMS_INDEX)
-        index_entry: dict[str, Any] = {"type": params.type, "params": used}
-        if caught:
-            index_entry["warnings"] = [str(w.message) for w in caught]
+        save_index(index, tmp / F.ITEMS_INDEX)
+        index_entry = IndexSection(params.type, used, [str(w.message) for w in caught] or None)
         if params.type != "flat":
             queries, source = (user_vectors, "user_vectors") if len(user_vectors) else (item_vectors, "item_vectors")
-            q = queries[sample_rows(len(queries), cfg.recall_users, cfg.seed)]
-            index_entry["recall_vs_exact"] = {**recall_vs_exact(index, item_vectors, q, cfg.recall_k), "queries": source}
-            log.info("index recall", **index_entry["recall_vs_exact"])
-            recall = index_entry["recall_vs_exact"]["recall"]
-            if recall is not None and recall < cfg.min_index_recall:
+            q = queries[sample_rows(len(queries), cfg.recall.users, cfg.seed)]
+            index_entry.recall_vs_exact = {**recall_vs_exact(index, item_vectors, q, cfg.recall.k), "queries": source}
+            log.info("index recall", **index_entry.recall_vs_exact)
+            recall = index_entry.recall_vs_exact["recall"]
+            if recall is not None and recall < cfg.recall.min_recall:
                 raise IndexRecallError(
-                    f"{params.type} index recall@{cfg.recall_k} vs exact search is {recall:.3f} < "
-                    f"min_index_recall {cfg.min_index_recall}: nothing written; use --index flat, a larger "
-                    f"--ef-search / --nprobe, or lower --min-index-recall"
+                    f"{params.type} index recall@{cfg.recall.k} vs exact search is {recall:.3f} < "
+                    f"min_index_recall {cfg.recall.min_recall} (--recall.min-recall): nothing written; use --index.type flat, a larger "
+                    f"--index.ef-search / --index.nprobe, or lower --recall.min-recall"
                 )
 
-        np.save(tmp / M.ITEM_VECTORS, item_vectors)
-        np.save(tmp / M.USER_VECTORS, user_vectors)
-        write_json(tmp / M.ITEM_IDS, item_ids)
-        write_json(tmp / M.ITEM_TITLES, item_titles)
-        write_json(tmp / M.USER_IDS, [str(u) for u in bundle.user_ids])
-        write_user_history(tmp / M.USER_HISTORY, bundle.user_histories)
-        files += [M.ITEMS_INDEX, M.ITEM_VECTORS, M.USER_VECTORS, M.ITEM_IDS, M.ITEM_TITLES, M.USER_IDS, M.USER_HISTORY]
+        np.save(tmp / F.ITEM_VECTORS, item_vectors)
+        np.save(tmp / F.USER_VECTORS, user_vectors)
+        write_json(tmp / F.ITEM_IDS, item_ids)
+        write_json(tmp / F.ITEM_TITLES, item_titles)
+        write_json(tmp / F.USER_IDS, [str(u) for u in bundle.user_ids])
+        write_user_history(tmp / F.USER_HISTORY, bundle.user_histories)
+        files += [F.ITEMS_INDEX, F.ITEM_VECTORS, F.USER_VECTORS, F.ITEM_IDS, F.ITEM_TITLES, F.USER_IDS, F.USER_HISTORY]
         for asset, path in bundle.assets.items():
             shutil.copyfile(path, tmp / asset)
             files.append(asset)
@@ -277,34 +283,26 @@ def export_bundle(
                                   "exported_at": utc_now_iso()}
         if source_checkpoint:
             source["checkpoint_sha256"], source["checkpoint_files"] = checkpoint_sha256(Path(source_checkpoint))
-        manifest: dict[str, Any] = {
-            "format_version": M.FORMAT_VERSION,
-            "name": name,
-            "version": None,  # set by publish()
-            "kind": bundle.kind,
-            "user_tower": bundle.user_tower,
-            "item_tower": bundle.item_tower,
-            "dim": int(bundle.dim),
-            "metric": M.METRIC,
-            "num_items": len(item_ids),
-            "num_users": len(bundle.user_ids),
-            "capabilities": {
-                "user_id": len(bundle.user_ids) > 0,
-                "history": "user_encoder" in encoders,
-                "upsert_items": "item_encoder" in encoders and bundle.item_tower in ("text", "hybrid"),
-            },
-            "files": file_entries(tmp, files),
-            "index": index_entry,
-            "encoders": encoders,
-            bundle.kind: bundle.model_config,
-            "parity": parity,
-            "quantization": quantization or None,
-            "source": source,
-            "package_versions": package_versions(),
-            "opset": cfg.opset,
-        }
-        if journal_entry is not None:
-            manifest["journal"] = journal_entry
+        section_cls = SECTIONS.get(bundle.kind)
+        manifest = Manifest(
+            name=name, kind=bundle.kind, user_tower=bundle.user_tower, item_tower=bundle.item_tower,
+            dim=int(bundle.dim), num_items=len(item_ids), num_users=len(bundle.user_ids),
+            capabilities=Capabilities(
+                user_id=len(bundle.user_ids) > 0,
+                history="user_encoder" in encoders,
+                upsert_items="item_encoder" in encoders and bundle.item_tower in ("text", "hybrid"),
+            ),
+            files=file_entries(tmp, files),
+            index=index_entry,
+            encoders=encoders,
+            section=(section_cls.from_dict(bundle.model_config, f"{bundle.kind} section")
+                     if section_cls is not None else None),
+            parity=parity, quantization=quantization or None, source=source,
+            package_versions=package_versions(), opset=cfg.graph.opset,
+            journal=journal_entry,
+        )
+        if section_cls is None:  # a kind without a typed section: its model_config is written as it is
+            manifest.extra[bundle.kind] = bundle.model_config
         version_dir = publish(tmp, model_dir, manifest)
-    log.info("version written", path=str(version_dir), version=manifest["version"])
+    log.info("version written", path=str(version_dir), version=manifest.version)
     return version_dir

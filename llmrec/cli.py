@@ -1,22 +1,22 @@
 """One entry point, `llmrec`, routing subcommands to the module that owns them.
 
 Subcommand modules are imported lazily so that `llmrec serve` and `llmrec recommend` never
-import torch: the serving image does not have it. A user's mistake (llmrec.errors.UserError) ends
+import torch: the serving image does not have it. A user's mistake (common.errors.UserError) ends
 here as one line and its exit code; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import contextvars
 import difflib
 import importlib
 import itertools
 import os
-import shlex
 import sys
 
-from llmrec import __version__, logs
-from llmrec.errors import UserError
+from common import logs
+from common.command import running
+from common.errors import UserError
+from llmrec import __version__
 
 # command words -> "module:function"; each function takes the remaining argv and returns an exit code.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -26,6 +26,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
                             "evaluate most-popular / BPR / ALS / EASE on both protocols"),
     ("eval", "cllm4rec"): ("models.cllm4rec.cli:eval_main", "evaluate a CLLM4Rec checkpoint on the test split"),
     ("eval", "tcf"): ("models.tcf.cli:eval_main", "evaluate a TCF checkpoint on the test split"),
+    ("data", "synth"): ("models.data.synth:main", "write synthetic interaction logs + item texts (scale tests)"),
     ("export",): ("export.cli:main", "checkpoint -> new version in a model repository (ONNX + FAISS)"),
     ("serve",): ("server.cli:main", "serve a model repository over gRPC"),
     ("recommend",): ("llmrec.client_cli:recommend_main", "ask a running server for recommendations"),
@@ -36,16 +37,6 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench",): ("benchmarks.cli:main", "latency / throughput / quality / scale benchmarks"),
     ("demo",): ("llmrec.demo:main", "the README's main job: data -> train -> export -> serve -> answers"),
 }
-
-
-# The llmrec command line being run (set per dispatch, so a report written by a subcommand that the demo
-# calls records that subcommand, not `llmrec demo`).
-_current: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("llmrec_command", default=None)
-
-
-def current_command() -> str | None:
-    argv = _current.get()
-    return None if argv is None else " ".join(shlex.quote(a) for a in ["llmrec", *argv])
 
 
 def _usage() -> str:
@@ -97,14 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmrec: '{' '.join(argv[:2])}' is not yet available in this build ({exc})", file=sys.stderr)
             return 2
         raise
-    token = _current.set(argv)
     try:
-        return int(getattr(module, func_name)(rest) or 0)
+        with running(argv):
+            return int(getattr(module, func_name)(rest) or 0)
     except UserError as exc:
         if os.environ.get("LLMREC_DEBUG", "0") not in ("", "0"):
             raise
         command = " ".join(itertools.takewhile(lambda a: not a.startswith("-"), argv))  # the words as typed
         print(f"llmrec {command}: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return exc.exit_code
-    finally:
-        _current.reset(token)

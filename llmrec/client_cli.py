@@ -20,7 +20,7 @@ import grpc
 import tyro
 from google.protobuf.json_format import MessageToDict
 
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
 
 
 @dataclass

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import grpc
 
-from llmrec import logs
-from llmrec.assets import work_dir
+from common import logs
+from common.assets import work_dir
+from common.config import parse
 from llmrec.cli import main as cli
-from llmrec.config import parse
 
 CLLM_MODEL = "ml100k-cllm4rec"
 TCF_MODEL = "ml100k-tcf"
@@ -83,7 +83,7 @@ def _top(rec, k: int):
 
 
 def _ask(target: str, token: str, cfg: DemoConfig) -> None:
-    from llmrec.client import RecommenderClient
+    from client import RecommenderClient
 
     with RecommenderClient(target, admin_token=token) as client:
         for m in client.list_models().models:

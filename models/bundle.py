@@ -39,22 +39,23 @@ class EncoderExport:
 
 @dataclass
 class QualityProbe:
-    """Known users with held-out items, to measure what quantization or an approximate index costs.
+    """Validation users with their valid items, to measure what quantization or an approximate index costs.
 
-    `encoder_inputs[i]` is one batch for `user_encoder`; its rows are users `rows` in order.
+    `encoder_inputs[i]` is one batch for `user_encoder`; its rows are the probed users, in the order of
+    `exclude` and `targets`.
     """
 
     encoder_inputs: list[tuple[torch.Tensor, ...]]
     exclude: list[np.ndarray]  # per probed user: item rows to mask (their observed items)
-    targets: list[np.ndarray]  # per probed user: held-out test item rows
+    targets: list[np.ndarray]  # per probed user: its validation item rows (never test: the gate must not see it)
     metric: str  # e.g. "recall@20" or "hr@10"
 
 
 @dataclass
 class ServingBundle:
-    kind: str  # "cllm4rec" | "tcf"
+    kind: str  # a model kind of repository.kinds.KINDS: "cllm4rec" | "tcf"
     user_tower: str  # "lm" | "sasrec" | "dssm"
-    item_tower: str  # "id" | "text"
+    item_tower: str  # "id" | "text" | "hybrid" (text vector + trained ID part)
     dim: int
     item_ids: list[str]
     item_vectors: np.ndarray  # float32 [num_items, dim]
@@ -63,7 +64,7 @@ class ServingBundle:
     user_vectors: np.ndarray  # float32 [num_users, dim], the vector each known user is served with
     user_histories: list[np.ndarray]  # per known user: item rows they have seen (excluded from their recommendations)
     encoders: dict[str, EncoderExport]  # "user_encoder" and/or "item_encoder"
-    model_config: dict[str, Any]  # kind-specific manifest section ("cllm4rec" or "tcf" in the manifest)
+    model_config: dict[str, Any]  # kind-specific manifest section (repository.manifest.SECTIONS: "cllm4rec", "tcf")
     assets: dict[str, Path] = field(default_factory=dict)  # extra files copied as-is, e.g. tokenizer.json
     probe: QualityProbe | None = None
 

@@ -9,6 +9,7 @@ through its per-user mean over seeds; the spread of its per-seed means is report
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,8 @@ def summarise(variants: Sequence[Variant], metrics: Sequence[str], reference: st
                     row["vs_reference"][key] = paired_difference(a, b).as_dict()
         valid = [r.valid for r in v.runs if r.valid]
         row["valid"] = {k: mean_se([x[k] for x in valid]).mean for k in valid[0] if k != "users"} if valid else None
-        row["runs"] = [r.info for r in v.runs]
+        # each seed's own test means beside its training info: what `--verify` compares a rerun with
+        row["runs"] = [{**r.info, "test": {m: float(r.per_user[m].mean()) for m in metrics}} for r in v.runs]
         rows.append(row)
     return rows
 
@@ -104,16 +106,19 @@ def training_info(folder: Any, log: Mapping[str, Any], config: Mapping[str, Any]
             "best_stage": best.get("stage"), "epochs_run": len(log.get("epochs", [])), "stopped": log.get("stopped"),
             "train_s": sum(v for k, v in walls.items() if k != "validation") or None,
             "validation_s": walls.get("validation"), "wall_s": walls, "device": log.get("device"),
-            "precision": log.get("precision"), "command": log.get("command"), "lm": config.get("lm"),
+            "precision": log.get("precision"), "command": log.get("command"),
+            "command_explicit": config.get("command_explicit"), "lm": config.get("lm"),
             "recipe": config.get("recipe"), "model": config.get("model")}
 
 
-def baseline_runs(split: Split, metrics: Sequence[str]) -> list[Run]:
-    """Most-popular, BPR, ALS and EASE on `split`, tuned on its valid part (models.baselines)."""
+def baseline_runs(split: Split, metrics: Sequence[str], test_mask: Sequence[np.ndarray] | None = None) -> list[Run]:
+    """Most-popular, BPR, ALS and EASE on `split`, tuned on its valid part (models.baselines); `test_mask`:
+    items masked at test time beyond the history (the held-out items each user watched)."""
     from models.baselines import run_baselines_detailed
 
     return [Run(r.name, r.test_per_user, r.valid, {"params": r.params, "fit_s": r.fit_seconds, "baseline": True})
-            for r in run_baselines_detailed(split, metrics=list(metrics))]
+            for r in run_baselines_detailed(split, metrics=list(metrics),
+                                            test_mask=list(test_mask) if test_mask is not None else None)]
 
 
 def variants_table(summary: Sequence[Mapping[str, Any]], shown: Sequence[tuple[str, str]], valid_key: str,
@@ -137,7 +142,41 @@ def variants_table(summary: Sequence[Mapping[str, Any]], shown: Sequence[tuple[s
             "-" if baseline else f"{info[0]['device']}, {info[0]['precision']}",
             f"{np.mean(cost):.1f} (L={info[0]['user_encoder']['length']})" if cost else "-",
         ])
-    commands = "".join(f"- {s['label']}: `{s['runs'][0]['command']}`\n" for s in summary
-                       if s["runs"][0].get("command"))
-    return (markdown_table(header, rows) + "\nTraining commands (first seed; the others differ only by "
-            "`--train.seed` and `--out`):\n\n" + commands)
+    return markdown_table(header, rows) + "\n" + commands_markdown(summary)
+
+
+def _flags(command: str) -> dict[str, str]:
+    """{--flag: its value(s)} of a command line (a bare boolean flag maps to "")."""
+    words, out, key = shlex.split(command), {}, None
+    for w in words:
+        if w.startswith("--"):
+            key, _, value = w.partition("=")
+            out[key] = value
+        elif key is not None:
+            out[key] = f"{out[key]} {w}".strip()
+    return out
+
+
+def seed_differences(first: str, other: str) -> str:
+    """The flags by which `other` differs from `first` (both explicit commands), as `--flag value`."""
+    a, b = _flags(first), _flags(other)
+    changed = [k for k in b if a.get(k) != b[k]] + [k for k in a if k not in b]
+    return " ".join(f"{k} {b.get(k, '(absent)')}".strip() for k in changed) or "nothing"
+
+
+def commands_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
+    """Each variant's training command, fully explicit when the checkpoint recorded it (every field as
+    a flag: a later change of a preset cannot change what it trains), and for each further seed the
+    flags it really differs by, computed rather than claimed."""
+    lines = []
+    for s in summary:
+        runs = [r for r in s["runs"] if r.get("command_explicit") or r.get("command")]
+        if not runs:
+            continue
+        first = runs[0].get("command_explicit") or runs[0]["command"]
+        kind = "" if runs[0].get("command_explicit") else " (as typed: the presets expand as they do today)"
+        lines.append(f"- {s['label']}{kind}: `{first}`")
+        for r in runs[1:]:
+            lines.append(f"  - another seed differs by: `{seed_differences(first, r.get('command_explicit') or r['command'])}`")
+    return ("Training commands (the first seed's; each further seed: the flags it differs by):\n\n"
+            + "\n".join(lines) + "\n") if lines else ""

@@ -116,12 +116,16 @@ def evaluate_per_user(
     batch_size: int = 256,
     users: np.ndarray | None = None,
     progress: bool = False,
+    mask: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(users, {metric: value per user}) over the users that have targets in `part` ("valid" or
     "test"); per-user values are what paired comparisons between models need (models.stats).
 
     The scorer gets each user's observed items: train for valid, train + valid for test; the
-    same items are masked from the ranking.
+    same items are masked from the ranking. `mask` (one array per user of the split, indexed by
+    user) adds items to mask that the scorer does not get as history: under the cold-start
+    protocol, the held-out items a user interacted with are out of the model's history but were
+    still watched, so they must not count as candidates (docs/methods.md).
     """
     if part not in ("valid", "test"):
         raise ValueError(f"part must be 'valid' or 'test', not {part!r}")
@@ -136,7 +140,9 @@ def evaluate_per_user(
         scores = np.asarray(scorer(batch, seen), dtype=np.float32)
         if scores.shape != (len(batch), split.num_items):
             raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(batch), split.num_items)}")
-        per_user = per_user_metrics(scores, seen, [targets_all[u] for u in batch], metrics)
+        masked = seen if mask is None else [np.concatenate([s, np.asarray(mask[u], dtype=np.int64)])
+                                            for s, u in zip(seen, batch, strict=True)]
+        per_user = per_user_metrics(scores, masked, [targets_all[u] for u in batch], metrics)
         for m in metrics:
             values[m].append(per_user[m])
     return users, {m: np.concatenate(v) if v else np.zeros(0) for m, v in values.items()}

@@ -2,7 +2,7 @@
 
 The quality reports put this beside every variant, because the levers that raise quality
 (more LM blocks, longer histories) are paid for on every request. The graph is the one
-`llmrec export` writes (the bundle's encoder through export.onnx_graphs), at batch 1 and a
+`llmrec export` writes (the bundle's encoder through models.onnx_trace, as the exporter traces it), at batch 1 and a
 fixed input length, so variants are compared at the same request size.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models.bundle import EncoderExport, load_bundle
+from models.onnx_trace import export_graph, session  # the exporter's own graph and session settings
 
 
 def _one_request(enc: EncoderExport, length: int) -> dict[str, np.ndarray]:
@@ -32,8 +33,6 @@ def _one_request(enc: EncoderExport, length: int) -> dict[str, np.ndarray]:
 
 def user_encoder_ms(checkpoint: Path, length: int = 128, repeats: int = 30, threads: int = 1) -> dict[str, Any]:
     """Median ms of one ONNX Runtime call of the checkpoint's exported user encoder at batch 1."""
-    from export.onnx_graphs import export_graph, session  # the exporter's own graph and session settings
-
     torch.set_num_threads(threads)
     enc = load_bundle(Path(checkpoint), known_users=False).encoders["user_encoder"]
     feeds = _one_request(enc, length)

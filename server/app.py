@@ -1,5 +1,6 @@
 """Assembles one server instance: grpc.aio (Recommender + health + reflection) on its own event-loop
-thread, /metrics, the reloader, the item-journal tail and the encoder watchdog.
+thread, the read and admin thread pools (server/offload.py), /metrics, the reloader, the item-journal
+tail and the encoder watchdog.
 
 The public API is synchronous (start / wait_ready / stop / wait) so the CLI and tests drive it like
 any object; the event loop lives on a daemon thread. Several instances can live in one process
@@ -13,7 +14,6 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -22,10 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from llmrec import logs
+from common import logs
+from server.admin import AdminRpcs
 from server.config import ServeConfig
 from server.item_journal import ItemJournals
 from server.metrics import Metrics
+from server.offload import BoundedPool
 from server.registry import Registry
 from server.reload import Reloader
 from server.request_log import RequestLog
@@ -45,16 +47,23 @@ class RecommenderServer:
         faiss.omp_set_num_threads(1)
         self.metrics = Metrics()
         self.registry = Registry()
-        self.executor = ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="blocking")
+        self.metrics.queue_depths = self._queue_depths
+        self.reads = BoundedPool("read", cfg.threads, cfg.read_queue_size, "--threads or --read-queue-size")
+        self.admin_pool = BoundedPool("admin", cfg.admin_threads, cfg.admin_queue_size,
+                                      "--admin-threads or --admin-queue-size")
         self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.journal_poll_seconds)
         self.reloader = Reloader(cfg, self.registry, self.journals, self.metrics, self.refresh_health)
         self.watchdog = Watchdog(self.registry.loaded, self.metrics, self.refresh_health, cfg.watchdog_seconds,
-                                 cfg.encoder_stall_seconds)
+                                 cfg.encoder_stall_seconds, draining=self.registry.draining,
+                                 backoff_seconds=cfg.restart_backoff_seconds,
+                                 backoff_max_seconds=cfg.restart_backoff_max_seconds,
+                                 max_failed_restarts=cfg.max_failed_restarts)
         self.request_log = None if cfg.request_log is None else RequestLog(
             cfg.request_log, cfg.request_log_sample, cfg.request_log_max_mb, cfg.request_log_backups,
-            cfg.request_log_user_ids, cfg.request_log_salt)
-        self.service = RecommenderService(cfg, self.registry, self.reloader, self.journals, self.metrics,
-                                          self.executor, self.request_log)
+            cfg.request_log_user_ids, cfg.request_log_salt, salt_file=cfg.request_log_salt_file,
+            max_queue=cfg.request_log_queue, on_drop=self.metrics.request_log_dropped.inc)
+        self.admin = AdminRpcs(cfg, self.registry, self.reloader, self.journals, self.admin_pool)
+        self.service = RecommenderService(cfg, self.registry, self.metrics, self.reads, self.admin, self.request_log)
         self.health: HealthServicer | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self._loop = asyncio.new_event_loop()
@@ -63,6 +72,15 @@ class RecommenderServer:
         self.metrics_port = -1
         self._stopping = False
         self._stopped = threading.Event()
+
+    def _queue_depths(self) -> dict[str, int]:
+        """Pending encoder requests per model, over its loaded and draining versions."""
+        out: dict[str, int] = {}
+        versions = [mv for vs in self.registry.loaded().values() for mv in vs.values()] + self.registry.draining()
+        for mv in versions:
+            if mv.batcher is not None:
+                out[mv.name] = out.get(mv.name, 0) + mv.batcher.depth
+        return out
 
     # ---- health ----
     def refresh_health(self, name: str) -> None:
@@ -98,7 +116,8 @@ class RecommenderServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             raise
         if self.cfg.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port, self.cfg.host)
+            self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port, self.cfg.host,
+                                                        alive=lambda: self.watchdog.healthy)
         log.info("server listening", grpc_port=self.port, metrics_port=self.metrics_port,
                  repository=str(self.cfg.repository), tls=self.cfg.tls_cert is not None)
         self.reloader.start()
@@ -110,7 +129,14 @@ class RecommenderServer:
         self.health = HealthServicer()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, _NOT_SERVING)
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[ReceivedCounter(self.metrics)])
+        cfg = self.cfg
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0),
+                     ("grpc.max_receive_message_length", int(cfg.max_message_mb * 1024 * 1024)),
+                     *([("grpc.max_concurrent_streams", cfg.max_streams_per_connection)]
+                       if cfg.max_streams_per_connection else [])],
+            interceptors=[ReceivedCounter(self.metrics)],
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None)
         server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -162,7 +188,8 @@ class RecommenderServer:
                 except concurrent.futures.TimeoutError:
                     log.error("gRPC server did not stop within the grace period; leaving it")
             self.registry.close_all()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.reads.shutdown()
+            self.admin_pool.shutdown()
             self.metrics.stop_http()
             if self.request_log is not None:
                 self.request_log.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec import logs
+from common import logs
 from server import errors
 
 log = logs.get("server.batching")
@@ -96,6 +96,7 @@ class DynamicBatcher:
         self._closed = False
         self._generation = 0
         self._slots: list[_Slot] = []
+        self._started: list[threading.Thread] = []  # every worker started, abandoned ones too, while alive
         self._seconds_per_request = 0.0  # EWMA; 0 until measured
         self._unavailable: str | None = None  # why requests are refused while a restart is probed
         self.restarts = 0
@@ -124,11 +125,9 @@ class DynamicBatcher:
             job = _Job(payload, deadline)
             self._queue.append(job)
             self._cond.notify()
-            depth = len(self._queue)
         # Weakly: a future outlives its request in places we do not control (callback lists are never
         # cleared), and a strong reference from it would keep a retired version's batcher and encoder alive.
         job.future.add_done_callback(functools.partial(_discard_if_cancelled, weakref.ref(self)))
-        self._gauge(depth)
         return job.future
 
     def _expected_wait(self, now: float) -> float:
@@ -147,8 +146,6 @@ class DynamicBatcher:
             if job is None:
                 return
             self._queue.remove(job)
-            depth = len(self._queue)
-        self._gauge(depth)
 
     def observe(self, seconds: float, size: int) -> None:
         """Feeds a measured batch (e.g. the warm-up) into the time-per-request estimate."""
@@ -159,6 +156,24 @@ class DynamicBatcher:
         per = seconds / max(size, 1)
         self._seconds_per_request = per if self._seconds_per_request == 0 else (
             (1 - _EWMA) * self._seconds_per_request + _EWMA * per)
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a worker (the recsys_queue_depth metric sums it over a model's versions)."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Closed and done: no request is queued or running."""
+        with self._cond:
+            return self._closed and not self._queue and not any(s.running for s in self._slots)
+
+    @property
+    def threads(self) -> int:
+        """Worker threads this batcher started that are still alive, abandoned ones included."""
+        with self._cond:
+            return sum(t.is_alive() for t in self._started)
 
     def close(self) -> None:
         """Stops taking requests; the worker finishes what is queued, then exits."""
@@ -201,7 +216,6 @@ class DynamicBatcher:
                                  "the request was not run, retry")
         for job in failed:
             _settle(job.future, exc=err)
-        self._gauge(0)
         log.error("encoder worker restarted", model=self.name, reason=reason, failed_requests=len(failed))
 
     def mark_unavailable(self, reason: str) -> None:
@@ -231,14 +245,12 @@ class DynamicBatcher:
     def _start_workers(self) -> None:
         """A fresh slot per worker: an abandoned worker keeps writing to its old slot, never to these."""
         self._slots = [_Slot() for _ in range(self.instances)]
+        self._started = [t for t in self._started if t.is_alive()]
         for i, slot in enumerate(self._slots):
             slot.thread = threading.Thread(target=self._loop, args=(self._generation, slot),
                                            name=f"batcher-{self.name}-{i}", daemon=True)
             slot.thread.start()
-
-    def _gauge(self, depth: int) -> None:
-        if self._metrics is not None:
-            self._metrics.queue_depth.labels(model=self.name).set(depth)
+            self._started.append(slot.thread)
 
     def _next_batch(self, generation: int, slot: _Slot) -> list[_Job] | None:
         with self._cond:
@@ -260,8 +272,6 @@ class DynamicBatcher:
                     break  # else another worker took the jobs while this one waited for company
             jobs = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
             slot.running, slot.busy_since = jobs, time.monotonic()
-            depth = len(self._queue)
-        self._gauge(depth)
         return jobs
 
     def _loop(self, generation: int, slot: _Slot) -> None:

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from llmrec import logs
+from common import logs
 from server import config
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import tyro
 
-from llmrec.config import from_dict, load_file
+from common.config import from_dict, load_file
 
 
 @dataclass
@@ -28,8 +28,27 @@ class ServeConfig:
     metrics_port: int = 9095
     """Prometheus /metrics HTTP port (0 = pick a free one, -1 = off)"""
     threads: int = 4
-    """threads for blocking work (searches over large catalogues, admin calls); requests waiting for an
-    encoder hold no thread (asyncio server)"""
+    """read threads: every request's id lookups, exclusions and index search run here, off the event loop,
+    so a large request never stalls the others; requests waiting for an encoder hold no thread"""
+    read_queue_size: int = 512
+    """requests waiting for a read thread beyond those running; beyond it: RESOURCE_EXHAUSTED (a bounded
+    backlog answers at once instead of timing out after holding memory)"""
+    admin_threads: int = 2
+    """threads for admin calls (item encoding, journal fsync, reloads): their own pool, so a slow disk under
+    UpsertItems never delays reads"""
+    admin_queue_size: int = 16
+    """admin calls waiting for an admin thread; beyond it: RESOURCE_EXHAUSTED"""
+    max_batch_ids: int = 65536
+    """most item ids (histories + exclusions, all requests together) in one RecommendBatch; beyond it:
+    INVALID_ARGUMENT (split the batch)"""
+    max_message_mb: float = 4.0
+    """largest request message accepted, in MiB; beyond it gRPC answers RESOURCE_EXHAUSTED before parsing"""
+    max_concurrent_rpcs: int = 1000
+    """RPCs in progress at once on the whole server (0 = no limit); beyond it: RESOURCE_EXHAUSTED"""
+    max_streams_per_connection: int = 0
+    """concurrent HTTP/2 streams one client connection may open (0 = gRPC's default, no limit); a client that
+    opens more before it has read this setting gets them refused (UNAVAILABLE, safe to retry), so prefer
+    max_concurrent_rpcs as the server's limit"""
     ort_threads: int = 1
     """threads per encoder call (ONNX Runtime intra-op, OpenVINO inference threads)"""
     encoder_instances: int = 0
@@ -70,6 +89,14 @@ class ServeConfig:
     """an encoder batch running longer than this counts as stuck: the worker is replaced"""
     watchdog_seconds: float = 1.0
     """how often encoder workers are checked (0 = never)"""
+    restart_backoff_seconds: float = 1.0
+    """wait before re-restarting an encoder whose last restart did not recover; doubles per failed restart up
+    to restart_backoff_max_seconds (a permanently hung encoder abandons a thread per restart)"""
+    restart_backoff_max_seconds: float = 60.0
+    """longest wait between encoder restarts"""
+    max_failed_restarts: int = 5
+    """after this many restarts in a row without a successful probe, restarts stop and /healthz answers 503,
+    so the orchestrator replaces the pod (0 = never give up)"""
     max_top_k: int = 1000
     max_history_len: int = 1000
     """longest history accepted (the encoders keep only their most recent max_history/max_seq_len)"""
@@ -94,7 +121,8 @@ class ServeConfig:
     """on SIGTERM/SIGINT: how long in-flight requests may take to finish"""
     warmup_users: int = 3
     request_log: Path | None = None
-    """write served Recommend requests as JSON lines to this file (off when unset; docs: README, privacy)"""
+    """write served Recommend requests as JSON lines to this file (off when unset; what is logged and what the
+    hashed user ids protect: docs/serving.md#request-log-and-privacy)"""
     request_log_sample: float = 1.0
     """share of requests logged, 0..1"""
     request_log_max_mb: float = 100.0
@@ -104,24 +132,35 @@ class ServeConfig:
     request_log_user_ids: Literal["hash", "plain", "omit"] = "hash"
     """user ids in the request log: hash (salted SHA-256 prefix), plain, or omit"""
     request_log_salt: str = ""
-    """salt of the hashed user ids (also RECSYS_REQUEST_LOG_SALT); keep it secret and stable"""
+    """salt of the hashed user ids (also RECSYS_REQUEST_LOG_SALT); keep it secret and stable. Empty: read
+    request_log_salt_file, else a random salt generated once and kept beside the log (.<log name>.salt, mode 0600)"""
+    request_log_salt_file: Path | None = None
+    """file holding the salt (e.g. a mounted secret shared by replicas, so their hashes agree)"""
+    request_log_queue: int = 10000
+    """request-log entries waiting for the disk; beyond it entries are dropped and counted
+    (recsys_request_log_dropped_total), never queued without bound"""
     log_json: bool = False
     """JSON-lines logs (also RECSYS_LOG_JSON=1)"""
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
-                     "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests"):
+                     "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests", "admin_threads",
+                     "max_batch_ids", "request_log_queue"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("max_wait_ms", "instances_min_encode_ms", "poll_seconds", "journal_poll_seconds",
-                     "max_queue_wait_ms", "watchdog_seconds", "grace_seconds"):
+                     "max_queue_wait_ms", "watchdog_seconds", "grace_seconds", "restart_backoff_seconds",
+                     "restart_backoff_max_seconds", "read_queue_size", "admin_queue_size", "max_concurrent_rpcs",
+                     "max_failed_restarts", "max_streams_per_connection"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.encoder_instances < 0:
             problems.append(f"encoder_instances must be >= 0, 0 = auto (got {self.encoder_instances})")
         if not 0.0 <= self.request_log_sample <= 1.0:
             problems.append(f"request_log_sample must be in [0, 1] (got {self.request_log_sample})")
+        if self.max_message_mb <= 0:
+            problems.append(f"max_message_mb must be > 0 (got {self.max_message_mb})")
         if self.encoder_stall_seconds <= 0:
             problems.append(f"encoder_stall_seconds must be > 0 (got {self.encoder_stall_seconds})")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -170,7 +209,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 raise ValueError(f"RECSYS_{f.name.upper()}={raw!r} is not {kind}") from None
         elif isinstance(default, tuple):
             values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
-        elif f.name in ("repository", "tls_cert", "tls_key", "request_log"):
+        elif f.name in ("repository", "tls_cert", "tls_key", "request_log", "request_log_salt_file"):
             values[f.name] = Path(raw)
         else:
             values[f.name] = raw

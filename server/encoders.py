@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from export.item_text import configure_tokenizer, encode_texts
+from repository.item_text import configure_tokenizer, encode_texts
+from repository.manifest import Manifest
 from server.adapters import RequestAdapter
 from server.engines import Encoder
 
@@ -41,10 +42,10 @@ def length_groups(lengths: Sequence[int], slack: float = PAD_SLACK) -> list[list
     return [*groups, current] if current else groups
 
 
-def input_names(manifest: dict[str, Any], role: str, encoder: Encoder) -> list[str]:
+def input_names(manifest: Manifest, role: str, encoder: Encoder) -> list[str]:
     """The encoder's inputs in the order the manifest declares them, else the graph's own order."""
-    spec = (manifest.get("encoders") or {}).get(role) or {}
-    return [i["name"] for i in spec.get("inputs", [])] or list(encoder.input_names)
+    spec = manifest.encoders.get(role)
+    return (spec.input_names if spec else []) or list(encoder.input_names)
 
 
 class HistoryEncoder:
@@ -70,10 +71,10 @@ class HistoryEncoder:
 
 
 class ItemTextEncoder:
-    def __init__(self, manifest: dict[str, Any], encoder: Encoder, tokenizer: Any) -> None:
-        t = manifest.get("tcf") or {}
-        self._max_length = int(t.get("text_max_length") or 32)
-        self._pad = int(t.get("pad_token_id", 0))
+    def __init__(self, manifest: Manifest, encoder: Encoder, tokenizer: Any) -> None:
+        t = manifest.tcf
+        self._max_length = (t.text_max_length if t else None) or 32
+        self._pad = t.pad_token_id if t else 0
         self.encoder = encoder
         self._inputs = input_names(manifest, "item_encoder", encoder)
         self._tokenizer = configure_tokenizer(tokenizer, self._max_length)  # before any concurrent use

@@ -4,10 +4,11 @@ checked against the version's fp32 reference outputs, and the fastest one that p
 The checks are about recommendations, not bits (a bf16 engine never matches fp32 to 1e-4):
 - mean cosine between the candidate's and the reference's output vectors >= min_cosine,
 - mean overlap of the top-20 items ranked by output @ item_vectors.T >= min_overlap,
-- for the user encoder, the probe metric (recall@20 / hr@10 of real users with held-out items) not
+- for the user encoder, the probe metric (recall@20 / hr@10 of validation users: their valid items, never
+  the test part) not
   worse than the reference's beyond its noise: the paired per-user difference must not fall below
   -2 standard errors.
-Reference outputs are the PyTorch fp32 ones stored at export (export/reference.py); a version exported
+Reference outputs are the PyTorch fp32 ones stored at export (repository/reference.py); a version exported
 before that carries none, and then ONNX Runtime fp32 at load is the reference.
 """
 
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.reference import ReferenceData
-from llmrec import logs
+from common import logs
+from repository.reference import ReferenceData
 from server.engines import ENGINES, REFERENCE, Encoder
 
 log = logs.get("server.gate")

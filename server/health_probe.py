@@ -13,7 +13,7 @@ import sys
 
 import grpc
 
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Keeps every loaded version in step with its model's item journal (export/journal.py).
+"""Keeps every loaded version in step with its model's item journal (repository/journal.py).
 
 - UpsertItems / DeleteItems append to the journal (fsynced, under the journal's file lock), then
   apply what other replicas appended meanwhile and their own records to every loaded version of
@@ -21,13 +21,23 @@ from typing import Any
 
 import numpy as np
 
-from export import journal
-from export.journal import JournalRecord
-from llmrec import logs
-from server.models_runtime import ModelVersion
+from common import logs
+from repository import journal
+from repository.journal import JournalRecord
+from server.model_version import ModelVersion
 from server.periodic import Periodic
 
 log = logs.get("server.journal")
+
+
+class JournalApplyError(Exception):
+    """Changes were journalled (durable, and retried at the next poll) but the version that answers the admin
+    call could not apply them: the caller must not report them as done here."""
+
+    def __init__(self, name: str, version: int, seq: int, cause: BaseException) -> None:
+        super().__init__(f"{name} v{version}: journalled through seq {seq} but not applied here "
+                         f"({type(cause).__name__}: {cause})")
+        self.seq = seq
 
 
 class ModelJournal:
@@ -81,7 +91,7 @@ class ModelJournal:
         mv.applied_seq = max(mv.applied_seq, self.last_seq)
         return result
 
-    def append(self, changes: Sequence[tuple[str, str, str, str]]) -> list[JournalRecord]:
+    def append(self, changes: Sequence[journal.ItemChange]) -> list[JournalRecord]:
         others, new = journal.append(self.path, self.offset, self.last_seq, changes)
         self._absorb(others)
         self._absorb(journal.ReadResult(new, others.offset, []))
@@ -119,11 +129,12 @@ class ItemJournals:
                          replaced=replaced, deleted=deleted, seq=j.last_seq)
             yield
 
-    def change(self, target: ModelVersion, changes: Sequence[tuple[str, str, str, str]],
+    def change(self, target: ModelVersion, changes: Sequence[journal.ItemChange],
                vectors: dict[str, np.ndarray] | None = None) -> tuple[list[JournalRecord], tuple[int, int, int]]:
-        """Journals (op, item_id, text, title) changes durably, then applies them (and whatever other
-        replicas appended first) to every loaded version of the model. Returns the new records and
-        target's (added, replaced, deleted) for them alone."""
+        """Journals changes durably, then applies them (and whatever other replicas appended first) to
+        every loaded version of the model. Returns the new records and target's (added, replaced, deleted)
+        for them alone; raises JournalApplyError when target could not apply them (other versions retry
+        at the next poll either way)."""
         j = self.journal(target.name)
         with j.lock:
             j.read_new()
@@ -131,10 +142,17 @@ class ItemJournals:
                 self._sync(j, mv)
             new = j.append(changes)
             result = (0, 0, 0)
+            failed: BaseException | None = None
             for mv in self._versions(target.name, target):
-                r = self._sync(j, mv, vectors if mv is target else None)
+                try:
+                    r = self._sync(j, mv, vectors if mv is target else None, strict=mv is target)
+                except Exception as exc:
+                    failed = exc
+                    continue
                 if mv is target:
                     result = r
+        if failed is not None:
+            raise JournalApplyError(target.name, target.version, new[-1].seq if new else j.last_seq, failed)
         return new, result
 
     def _versions(self, name: str, also: ModelVersion | None = None) -> list[ModelVersion]:
@@ -143,13 +161,15 @@ class ItemJournals:
             versions.append(also)
         return versions
 
-    def _sync(self, j: ModelJournal, mv: ModelVersion, vectors: dict[str, np.ndarray] | None = None
-              ) -> tuple[int, int, int]:
+    def _sync(self, j: ModelJournal, mv: ModelVersion, vectors: dict[str, np.ndarray] | None = None,
+              strict: bool = False) -> tuple[int, int, int]:
         try:
             return j.sync(mv, vectors)
         except Exception:  # an acknowledged record stays in the journal; retried at the next poll
             log.exception("item journal could not be applied", model=mv.name, version=mv.version)
             self._metrics.journal_apply_failures.labels(model=mv.name).inc()
+            if strict:  # the admin call's own version: its caller must hear of it (never OK with zero counts)
+                raise
             return 0, 0, 0
 
     def poll(self) -> None:

@@ -13,7 +13,7 @@ import ctypes.util
 import functools
 import threading
 
-from llmrec import logs
+from common import logs
 
 log = logs.get("server.memory")
 

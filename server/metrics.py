@@ -2,7 +2,8 @@
 in one process). Labels are model/version/method/code/stage only: never user or item ids.
 
 The metrics port also answers /healthz and /readyz, for tools that speak HTTP but not grpc.health.v1
-(compose health checks, load balancers, uptime monitors)."""
+(compose health checks, load balancers, uptime monitors). /healthz is the liveness check: it fails once
+the process cannot recover by itself (the watchdog gave up on a hung encoder), so that it is replaced."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -35,7 +37,14 @@ class Metrics:
                                ["stage", "model"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("recsys_batch_size", "user-encoder batch sizes", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("recsys_queue_depth", "pending user-encoder requests", ["model"], registry=r)
+        # Read at scrape time, summed over every version of a model (loaded or still draining): a gauge set by
+        # each batcher was overwritten by whichever version's batcher moved last.
+        self.queue_depths: Callable[[], dict[str, int]] = dict
+        r.register(_QueueDepth(lambda: self.queue_depths()))
+        self.request_log_dropped = Counter("recsys_request_log_dropped", "request-log entries dropped because "
+                                           "the disk fell behind (bounded queue full)", registry=r)
+        self.watchdog_gave_up = Gauge("recsys_watchdog_gave_up", "1 once the watchdog stopped restarting a model's "
+                                      "hung encoder (/healthz then fails)", ["model"], registry=r)
         self.loaded = Gauge("recsys_loaded_version", "1 for each loaded model version", ["model", "version"],
                             registry=r)
         self.reloads = Counter("recsys_reloads", "version loads by result (success/failure)",
@@ -70,10 +79,11 @@ class Metrics:
         """The overall health as last set on the `recsys_model_serving{model=""}` gauge."""
         return self.registry.get_sample_value("recsys_model_serving", {"model": ""}) == 1
 
-    def serve_http(self, port: int, host: str = "0.0.0.0", ready: Callable[[], bool] | None = None) -> int:
+    def serve_http(self, port: int, host: str = "0.0.0.0", ready: Callable[[], bool] | None = None,
+                   alive: Callable[[], bool] | None = None) -> int:
         """Starts /metrics, /healthz and /readyz on a daemon thread; returns the bound port (0 picks a free
-        one). `ready` decides /readyz (default: the overall serving gauge)."""
-        app = _dispatcher(make_wsgi_app(self.registry), ready or self.is_serving)
+        one). `ready` decides /readyz (default: the overall serving gauge), `alive` /healthz (default: yes)."""
+        app = _dispatcher(make_wsgi_app(self.registry), ready or self.is_serving, alive or (lambda: True))
 
         class Server(ThreadingWSGIServer):
             address_family = _family(host, port)
@@ -92,8 +102,22 @@ class Metrics:
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def _dispatcher(metrics_app: Wsgi, ready: Callable[[], bool]) -> Wsgi:
-    """/metrics -> prometheus_client's app; /healthz: the process answers; /readyz: 200 only while
+class _QueueDepth:
+    """recsys_queue_depth{model}, from the batchers themselves at scrape time."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("recsys_queue_depth", "pending user-encoder requests (all versions of a model)",
+                                   labels=["model"])
+        for model, depth in sorted(self._depths().items()):
+            family.add_metric([model], depth)
+        yield family
+
+
+def _dispatcher(metrics_app: Wsgi, ready: Callable[[], bool], alive: Callable[[], bool]) -> Wsgi:
+    """/metrics -> prometheus_client's app; /healthz: 200 while `alive()`, else 503; /readyz: 200 only while
     `ready()`, else 503; anything else 404 (prometheus_client alone answers every path with metrics)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -101,7 +125,8 @@ def _dispatcher(metrics_app: Wsgi, ready: Callable[[], bool]) -> Wsgi:
         if path == "/metrics":
             return metrics_app(environ, start_response)
         if path == "/healthz":
-            status, body = "200 OK", b"ok\n"
+            status, body = ("200 OK", b"ok\n") if alive() else ("503 Service Unavailable",
+                                                               b"unhealthy: an encoder stays hung after restarts\n")
         elif path == "/readyz":
             status, body = ("200 OK", b"ready\n") if ready() else ("503 Service Unavailable", b"not ready\n")
         else:

@@ -1,14 +1,20 @@
 """Which model versions are served. Swaps are reference replacements under one lock; a request
-takes a counted reference to its version, so a swapped-out version finishes its in-flight work."""
+takes a counted reference to its version, so a swapped-out version finishes its in-flight work.
+
+Retired versions that still finish requests are listed by `draining()`, weakly (a closed version is
+freed as before): the watchdog supervises their encoder workers too, since a request held by a
+swapped-out version waits on its worker like any other.
+"""
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from server import errors
-from server.models_runtime import ModelVersion
+from server.model_version import ModelVersion
 
 
 class Registry:
@@ -17,9 +23,11 @@ class Registry:
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._default: dict[str, int] = {}
         self.ready = False  # set after the first repository scan
+        self._retired: weakref.WeakSet[ModelVersion] = weakref.WeakSet()
 
     @contextmanager
     def use(self, name: str, version: int = 0) -> Iterator[ModelVersion]:
+        """A counted reference for the block: the version cannot close under it, even if swapped out."""
         mv = self.acquire(name, version)
         try:
             yield mv
@@ -56,7 +64,7 @@ class Registry:
             if make_default or mv.name not in self._default:
                 self._default[mv.name] = mv.version
         if old is not None and old is not mv:
-            old.retire()
+            self._retire(old)
         return old
 
     def set_default(self, name: str, version: int) -> None:
@@ -76,7 +84,18 @@ class Registry:
                 self._versions = {k: v for k, v in self._versions.items() if k != name}
                 self._default.pop(name, None)
         if mv is not None:
-            mv.retire()
+            self._retire(mv)
+
+    def _retire(self, mv: ModelVersion) -> None:
+        with self._lock:
+            self._retired.add(mv)
+        mv.retire()
+
+    def draining(self) -> list[ModelVersion]:
+        """Retired versions whose encoder still has work: requests that took them before the swap."""
+        with self._lock:
+            retired = list(self._retired)
+        return [mv for mv in retired if mv.batcher is not None and not mv.batcher.closed]
 
     def loaded(self) -> dict[str, dict[int, ModelVersion]]:
         with self._lock:

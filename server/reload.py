@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmrec import logs
-from server import repository
+from common import logs
+from repository.errors import VersionError
+from repository.files import MANIFEST
+from repository.reader import load_files
+from repository.versions import scan
 from server.config import ServeConfig
 from server.item_journal import ItemJournals
 from server.machine import Machine, detect
 from server.memory import release_later
-from server.models_runtime import ModelVersion
+from server.model_version import ModelVersion
 from server.registry import Registry
 
 log = logs.get("server.reload")
@@ -80,15 +83,15 @@ class Reloader:
         if not fingerprint or self._refused.get((name, version)) == fingerprint:
             return None
         try:
-            files = repository.load_files(path)
-            mv = ModelVersion(name, files, self.cfg, self.metrics, pinned=pinned, machine=self.machine)
+            files = load_files(path)
+            mv = ModelVersion.load(name, files, self.cfg, self.metrics, pinned=pinned, machine=self.machine)
             try:
                 mv.warm_up(self.cfg.warmup_users)
             except Exception:
                 mv.retire()
                 raise
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, repository.VersionError) else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, VersionError) else f"{type(exc).__name__}: {exc}"
             self._refuse(name, version, fingerprint, reason, result)
             return None
         self._refused.pop((name, version), None)
@@ -102,7 +105,7 @@ class Reloader:
 
     def _scan(self) -> ReloadResult:
         result = ReloadResult()
-        found = repository.scan(Path(self.cfg.repository))
+        found = scan(Path(self.cfg.repository))
         pins = self.cfg.pinned()
         loaded = self.registry.loaded()
         for name, versions in found.items():
@@ -186,7 +189,7 @@ class Reloader:
 
 def _fingerprint(path: Path) -> tuple:
     """(name, size, mtime) of every file in a version folder; () when it has no manifest yet."""
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         return ()
     try:
         return tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)

@@ -22,8 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import server  # noqa: F401 - puts proto/ on sys.path
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
 from models.tiny import word_tokenizer
 from server.app import RecommenderServer
 from server.config import ServeConfig
@@ -123,7 +122,7 @@ def _write_common(
 
 
 def _finish_manifest(d: Path, manifest: dict[str, Any]) -> None:
-    # informational keys the exporter writes too (a reader may require any of export.manifest.REQUIRED_KEYS)
+    # informational keys the exporter writes too (a reader requires repository.manifest.REQUIRED_KEYS)
     for key, value in (("parity", {}), ("quantization", None), ("opset", 17), ("package_versions", {}),
                        ("source", {"checkpoint": None, "exported_at": "2026-01-01T00:00:00Z"})):
         manifest.setdefault(key, value)

@@ -78,3 +78,59 @@ def test_run_baselines_on_one_split(two_groups):
     other = make_data([0, 1], [0, 1])
     with pytest.raises(ValueError, match="not the same data"):
         run_baselines(other, split)
+
+
+def _group_split_with_a_switching_user() -> Split:
+    """Users of group A (items 0-11) and B (12-23); user 0 watched two A items in train, then eight
+    B items (valid), and its test item is B's: only a model that sees the valid items knows it."""
+    rng = np.random.default_rng(0)
+    empty = np.zeros(0, dtype=np.int64)
+    train = [np.array([0, 1])]
+    for u in range(60):
+        offset = 0 if u < 30 else 12
+        train.append(np.sort(rng.choice(12, size=8, replace=False) + offset))
+    valid = [np.arange(12, 20)] + [empty] * 60
+    test = [np.array([20])] + [empty] * 60
+    return Split("random_80_10_10", 0, 24, train, valid, test, too_short=0)
+
+
+def test_bpr_scores_the_test_part_with_the_valid_items_as_history():
+    """BPR has no fold-in: scored with factors fitted on train only, the switching user still looks
+    like an A user and its B test item misses; refitted on train + valid (the history every other
+    model reads at test time), it hits. Fails on the old train-only scoring."""
+    from models.baselines.runner import history_split, run_baseline
+
+    split = _group_split_with_a_switching_user()
+    cfg = BPRConfig(factors=8, learning_rate=0.05, regularization=0.001, iterations=300)
+    result = run_baseline("bpr", split, ["hr@10"], cfg)
+    assert result.test["users"] == 1.0
+    assert result.test["hr@10"] == 1.0
+    train_only = evaluate(fit("bpr", split, cfg), split, "test", ["hr@10"])["hr@10"]
+    assert train_only == 0.0  # the handicap the refit removes
+    refit = history_split(split, "test")
+    assert refit.train[0].tolist() == [0, 1, *range(12, 20)] and all(len(v) == 0 for v in refit.valid)
+    assert history_split(split, "valid") is split
+
+
+def test_baselines_that_read_the_history_are_not_refitted():
+    from models.baselines.runner import fit_for
+
+    split = _group_split_with_a_switching_user()
+    ease = fit("ease", split)
+    assert fit_for("ease", split, "test", fitted=ease) is ease
+    bpr = fit("bpr", split, BPRConfig(factors=4, iterations=2))
+    assert fit_for("bpr", split, "valid", fitted=bpr) is bpr
+    assert fit_for("bpr", split, "test", BPRConfig(factors=4, iterations=2), fitted=bpr) is not bpr
+
+
+def test_a_test_mask_removes_items_the_scorer_never_saw():
+    """Items in `test_mask` (held-out items a user watched) are masked though they are not history."""
+    from models.baselines.runner import run_baseline
+
+    split = Split("leave_one_out", 0, 4, train=[np.array([0]), np.array([0, 1])], valid=[np.array([1]), np.array([2])],
+                  test=[np.array([3]), np.array([3])], too_short=0)
+    # most-popular ranks 0, 1, 2 (masked: seen), then 3; with item 2 also masked for user 0, HR@1 = 1
+    plain = run_baseline("most_popular", split, ["hr@1"])
+    masked = run_baseline("most_popular", split, ["hr@1"], test_mask=[np.array([2]), np.zeros(0, np.int64)])
+    assert plain.test_per_user["hr@1"].tolist() == [0.0, 1.0]
+    assert masked.test_per_user["hr@1"].tolist() == [1.0, 1.0]

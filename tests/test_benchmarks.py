@@ -22,7 +22,7 @@ from benchmarks.grpc_load import (
     run_grpc,
 )
 from benchmarks.readme import END, START, _grpc, render, update
-from models.reports import RESULTS_DIR
+from models.reports import SHIPPED_RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def test_load_benchmark_reports_percentiles_floor_and_open_loop(grpc_result: dic
 def test_fixed_history_sends_only_full_histories_and_the_report_names_their_length(tmp_path: Path) -> None:
     import numpy as np
 
-    from llmrec.errors import ConfigError
+    from common.errors import ConfigError
 
     model = write_cllm4rec(tmp_path, num_items=30, num_users=10)
     lengths = list(range(1, 11))  # user r has r + 1 items
@@ -197,7 +197,7 @@ def test_readme_lists_every_rerun_of_a_result_in_run_order(grpc_result: dict, tm
 def test_readme_performance_section_matches_the_committed_results() -> None:
     text = (ROOT / "README.md").read_text()
     section = text.split(START, 1)[1].split(END, 1)[0]
-    assert section == "\n" + render(RESULTS_DIR), "README is stale: run `llmrec bench readme`"
+    assert section == "\n" + render(SHIPPED_RESULTS_DIR), "README is stale: run `llmrec bench readme`"
 
 
 def test_scale_catalogue_grows_from_real_vectors(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from repo_fixtures import running_server, write_cllm4rec, write_tcf
 
+from client import RecommenderClient
 from llmrec import client_cli
-from llmrec.client import RecommenderClient
 
 
 def test_client_cli_prints_rank_item_title_score(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmrec.config import parse
+from common.config import parse
 from models.cllm4rec import cli
 from models.cllm4rec.backbone import BackboneConfig, load_backbone
 from models.cllm4rec.bundle import FoldedUserEncoder, load_bundle
@@ -250,6 +250,8 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[CLLM4RecTask, P
     mc = bundle.model_config
     assert mc["vocab_size"] == enc.module.embed.weight.shape[0] and mc["anonymous_user_token"] == mc["vocab_size"] - 1
     assert bundle.probe is not None and len(bundle.probe.targets) == len(bundle.probe.exclude)
+    probed = task.split.eval_users("valid")[: len(bundle.probe.targets)]  # fewer than 200: every valid user
+    assert [t.tolist() for t in bundle.probe.targets] == [task.split.valid[u].tolist() for u in probed]
     lean = load_bundle(out, known_users=False)  # what the benchmarks load: no known-user pass
     assert lean.user_vectors.shape == (0, 33) and lean.user_ids == []
     np.testing.assert_array_equal(lean.item_vectors, bundle.item_vectors)
@@ -404,7 +406,7 @@ def test_a_checkpoint_whose_backbone_folder_moved_loads_the_installed_copy(
         trained: tuple[CLLM4RecTask, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another virtualenv or machine: the recorded folder is gone; the installed default LM is used when
     it is the same file, and the content hash still decides."""
-    from llmrec.assets import AssetMissing
+    from common.assets import AssetMissing
     from models.cllm4rec import checkpoint as ck
 
     task, out = trained
@@ -426,3 +428,24 @@ def test_a_checkpoint_whose_backbone_folder_moved_loads_the_installed_copy(
     monkeypatch.setattr(ck, "resolve", lambda _cfg: (other, cfg["backbone"]["gguf_file"]))
     with pytest.raises(ValueError, match="sha256"):
         load_checkpoint(moved)
+
+
+def test_eval_refuses_a_rebuilt_split_that_is_not_the_trained_one(trained: tuple[CLLM4RecTask, Path],
+                                                                  tmp_path: Path) -> None:
+    """The split is rebuilt from the data at eval: its sha256 must be the one recorded at training, or
+    eval stops with one line (here the record is altered; a changed data file or split order does the same)."""
+    from common.errors import CheckpointError
+
+    task, out = trained
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["split"]["sha256"] == task.split.fingerprint()
+    assert load_checkpoint(out).training_data()[1].fingerprint() == task.split.fingerprint()
+    bad = tmp_path / "other-split"
+    shutil.copytree(out, bad)
+    cfg["split"]["sha256"] = "0" * 64
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="is not the one the checkpoint was trained on") as exc:
+        cli.eval_main(["--checkpoint", str(bad), "--no-baselines", "--no-serving-cost", "--results-dir", str(tmp_path)])
+    assert "\n" not in str(exc.value) and str(bad) in str(exc.value)
+    explicit = cfg["command_explicit"]
+    assert explicit.startswith("llmrec train cllm4rec --schedule ") and "--lm.lora-rank" in explicit

@@ -52,8 +52,8 @@ def test_compose_and_kubernetes_export_the_same_way() -> None:
 
 def _parsers() -> dict[tuple[str, ...], object]:
     """The config parse of each command the export example runs, without running it."""
+    from common.config import parse
     from export.config import ExportConfig
-    from llmrec.config import parse
     from models.cllm4rec import cli as cllm4rec_cli
     from models.tcf import cli as tcf_cli
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from deploy_kit import ROOT, copied_sources, dockerfile_stages, http_get
 
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -54,14 +54,14 @@ def serve_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(tmp_path_factory: pytest.TempPathFactory):
     """A repository written by the real exporter (which needs torch: it runs here, not in the clean venv)."""
     pytest.importorskip("torch")
-    from export.config import ExportConfig
+    from export.config import ExportConfig, GraphConfig
     from export.testing import tiny_bundle
     from export.writer import export_bundle
 
     work = tmp_path_factory.mktemp("bundle")
     repo = tmp_path_factory.mktemp("repository")
     bundle = tiny_bundle("tcf", work)
-    export_bundle(bundle, repo, "tcf", ExportConfig(ort_optimize="basic", report=False))
+    export_bundle(bundle, repo, "tcf", ExportConfig(graph=GraphConfig(ort_optimize="basic"), report=False))
     return repo, bundle
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.index import IndexParams, build_index, exact_topk, load_index, recall_vs_exact, save_index, search
+from export.index import IndexParams, build_index, exact_topk, recall_vs_exact, save_index
+from repository.index import load_index, search
+from repository.manifest import IndexSection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +47,7 @@ def test_approximate_recall_is_high_on_easy_data(kind, tmp_path):
     assert 0.0 <= rec["recall"] <= 1.0
     assert rec["recall"] > (0.5 if kind == "ivfpq" else 0.9), rec
     save_index(index, tmp_path / "i.faiss")
-    loaded = load_index(tmp_path / "i.faiss", {"params": used})
+    loaded = load_index(tmp_path / "i.faiss", IndexSection("flat", used))
     np.testing.assert_array_equal(search(loaded, queries, 10)[1], search(index, queries, 10)[1])
 
 
@@ -86,7 +88,8 @@ def test_bad_index_settings_are_refused_clearly():
 
 def test_torch_free_modules_do_not_import_torch():
     code = (
-        "import sys; import export, export.index, export.repository, export.manifest, export.config; "
+        "import sys, importlib, pkgutil, repository, export.index, export.config; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(repository.__path__, 'repository.')]; "
         "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)

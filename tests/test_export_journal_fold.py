@@ -11,11 +11,11 @@ import pytest
 import torch
 from repo_fixtures import running_server
 
-from export import journal
 from export.config import ExportConfig
 from export.journal_fold import FoldError
 from export.testing import tiny_bundle
 from export.writer import export_bundle
+from repository import journal
 
 torch.set_num_threads(1)
 

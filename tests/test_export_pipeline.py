@@ -13,15 +13,18 @@ import torch
 from torch import nn
 
 import export.writer as W
-from export.config import ExportConfig
-from export.index import exact_topk, load_index, search
+from export.config import ExportConfig, GraphConfig, QuantizeConfig, RecallCheck
+from export.index import IndexParams, exact_topk
 from export.parity import ParityError
-from export.repository import VersionError, list_versions, verify_version
 from export.testing import tiny_bundle
 from models.bundle import EncoderExport, load_bundle
+from repository.errors import VersionError
+from repository.index import load_index, search
+from repository.manifest import IndexSection
+from repository.versions import list_versions, verify_version
 
 torch.set_num_threads(1)
-FAST = ExportConfig(ort_optimize="basic")
+FAST = ExportConfig(graph=GraphConfig(ort_optimize="basic"))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_parity_pass_and_complete_version(which, lm_bundle, tcf_bundle, tmp_path
     bundle = lm_bundle if which == "lm" else tcf_bundle
     v = W.export_bundle(bundle, tmp_path / "repo", "m", FAST, source_checkpoint=None)
     assert v == tmp_path / "repo" / "m" / "1"
-    m = verify_version(v)
+    m = verify_version(v).to_dict()
     assert m["version"] == 1 and m["kind"] == bundle.kind and m["dim"] == bundle.dim
     assert m["num_items"] == len(bundle.item_ids) and m["metric"] == "inner_product"
     assert set(m["parity"]) == set(bundle.encoders) == set(m["encoders"])
@@ -76,7 +79,7 @@ def test_parity_pass_and_complete_version(which, lm_bundle, tcf_bundle, tmp_path
                           for b in bundle.probe.encoder_inputs])
     np.testing.assert_allclose(got, bundle.user_vectors, atol=1e-4)
     # The flat index answers exactly what brute force does.
-    index = load_index(v / "items.faiss", m["index"])
+    index = load_index(v / "items.faiss", IndexSection.from_dict(m["index"], "index"))
     _, rows = search(index, bundle.user_vectors, 10)
     np.testing.assert_array_equal(rows, exact_topk(np.load(v / "item_vectors.npy"), bundle.user_vectors, 10))
     assert leftovers(v.parent) == ["1"]
@@ -185,7 +188,7 @@ def test_versions_1_2_3_with_junk_folders(dssm_bundle, tmp_path):
         (model / junk).mkdir(parents=True)
     got = [W.export_bundle(dssm_bundle, tmp_path / "repo", "m", FAST).name for _ in range(3)]
     assert got == ["1", "2", "3"] and list_versions(model) == [1, 2, 3]
-    m = verify_version(model / "2")
+    m = verify_version(model / "2").to_dict()
     assert m["capabilities"] == {"user_id": True, "history": False, "upsert_items": True}
     assert "user_encoder.onnx" not in m["files"]
 
@@ -201,8 +204,9 @@ def test_verify_version_detects_a_tampered_export(dssm_bundle, tmp_path):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_approximate_index_recall_recorded(kind, dssm_bundle, tmp_path):
-    cfg = ExportConfig(index=kind, nlist=4, nprobe=4, pq_m=4, pq_nbits=4, ort_optimize="none", min_index_recall=0.0)
-    m = verify_version(W.export_bundle(dssm_bundle, tmp_path / "repo", "m", cfg))
+    cfg = ExportConfig(index=IndexParams(kind, nlist=4, nprobe=4, pq_m=4, pq_nbits=4), graph=GraphConfig(ort_optimize="none"),
+                       recall=RecallCheck(min_recall=0.0))
+    m = verify_version(W.export_bundle(dssm_bundle, tmp_path / "repo", "m", cfg)).to_dict()
     rec = m["index"]["recall_vs_exact"]
     assert rec["k"] == len(dssm_bundle.item_ids) and rec["users"] == len(dssm_bundle.user_ids)
     assert 0.0 <= rec["recall"] <= 1.0
@@ -212,26 +216,27 @@ def test_approximate_index_recall_recorded(kind, dssm_bundle, tmp_path):
 
 
 def test_index_below_min_recall_is_refused_and_nothing_written(dssm_bundle, tmp_path):
-    cfg = ExportConfig(index="ivfpq", nlist=4, nprobe=1, pq_m=4, pq_nbits=2, ort_optimize="none", min_index_recall=0.99)
+    cfg = ExportConfig(index=IndexParams("ivfpq", nlist=4, nprobe=1, pq_m=4, pq_nbits=2),
+                       graph=GraphConfig(ort_optimize="none"), recall=RecallCheck(min_recall=0.99))
     with pytest.raises(W.IndexRecallError, match=r"ivfpq index recall@\d+ vs exact search is 0\.\d+ < min_index_recall 0\.99"):
         W.export_bundle(dssm_bundle, tmp_path / "repo", "m", cfg)
     assert not (tmp_path / "repo" / "m").exists() or not any((tmp_path / "repo" / "m").iterdir())
 
 
 def test_int8_quantization_recorded_refused_and_accepted(tcf_bundle, tmp_path):
-    refuse = ExportConfig(quantize="int8", quantize_min_overlap=1.01, ort_optimize="none")
+    refuse = ExportConfig(quantize=QuantizeConfig("int8", min_overlap=1.01), graph=GraphConfig(ort_optimize="none"))
     with pytest.warns(UserWarning, match="int8 quantization refused"):
-        m = verify_version(W.export_bundle(tcf_bundle, tmp_path / "repo", "m", refuse))
+        m = verify_version(W.export_bundle(tcf_bundle, tmp_path / "repo", "m", refuse)).to_dict()
     q = m["quantization"]["user_encoder"]
     assert q["status"] == "refused" and "overlap" in q["reason"] and 0.0 <= q["top20_overlap"] <= 1.0
     assert q["metric"] == "recall@20" and 0.0 <= q["fp32"] <= 1.0 and 0.0 <= q["int8"] <= 1.0
     assert q["inputs"] == "probe" and q["rows"] == len(tcf_bundle.user_ids)
     assert m["encoders"]["user_encoder"]["precision"] == "fp32"
 
-    accept = ExportConfig(quantize="int8", quantize_min_overlap=0.0, quantize_max_metric_drop=10.0,
-                          ort_optimize="none")
+    accept = ExportConfig(quantize=QuantizeConfig("int8", min_overlap=0.0, max_metric_drop=10.0),
+                          graph=GraphConfig(ort_optimize="none"))
     v = W.export_bundle(tcf_bundle, tmp_path / "repo", "m", accept)
-    m = verify_version(v)
+    m = verify_version(v).to_dict()
     assert m["quantization"]["user_encoder"]["status"] == "accepted"
     assert m["encoders"]["user_encoder"]["precision"] == "int8-dynamic"
     ops = {n.op_type for n in onnx.load(str(v / "user_encoder.onnx")).graph.node}
@@ -250,7 +255,7 @@ def test_optimized_graph_that_breaks_parity_falls_back_to_plain(tcf_bundle, tmp_
         return out
 
     monkeypatch.setattr(W, "optimize_offline", broken)
-    m = verify_version(W.export_bundle(tcf_bundle, tmp_path / "repo", "m", FAST))
+    m = verify_version(W.export_bundle(tcf_bundle, tmp_path / "repo", "m", FAST)).to_dict()
     for name, enc in m["encoders"].items():
         assert enc["graph_optimization"] == "none" and "broke parity" in enc["graph_optimization_note"], name
         assert m["parity"][name]["max_abs_err"] <= 1e-4
@@ -268,7 +273,7 @@ def test_external_data_graph_is_consolidated_and_listed(dssm_bundle, tmp_path, m
 
     monkeypatch.setattr(W, "export_graph", external)
     v = W.export_bundle(dssm_bundle, tmp_path / "repo", "m", FAST)
-    m = verify_version(v)
+    m = verify_version(v).to_dict()
     assert m["encoders"]["item_encoder"]["external_data"] == "item_encoder.onnx.data"
     assert "item_encoder.onnx.data" in m["files"]
     assert not [p for p in v.iterdir() if p.name not in m["files"] and p.name != "manifest.json"]
@@ -305,10 +310,10 @@ def test_cli_exports_a_checkpoint(lm_bundle, tmp_path, monkeypatch, capsys):
     (ckpt / "model.safetensors").write_bytes(b"weights")
     monkeypatch.setattr(models.bundle, "load_bundle", lambda path: lm_bundle)
     rc = main(["--checkpoint", str(ckpt), "--repository", str(tmp_path / "repo"), "--name", "lm",
-               "--index", "hnsw", "--no-report"])
+               "--index.type", "hnsw", "--no-report"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    m = verify_version(Path(out["version_dir"]))
+    m = verify_version(Path(out["version_dir"])).to_dict()
     assert m["source"]["checkpoint"] == str(ckpt) and m["source"]["checkpoint_files"] == 2
     assert len(m["source"]["checkpoint_sha256"]) == 64 and m["source"]["exported_at"].endswith("Z")
     assert m["index"]["recall_vs_exact"]["recall"] > 0.9

@@ -1,4 +1,4 @@
-"""Version numbering, atomic publication and completeness checks of export/repository.py (torch-free)."""
+"""Version numbering, atomic publication and completeness checks of repository/versions.py (torch-free)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import os
 import numpy as np
 import pytest
 
-import export.repository as R
-from export.manifest import FORMAT_VERSION
+import repository.arrays as A
+import repository.versions as R
+from export.provenance import checkpoint_sha256
+from repository.errors import VersionError
+from repository.manifest import FORMAT_VERSION, Manifest
 
 
 def manifest_for(tmp, files):
-    return {
+    return Manifest.from_dict({
         "format_version": FORMAT_VERSION,
         "name": "m",
         "version": None,
@@ -25,12 +28,12 @@ def manifest_for(tmp, files):
         "num_items": 1,
         "num_users": 0,
         "capabilities": {},
-        "files": R.file_entries(tmp, files),
+        "files": {n: {"sha256": e.sha256, "bytes": e.bytes} for n, e in R.file_entries(tmp, files).items()},
         "index": {"type": "flat"},
         "encoders": {},
         "parity": {},
         "source": {},
-    }
+    })
 
 
 def publish_one(model_dir, payload: bytes = b"x"):
@@ -54,18 +57,18 @@ def test_versions_count_up_and_ignore_junk(tmp_path):
 
 def test_verify_version_detects_tampering_and_missing_files(tmp_path):
     v = publish_one(tmp_path / "m", b"hello")
-    assert R.verify_version(v)["version"] == 1
+    assert R.verify_version(v).version == 1
     (v / "a.bin").write_bytes(b"hellO")
-    with pytest.raises(R.VersionError, match="sha256"):
+    with pytest.raises(VersionError, match="sha256"):
         R.verify_version(v)
     (v / "a.bin").write_bytes(b"hello!")
-    with pytest.raises(R.VersionError, match="bytes"):
+    with pytest.raises(VersionError, match="bytes"):
         R.verify_version(v)
     (v / "a.bin").unlink()
-    with pytest.raises(R.VersionError, match=r"a\.bin is missing"):
+    with pytest.raises(VersionError, match=r"a\.bin is missing"):
         R.verify_version(v)
     (v / "manifest.json").unlink()
-    with pytest.raises(R.VersionError, match=r"no manifest\.json"):
+    with pytest.raises(VersionError, match=r"no manifest\.json"):
         R.verify_version(v)
 
 
@@ -74,11 +77,11 @@ def test_verify_version_refuses_unknown_format(tmp_path):
     m = json.loads((v / "manifest.json").read_text())
     m["format_version"] = 99
     (v / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(R.VersionError, match="format_version 99"):
+    with pytest.raises(VersionError, match="format_version 99"):
         R.verify_version(v)
     del m["files"]
     (v / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(R.VersionError, match="missing key"):
+    with pytest.raises(VersionError, match="missing key"):
         R.verify_version(v)
 
 
@@ -117,8 +120,8 @@ def test_concurrent_exporter_taking_the_number_makes_us_retry(tmp_path, monkeypa
 
 def test_user_history_csr_round_trip(tmp_path):
     hist = [np.array([3, 1]), np.array([], dtype=np.int64), np.array([0, 2, 4])]
-    R.write_user_history(tmp_path / "h.npz", hist)
-    indptr, indices = R.read_user_history(tmp_path / "h.npz")
+    A.write_user_history(tmp_path / "h.npz", hist)
+    indptr, indices = A.read_user_history(tmp_path / "h.npz")
     assert indptr.tolist() == [0, 2, 2, 5]
     assert [indices[indptr[u] : indptr[u + 1]].tolist() for u in range(3)] == [[3, 1], [], [0, 2, 4]]
 
@@ -126,11 +129,11 @@ def test_user_history_csr_round_trip(tmp_path):
 def test_checkpoint_hash_covers_config_and_weights(tmp_path):
     (tmp_path / "config.json").write_text('{"kind": "tcf"}')
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 100)
-    h1, n = R.checkpoint_sha256(tmp_path)
+    h1, n = checkpoint_sha256(tmp_path)
     assert n == 2
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "state.safetensors").write_bytes(b"optimizer")
     (tmp_path / "train" / "log.json").write_text("{}")
-    assert R.checkpoint_sha256(tmp_path) == (h1, 2)  # training state and log are not part of the identity
+    assert checkpoint_sha256(tmp_path) == (h1, 2)  # training state and log are not part of the identity
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 99 + b"\1")
-    assert R.checkpoint_sha256(tmp_path)[0] != h1
+    assert checkpoint_sha256(tmp_path)[0] != h1

@@ -1,4 +1,4 @@
-"""The item journal format (export/journal.py) and the serving catalogue (server/catalogue.py)."""
+"""The item journal format (repository/journal.py) and the serving catalogue (server/catalogue.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from export import journal
+from repository import journal
 from server.catalogue import Catalogue
 from server.indexes.faiss_cpu import FaissCpu, FaissIndex
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +220,7 @@ def test_min_interactions_filter_is_iterative(tmp_path):
 
 
 def test_item_text_from_a_template_over_the_items_columns(tmp_path):
-    from llmrec.errors import ConfigError
+    from common.errors import ConfigError
     from models.tiny import write_ml100k
 
     inter = tmp_path / "i.csv"
@@ -234,3 +236,173 @@ def test_item_text_from_a_template_over_the_items_columns(tmp_path):
     assert all(t.count(" | ") == 2 for t in ml.item_text)
     with pytest.raises(ConfigError, match=r"field\(s\) 'plot' not in the items data; fields: .*genres"):
         load_data(DataConfig(dataset="interactions", path=inter, items_path=items, item_template="{plot}"))
+
+
+# ---------------------------------------------------------------- the registry and its dispatch
+
+
+def _sample_ml100k(tmp_path: Path) -> DataConfig:
+    from models.tiny import write_ml100k
+
+    return DataConfig(dataset="ml-100k", path=write_ml100k(tmp_path / "ml", users=4, items=6, per_user=2))
+
+
+def _sample_interactions(tmp_path: Path) -> DataConfig:
+    return DataConfig(dataset="interactions", path=write(tmp_path / "log.csv", "user,item\na,x\nb,y\n"))
+
+
+def _sample_atomic(tmp_path: Path) -> DataConfig:
+    return DataConfig(dataset="atomic", path=write(tmp_path / "shop.inter", "user_id:token\titem_id:token\na\tx\n"))
+
+
+def _sample_tcf(tmp_path: Path) -> DataConfig:
+    return DataConfig(dataset="tcf", path=write(tmp_path / "behaviors.tsv", "a\tx y\n"))
+
+
+def _sample_amazon(tmp_path: Path) -> DataConfig:
+    return DataConfig(dataset="amazon", path=write(tmp_path / "r.json", json.dumps({"reviewerID": "a", "asin": "x"})))
+
+
+# One small data set per registered format: a format added to the registry without one here fails below.
+SAMPLES = {"ml-100k": _sample_ml100k, "interactions": _sample_interactions, "atomic": _sample_atomic,
+           "tcf": _sample_tcf, "amazon": _sample_amazon}
+
+
+def test_registry_lists_every_format_the_config_offers():
+    from typing import get_args
+
+    from models.data.config import DatasetFormat
+    from models.data.loaders import FORMATS
+
+    assert list(FORMATS) == list(get_args(DatasetFormat)) == list(SAMPLES)
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_dispatch_reaches_each_format(tmp_path, monkeypatch, name):
+    from models.data import loaders
+
+    cfg = SAMPLES[name](tmp_path)
+    entry = loaders.FORMATS[name]
+    reached: list[DataConfig] = []
+
+    def spy(c: DataConfig):
+        reached.append(c)
+        return entry.load(c)
+
+    monkeypatch.setitem(loaders.FORMATS, name, loaders.DataFormat(spy, entry.item_template))
+    data = load_data(cfg)
+    assert reached == [cfg] and data.num_interactions > 0
+
+
+@pytest.mark.parametrize("path", [None, "log.csv"])
+def test_unknown_format_lists_the_accepted_ones(tmp_path, path):
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown dataset format 'movielens'; accepted: ml-100k, interactions, "
+                                          r"atomic, tcf, amazon$"):
+        load_data(DataConfig(dataset="movielens", path=path and write(tmp_path / path, "user,item\na,x\n")))
+
+
+def test_item_template_is_refused_by_the_formats_that_give_text_as_it_is(tmp_path):
+    from common.errors import ConfigError
+
+    cfg = _sample_tcf(tmp_path)
+    cfg.item_template = "{title}"
+    with pytest.raises(ConfigError, match=r"^--data.item-template works with the ml-100k, interactions and atomic "
+                                          r"formats, not 'tcf' \(its item text is given as it is\)$"):
+        load_data(cfg)
+
+
+def test_a_format_without_default_data_needs_a_path():
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^dataset 'interactions' needs a path \(--data.path\)$"):
+        load_data(DataConfig(dataset="interactions"))
+
+
+# ---------------------------------------------------------------- ml-100k files that cannot be read
+
+
+def _truncate(path: Path, cut: int) -> None:
+    """The file as a copy interrupted `cut` bytes before its end would leave it."""
+    path.write_bytes(path.read_bytes()[:-cut])
+
+
+def _cut_last_field(path: Path) -> None:
+    """Interrupted right after the last tab: the last row's last field is empty."""
+    _truncate(path, len(path.read_text().splitlines()[-1].split("\t")[-1]) + 1)
+
+
+def _cut_mid_row(path: Path) -> None:
+    """Interrupted one byte into the last row."""
+    _truncate(path, len(path.read_text().splitlines()[-1]))
+
+
+def _last_line(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def _replace(old: bytes, new: bytes) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(path.read_bytes().replace(old, new, 1))
+
+
+# damage -> (file, how it is damaged, the message after the file's path; {last}: its last line's number)
+ML100K_DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "truncated after a tab": ("ml-100k.inter", _cut_last_field,
+                              r":{last}: bad timestamp ''; expected a number or an ISO date/time$"),
+    "truncated mid-row": ("ml-100k.inter", _cut_mid_row, r":{last}: expected 4 tab-separated fields, got 1$"),
+    "bad rating": ("ml-100k.inter", _replace(b"\t4\t1000\n", b"\tfour\t1000\n"), r":2: bad rating 'four'; expected a number$"),
+    "not UTF-8": ("ml-100k.item", _replace(b"\t1995\t", b"\t\xe9\t"),
+                  r":\d+: not UTF-8 text \(.*\); expected a UTF-8 file$"),
+    "no title column": ("ml-100k.item", _replace(b"movie_title:", b"name:"),
+                        r":1: no title column in header \[.*\]; expected one of: movie_title$"),
+    "no rating column": ("ml-100k.inter", _replace(b"rating:float", b"stars:float"),
+                         r": min_rating is set but the file has no rating column; expected one of: rating, "),
+    "header only": ("ml-100k.inter", lambda path: path.write_text(path.read_text().splitlines()[0] + "\n"),
+                    r": no interactions \(an empty file or a header line only\); expected one interaction per line$"),
+}
+
+
+@pytest.mark.parametrize("damage", list(ML100K_DAMAGE))
+def test_ml100k_damaged_file_is_one_data_error(tmp_path, damage):
+    from common.errors import DataError
+    from models.data.loaders import load_ml100k
+    from models.tiny import write_ml100k
+
+    name, spoil, pattern = ML100K_DAMAGE[damage]
+    folder = write_ml100k(tmp_path / "ml")
+    spoil(folder / name)
+    with pytest.raises(DataError) as caught:
+        load_ml100k(folder, min_rating=4 if damage == "no rating column" else None)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    if "{last}" in pattern:
+        pattern = pattern.format(last=_last_line(folder / name))
+    assert re.match(re.escape(str(folder / name)) + pattern, message), message
+
+
+def test_ml100k_missing_files_are_one_line(tmp_path):
+    from common.errors import DataFileNotFound
+    from models.tiny import write_ml100k
+
+    with pytest.raises(DataFileNotFound, match=r"^data file not found: .*nowhere/ml-100k\.inter$"):
+        load_data(DataConfig(path=tmp_path / "nowhere"))
+    folder = write_ml100k(tmp_path / "ml")
+    (folder / "ml-100k.item").unlink()
+    with pytest.raises(DataFileNotFound, match=r"^data file not found: .*ml/ml-100k\.item$"):
+        load_data(DataConfig(path=folder))
+
+
+def test_ml100k_truncated_file_is_one_line_from_the_command(tmp_path, monkeypatch, capsys):
+    from llmrec import cli
+    from models.tiny import write_ml100k
+
+    folder = write_ml100k(tmp_path / "ml")
+    _cut_last_field(folder / "ml-100k.inter")
+    monkeypatch.chdir(tmp_path)  # nothing a failed run might write lands in the repository
+    assert cli.main(["eval", "baselines", "--data.path", str(folder)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("llmrec ")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0] == (f"llmrec eval baselines: {folder / 'ml-100k.inter'}:{_last_line(folder / 'ml-100k.inter')}: "
+                        "bad timestamp ''; expected a number or an ISO date/time"), err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import server  # noqa: F401 - puts proto/ on sys.path
 from recsys.v1 import recommender_pb2 as pb
 from server import proto_gen
 

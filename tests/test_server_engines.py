@@ -16,6 +16,8 @@ from onnx import TensorProto, helper
 from repo_fixtures import _finish_manifest, _write_common, running_server, write_cllm4rec, write_tcf
 
 from export.writer import BundleError, validate_bundle
+from repository.kinds import KINDS, ModelKind
+from repository.manifest import IndexSection, Manifest
 from server import adapters, engines, indexes
 from server.engines.onnxruntime_cpu import OnnxRuntimeCpu, OrtEncoder
 from server.indexes.faiss_cpu import FaissCpu, FaissIndex
@@ -127,10 +129,9 @@ class MeanOfHistory:
     kind: ClassVar[str] = "stub"
     user_tower: ClassVar[str] = "mean"
     history: ClassVar[bool] = True
-    item_towers: ClassVar[tuple[str, ...]] = ("id",)
 
-    def __init__(self, path: Path, manifest: dict) -> None:
-        self.dim = int(manifest["dim"])
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.dim = manifest.dim
 
     def payload(self, user_row, history_rows, item_vectors) -> np.ndarray:
         return item_vectors(list(history_rows)).mean(0)
@@ -194,7 +195,7 @@ class NumpyExact:
         return True
 
     @staticmethod
-    def load(path: Path, manifest_index: dict | None, vectors: np.ndarray) -> NumpyExact.Index:
+    def load(path: Path, manifest_index: IndexSection | None, vectors: np.ndarray) -> NumpyExact.Index:
         return NumpyExact.Index(vectors)
 
     @staticmethod
@@ -203,6 +204,7 @@ class NumpyExact:
 
 
 def test_a_stub_model_kind_and_a_stub_index_backend_plug_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(KINDS, ("stub", "mean"), ModelKind(("id",), history=True))
     monkeypatch.setitem(adapters.ADAPTERS, ("stub", "mean"), MeanOfHistory)
     monkeypatch.setattr(indexes, "BACKENDS", {NumpyExact.name: NumpyExact, FaissCpu.name: FaissCpu})
     vecs = _write_stub(tmp_path)
@@ -224,7 +226,7 @@ def test_the_exporter_validates_against_the_same_registry(tmp_path: Path, monkey
     bundle.kind, bundle.user_tower, bundle.item_tower = "stub", "mean", "id"
     with pytest.raises(BundleError, match="stub/mean; accepted: cllm4rec/lm"):
         validate_bundle(bundle)
-    monkeypatch.setitem(adapters.ADAPTERS, ("stub", "mean"), MeanOfHistory)
+    monkeypatch.setitem(KINDS, ("stub", "mean"), ModelKind(("id",), history=True))
     with pytest.raises(BundleError, match="needs a user_encoder"):  # now known: checked like any other kind
         validate_bundle(bundle)
 

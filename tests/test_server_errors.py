@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from polling import wait_for
 from repo_fixtures import running_server, write_cllm4rec, write_tcf
 
 from server import errors
@@ -82,7 +83,7 @@ def test_failed_precondition(env) -> None:
 
 
 def test_admin_auth(env, tmp_path) -> None:
-    from llmrec.client import RecommenderClient
+    from client import RecommenderClient
 
     bad = RecommenderClient(f"127.0.0.1:{env[0].port}", admin_token="wrong")
     code, msg = _code(bad.reload)
@@ -119,9 +120,9 @@ def test_resource_exhausted_and_deadline(env) -> None:
     try:
         with ThreadPoolExecutor(6) as pool:
             futs = [pool.submit(_code, c.recommend, "tiny-cllm", history=["i1"], top_k=2) for _ in range(1)]
-            time.sleep(0.1)  # the first one is being encoded; queue_size=1 holds one more
+            wait_for(lambda: batcher.running == 1, "the first request to be encoded")  # queue_size=1 holds one more
             futs += [pool.submit(c.recommend, "tiny-cllm", history=["i2"], top_k=2)]
-            time.sleep(0.05)
+            wait_for(lambda: batcher.depth == 1, "the second request to be queued")
             code, msg = _code(c.recommend, "tiny-cllm", history=["i3"], top_k=2)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in msg
             futs[1].result()
@@ -144,10 +145,11 @@ def test_batcher_drops_expired_requests_before_compute() -> None:
 
     b = DynamicBatcher("m", run, max_batch_size=4, max_wait_ms=0, queue_size=8)
     first = b.submit(1)
-    time.sleep(0.05)
-    expired = b.submit(2, deadline=time.monotonic() + 0.01)
-    alive = b.submit(3, deadline=time.monotonic() + 5)
-    time.sleep(0.05)
+    wait_for(lambda: b.running == 1, "the first job to run")
+    deadline = time.monotonic() + 0.01
+    expired = b.submit(2, deadline=deadline)
+    alive = b.submit(3, deadline=time.monotonic() + 30)
+    wait_for(lambda: time.monotonic() > deadline, "the short deadline to pass")
     gate.set()
     assert first.result(2) == [1.0] and alive.result(2) == [3.0]
     with pytest.raises(errors.ServingError) as info:

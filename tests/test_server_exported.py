@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 from repo_fixtures import running_server
 
-from export.config import ExportConfig
+from export.config import ExportConfig, GraphConfig
 from export.testing import tiny_bundle
 from export.writer import export_bundle
 
@@ -28,7 +28,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("bundles")
     repo = tmp_path_factory.mktemp("repo")
-    cfg = ExportConfig(ort_optimize="basic", report=False)
+    cfg = ExportConfig(graph=GraphConfig(ort_optimize="basic"), report=False)
     for name in ("lm", "tcf", "dssm"):
         (work / name).mkdir()
     bundles = {"lm": tiny_bundle("cllm4rec", work / "lm"), "tcf": tiny_bundle("tcf", work / "tcf"),

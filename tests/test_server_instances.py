@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from polling import wait_for
 from repo_fixtures import running_server, write_cllm4rec
 
 from server import errors
@@ -58,11 +58,8 @@ def test_restart_replaces_every_instance_and_idle_ones_do_not_swallow_wakeups() 
 
     b = DynamicBatcher("m", run, max_batch_size=1, max_wait_ms=0, queue_size=8, instances=2)
     stuck = b.submit(1)
-    deadline = time.monotonic() + 5
-    while b.running == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)  # the other worker is idle, waiting for work
-    assert b.check(stall_seconds=0.05) == "stalled"
+    wait_for(lambda: b.running == 1, "the stuck job to run")
+    wait_for(lambda: b.check(stall_seconds=0.05) == "stalled", "the stall to be seen")  # the other worker idles
     b.restart("stalled")
     with pytest.raises(errors.ServingError, match="restarted"):
         stuck.result(5)
@@ -86,9 +83,7 @@ def test_expected_wait_is_shared_among_the_instances() -> None:
     b = DynamicBatcher("m", run, max_batch_size=1, max_wait_ms=0, queue_size=8, max_queue_wait_s=2.7, instances=2)
     b.observe(1.0, 1)  # one second per request, as measured
     running = [b.submit(1), b.submit(2)]  # one per worker
-    deadline = time.monotonic() + 5
-    while b.running < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: b.running == 2, "both workers to run a job")
     queued = [b.submit(3), b.submit(4)]  # (2 running + 0 / 1 queued) / 2 workers + 1 s = 2.0 / 2.5 s: admitted
     with pytest.raises(errors.ServingError, match="--max-queue-wait-ms"):
         b.submit(5)  # (2 + 2) / 2 + 1 = 3 s > 2.7 s (with one worker the third request would already wait 3 s)

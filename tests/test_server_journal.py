@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from repo_fixtures import encode_text, running_server, write_cllm4rec, write_tcf
 
-from export import journal
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
+from repository import journal
 from server.spawn import spawn_server, stop_server
 
 TOKEN = "tok"

@@ -9,11 +9,14 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
+from polling import wait_for
 from repo_fixtures import write_cllm4rec, write_tcf
 
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
+from server.spawn import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +34,7 @@ def test_server_never_imports_torch(tmp_path: Path) -> None:
         for m in pkgutil.iter_modules(server.__path__):
             importlib.import_module("server." + m.name)
         from server.app import RecommenderServer
-        from llmrec.client import RecommenderClient
+        from client import RecommenderClient
         from server.config import ServeConfig
         srv = RecommenderServer(ServeConfig(repository={str(tmp_path)!r}, host="127.0.0.1", port=0,
                                             metrics_port=-1, poll_seconds=0)).start()
@@ -51,10 +54,11 @@ def test_server_never_imports_torch(tmp_path: Path) -> None:
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
     write_cllm4rec(tmp_path)
+    metrics_port = free_port()
     # A long batching wait keeps a history request in flight while SIGTERM arrives.
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmrec", "serve", "--repository", str(tmp_path), "--host", "127.0.0.1",
-         "--port", "0", "--metrics-port", "-1", "--poll-seconds", "0", "--max-wait-ms", "1500",
+         "--port", "0", "--metrics-port", str(metrics_port), "--poll-seconds", "0", "--max-wait-ms", "1500",
          "--max-batch-size", "64", "--grace-seconds", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     try:
@@ -73,10 +77,14 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
             except Exception as exc:  # reported by the assertion below
                 result["error"] = exc
 
+        def received() -> bool:  # the request reached the server (it waits 1.5 s for batch company there)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            return 'recsys_rpcs_received_total{method="Recommend"} 1.0' in text
+
         t = threading.Thread(target=call)
         started = time.monotonic()
         t.start()
-        time.sleep(0.4)
+        wait_for(received, "the request to reach the server")
         proc.send_signal(signal.SIGTERM)
         t.join(20)
         assert "error" not in result, result.get("error")

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from polling import eventually
 from repo_fixtures import running_server, write_cllm4rec, write_tcf
 
-from llmrec.client import RecommenderClient
+from client import RecommenderClient
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from server import errors
@@ -25,13 +26,8 @@ from server.batching import DynamicBatcher
 TOKEN = "tok"
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+def _wait(predicate, timeout: float = 20.0) -> bool:
+    return eventually(predicate, timeout)
 
 
 def _code(fn, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
@@ -152,8 +148,7 @@ def test_stuck_encoder_worker_is_replaced_and_its_late_result_dropped(env) -> No
     finally:
         release.set()  # the abandoned thread wakes up; its result must go nowhere
     b._run = original
-    time.sleep(0.1)
-    assert _restarts(srv, "stalled") == 1
+    assert _wait(lambda: _restarts(srv, "stalled") == 1)
     assert c.recommend("tiny-cllm", history=["i3"], top_k=3, timeout=10).items
 
 
@@ -238,7 +233,7 @@ def test_swapped_out_versions_are_freed_without_garbage_collection(tmp_path: Pat
                 assert c.recommend("m", user_id="u1", top_k=3).items
                 write_tcf(tmp_path, name="m", version=v, seed=v)
                 assert f"m:{v}" in c.reload().loaded
-            time.sleep(0.2)  # the retired versions' worker threads exit
+            _wait(lambda: all(r() is None for r in refs))  # the retired versions' worker threads exit
             alive = [r() for r in refs if r() is not None]
             assert not alive, [type(x).__name__ for x in alive]
         finally:

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from polling import until_value
 from repo_fixtures import encode_text, running_server, write_cllm4rec, write_tcf
 
 TOKEN = "s3cret"
@@ -201,7 +202,11 @@ def test_metrics_endpoint_after_calls(env) -> None:
     client.recommend("tiny-cllm", user_id="u1", top_k=2)
     with pytest.raises(grpc.RpcError):
         client.recommend("tiny-cllm", user_id="u1", top_k=0)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()
+
+    # the server counts before it answers; polled all the same: a scrape is another thread's view
+    text = until_value(scrape, lambda t: 'code="INVALID_ARGUMENT"' in t, "the INVALID_ARGUMENT count in /metrics")
     assert 'recsys_requests_total{code="OK",method="Recommend",model="tiny-cllm"}' in text
     assert 'code="INVALID_ARGUMENT"' in text
     assert 'recsys_request_latency_seconds_bucket{le="0.0001",method="Recommend",model="tiny-cllm"}' in text

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from llmrec.config import parse
+from common.config import parse
 from models.bundle import ServingBundle
 from models.bundle import load_bundle as load_any_bundle
 from models.tcf import cli
@@ -81,6 +81,10 @@ def test_text_sasrec_bundle(tmp_path: Path, data_dir: Path, kind: str, n: int, d
                                    "pad_token_id": 0}
     assert bundle.probe is not None and bundle.probe.metric == "hr@10"
     assert sum(len(b[0]) for b in bundle.probe.encoder_inputs) == len(bundle.probe.targets)
+    # the gate's probe: validation users and their valid items (never the test part)
+    valid_users = [u for u in ck.split.eval_users("valid")][: len(bundle.probe.targets)]
+    assert [t.tolist() for t in bundle.probe.targets] == [ck.split.valid[u].tolist() for u in valid_users]
+    assert [e.tolist() for e in bundle.probe.exclude] == [ck.split.train[u].tolist() for u in valid_users]
     assert _onnx_parity(tmp_path, "item_encoder", bundle.encoders["item_encoder"]) < 1e-4
     assert _onnx_parity(tmp_path, "user_encoder", bundle.encoders["user_encoder"]) < 1e-4
 

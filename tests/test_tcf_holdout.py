@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmrec.config import parse
+from common.config import parse
 from models.data.splits import Split
 from models.tcf import cli
 from models.tcf.checkpoint import load_checkpoint

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmrec.config import parse
+from common.config import parse
 from models.metrics import evaluate
 from models.tcf import cli
 from models.tcf.checkpoint import load_checkpoint

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmrec.config import parse
+from common.config import parse
 from models import tiny
 from models.cllm4rec import cli
 from models.cllm4rec.backbone import BackboneConfig, load_backbone

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from llmrec.config import parse
+from common.config import parse
 from models import tiny
 from models.training.distributed import backend_for, init_distributed
 

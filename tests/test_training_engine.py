@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmrec.config import parse
+from common.config import parse
 from models import tiny
 from models.cllm4rec import cli as cllm_cli
 from models.tcf import cli as tcf_cli
@@ -217,9 +217,9 @@ def test_shards_are_equal_per_rank() -> None:
 
 def test_train_speed_bench_reports_both_models_without_touching_shipped_results(tmp_path: Path, assets) -> None:
     from llmrec.cli import main
-    from models.reports import RESULTS_DIR
+    from models.reports import SHIPPED_RESULTS_DIR
 
-    shipped = RESULTS_DIR / "train_speed.json"
+    shipped = SHIPPED_RESULTS_DIR / "train_speed.json"
     before = shipped.stat().st_mtime_ns if shipped.is_file() else None
     argv = ["bench", "train-speed", "--results-dir", str(tmp_path), "--bench.steps", "2", "--bench.depths", "0", "1",
             "--bench.precisions", "fp32", "--bench.tcf-unfreeze-top", "0", "--bench.data.dataset", "atomic",

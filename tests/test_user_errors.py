@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
 from llmrec import cli
-from llmrec.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,7 +189,7 @@ def test_a_real_process_exits_2_with_one_line_and_no_faiss_noise(tmp_path):
 
 
 def test_faiss_loader_is_quiet_after_logs_setup():
-    code = "from llmrec import logs; logs.setup('INFO'); import faiss; faiss.IndexFlatIP(4)"
+    code = "from common import logs; logs.setup('INFO'); import faiss; faiss.IndexFlatIP(4)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "AVX" not in proc.stderr and "faiss" not in proc.stderr, proc.stderr
 

@@ -16,7 +16,7 @@ from models import tiny
 from models.bundle import load_bundle
 from models.data.config import DataConfig
 from models.data.loaders import load_data
-from models.reports import RESULTS_DIR
+from models.reports import SHIPPED_RESULTS_DIR
 
 torch.set_num_threads(1)
 SPARSE_USERS = ("u11", "u12")  # two positives each once --data.min-rating 4 leaves out their 2-star ratings
@@ -46,7 +46,7 @@ def _flags(data: Path, items: Path | None) -> list[str]:
 
 
 def _shipped() -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RESULTS_DIR.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(SHIPPED_RESULTS_DIR.iterdir())}
 
 
 def test_left_out_users_and_items_are_logged_with_counts(user_data, capsys):

@@ -14,9 +14,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from llmrec import logs
-from llmrec.config import parse, to_dict
-from llmrec.errors import ConfigError
+from common import logs
+from common.config import parse, to_dict
+from common.errors import ConfigError
 from models.baselines.runner import (
     BASELINES,
     DEFAULT_NAMES,

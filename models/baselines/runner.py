@@ -3,6 +3,11 @@ exactly the same split beside its own numbers.
 
 Hyper-parameters are chosen on the validation part only (first metric of the protocol, e.g.
 Recall@20 or HR@10); the test part is evaluated once, with the chosen setting.
+
+Every baseline sees at test time exactly what the models see: the user's train + valid items
+(random split: both parts; leave-one-out: the whole sequence before the test item). ALS folds
+them in and EASE reads them as input; BPR, whose user factors exist only for the rows it was
+fitted on, is refitted on train + valid with the chosen setting before the test part is scored.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec import logs
+from common import logs
 from models.baselines.als import ALS, ALSConfig, ALSGrid
 from models.baselines.bpr import BPR, BPRConfig, BPRGrid
 from models.baselines.ease import EASE, EASEConfig, EASEGrid
@@ -82,6 +87,24 @@ def expand(base: Any, grid: Any | None) -> list[Any]:
     ]
 
 
+def history_split(split: Split, part: str) -> Split:
+    """`split` with the history the models see when scoring `part` as its train rows (valid: train;
+    test: train + valid), for a baseline that can score only the users' rows it was fitted on."""
+    if part == "valid":
+        return split
+    empty = [np.zeros(0, dtype=np.int64) for _ in split.valid]
+    return dataclasses.replace(split, train=split.seen("test"), valid=empty)
+
+
+def fit_for(name: str, split: Split, part: str, cfg: Any | None = None, fitted: Any | None = None) -> Any:
+    """A scorer for `part` that uses the user's whole history at that point: `fitted` (fitted on
+    split.train) when the model reads the history given at scoring time, else a refit on it."""
+    refits = getattr(BASELINES[name][0], "FITS_USER_HISTORY", False)
+    if fitted is not None and (part == "valid" or not refits):
+        return fitted
+    return fit(name, history_split(split, part), cfg)
+
+
 def fit(name: str, split: Split, cfg: Any | None = None) -> Any:
     """A fitted scorer `scorer(users, history) -> [B, num_items]` for baseline `name`."""
     if name not in BASELINES:
@@ -97,9 +120,11 @@ def run_baseline(
     cfg: Any | None = None,
     grid: Any | None = None,
     select: str | None = None,
+    test_mask: list[np.ndarray] | None = None,
 ) -> BaselineResult:
     """Tunes `name` on split's valid part over `grid` (by `select`, default metrics[0]), then
-    evaluates the chosen setting on valid and test."""
+    evaluates the chosen setting on valid and test. `test_mask`: per user, items masked at test time
+    beyond the history (models.metrics.evaluate_per_user), e.g. held-out items the user watched."""
     select = select or metrics[0]
     base = cfg if cfg is not None else BASELINES[name][1]()
     candidates = expand(base, grid)
@@ -116,10 +141,11 @@ def run_baseline(
     tune_seconds = time.perf_counter() - tune_start if len(candidates) > 1 else 0.0
     start = time.perf_counter()
     scorer = fit(name, split, best_cfg)
+    test_scorer = fit_for(name, split, "test", best_cfg, fitted=scorer)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     valid = evaluate(scorer, split, "valid", metrics)
-    users, per_user = evaluate_per_user(scorer, split, "test", metrics)
+    users, per_user = evaluate_per_user(test_scorer, split, "test", metrics, mask=test_mask)
     test = {m: float(v.mean()) for m, v in per_user.items()} | {"users": float(len(users))}
     eval_seconds = time.perf_counter() - start
     return BaselineResult(
@@ -134,6 +160,7 @@ def run_baselines_detailed(
     configs: BaselineConfigs | None = None,
     grids: BaselineGrids | None = None,
     tune: bool = True,
+    test_mask: list[np.ndarray] | None = None,
 ) -> list[BaselineResult]:
     metrics = list(metrics or PROTOCOL_METRICS[split.protocol])
     configs = configs or BaselineConfigs()
@@ -144,7 +171,7 @@ def run_baselines_detailed(
             raise ValueError(f"unknown baseline {name!r}; accepted: {', '.join(BASELINES)}")
         cfg = getattr(configs, name, None)
         grid = getattr(grids, name, None) if tune else None
-        results.append(run_baseline(name, split, metrics, cfg, grid))
+        results.append(run_baseline(name, split, metrics, cfg, grid, test_mask=test_mask))
         log.info("baseline", model=name, protocol=split.protocol, test=results[-1].test)
     return results
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from llmrec import logs
-from llmrec.assets import SMOLLM2_GGUF, AssetMissing, smollm2_dir, work_dir
+from common import logs
+from common.assets import SMOLLM2_GGUF, AssetMissing, smollm2_dir, work_dir
 from models.training.capacity import CapacityConfig, apply_capacity
 from models.training.checkpoint import lm_identity
 

@@ -29,6 +29,7 @@ from models.cllm4rec.checkpoint import Loaded, load_checkpoint
 from models.cllm4rec.model import CLLM4Rec, score_space
 from models.cllm4rec.prompts import collate
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
+from models.data.splits import Split
 from models.training.capacity import merged_copy
 
 PROBE_USERS = 200
@@ -84,6 +85,17 @@ def _sample_inputs(prompts: PromptBuilder, users: list[int], histories: list[np.
     return out
 
 
+def probe_part(split: Split) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """(users, history per user, targets per user) of the export gate's quality probe: up to
+    PROBE_USERS validation users, their train items as the prompt, their valid items as targets.
+    Never the test part: the gate decides which engine serves, a choice the test part must not see
+    (it is read once per final configuration, by `llmrec eval`)."""
+    users = split.eval_users("valid")
+    if len(users) > PROBE_USERS:
+        users = np.sort(np.random.default_rng(0).choice(users, PROBE_USERS, replace=False))
+    return users, split.seen("valid"), split.valid
+
+
 def load_bundle(checkpoint_dir: Path, batch_size: int = 32, known_users: bool = True) -> ServingBundle:
     loaded = load_checkpoint(Path(checkpoint_dir))
     model = loaded.model
@@ -110,10 +122,7 @@ def load_bundle(checkpoint_dir: Path, batch_size: int = 32, known_users: bool = 
                       "user_vector": {0: "batch"}},
         sample_inputs=samples,
     )
-    probe_users = split.eval_users("test")
-    if len(probe_users) > PROBE_USERS:
-        probe_users = np.sort(np.random.default_rng(0).choice(probe_users, PROBE_USERS, replace=False))
-    seen = split.seen("test")
+    probe_users, seen, targets = probe_part(split)
     rows = [prompts.rec(int(u), hist.ordered(int(u), seen[u])) for u in probe_users]
     probe = QualityProbe(
         encoder_inputs=[
@@ -121,7 +130,7 @@ def load_bundle(checkpoint_dir: Path, batch_size: int = 32, known_users: bool = 
             for s in range(0, len(rows), PROBE_BATCH)
         ],
         exclude=[seen[u] for u in probe_users],
-        targets=[split.test[u] for u in probe_users],
+        targets=[targets[u] for u in probe_users],
         metric="recall@20",
     )
     return ServingBundle(

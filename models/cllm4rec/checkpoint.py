@@ -2,7 +2,8 @@
 
     config.json          kind "cllm4rec", model config, backbone reference (source path + content
                          sha256) and the capacity levers it was trained with, token layout, prompt
-                         template ids, data config and split
+                         template ids, data config and split (protocol, seed, counts, sha256 of
+                         the assignment: eval rebuilds the split from the data and checks it)
     weights.safetensors  ID tables, feature scale, temperature, item bias, and the LM weights that
                          trained (LoRA adapters / unfrozen blocks) under their `backbone.` names
     users.json/items.json  IdMap of the external ids
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmrec import logs
-from llmrec.assets import AssetMissing
-from llmrec.config import from_dict, to_dict
+from common import logs
+from common.assets import AssetMissing
+from common.config import from_dict, to_dict
 from models.cllm4rec.backbone import BackboneConfig, load_backbone, resolve
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
@@ -47,17 +48,21 @@ class Loaded:
     items: IdMap
     item_text: list[str]
     item_title: list[str]
+    folder: Path = Path(".")
 
     @property
     def max_history(self) -> int:
         return self.model.cfg.max_history
 
     def training_data(self) -> tuple[InteractionData, Split]:
-        """Reloads the data and split the checkpoint was trained on, refusing data whose ids differ."""
+        """Reloads the data and split the checkpoint was trained on, refusing data whose ids differ and a
+        rebuilt split whose sha256 is not the recorded one (one-line CheckpointError)."""
         data = load_data(from_dict(DataConfig, self.config["data"]))
         if data.users.ids != self.users.ids or data.items.ids != self.items.ids:
             raise ValueError("the data set's user/item ids differ from the checkpoint's id maps: not the training data")
-        return data, make_split(data, self.config["split"]["protocol"], self.config["split"]["seed"])
+        split = make_split(data, self.config["split"]["protocol"], self.config["split"]["seed"])
+        ckpt.check_split(self.config["split"], split, self.folder)  # the split is rebuilt, never stored: check it
+        return data, split
 
 
 def save_checkpoint(out: Path, model: CLLM4Rec, tok: IdTokenizer, tmpl: Template, data: InteractionData,
@@ -114,7 +119,7 @@ def load_checkpoint(folder: Path, backbone_path: Path | None = None) -> Loaded:
     ckpt.check_lm_identity(ref, bcfg.path / bcfg.gguf_file if bcfg.gguf_file else bcfg.path)
     backbone, hf_tok = load_backbone(bcfg, from_dict(CapacityConfig, config["lm"]))
     tokens = config["tokens"]
-    tok = IdTokenizer(hf_tok, tokens["num_users"], tokens["num_items"])
+    tok = IdTokenizer(hf_tok, tokens["num_users"], tokens["num_items"], config["model"].get("user_tokens", True))
     if tok.vocab.vocab_size != tokens["vocab_size"]:
         raise ValueError(f"tokenizer has {tok.vocab.vocab_size} tokens, checkpoint expects {tokens['vocab_size']}")
     model = CLLM4Rec(from_dict(ModelConfig, config["model"]), backbone, tok.vocab)
@@ -125,4 +130,4 @@ def load_checkpoint(folder: Path, backbone_path: Path | None = None) -> Loaded:
         raise ValueError(f"{folder}: id maps ({len(users)} users, {len(items)} items) do not match the token layout")
     texts = ckpt.read_json(folder, ITEM_TEXT)
     tmpl = Template(**config["template_pieces"])
-    return Loaded(model, tok, tmpl, config, users, items, texts["text"], texts["title"])
+    return Loaded(model, tok, tmpl, config, users, items, texts["text"], texts["title"], folder)

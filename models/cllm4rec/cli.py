@@ -30,9 +30,9 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from llmrec import logs
-from llmrec.assets import work_dir
-from llmrec.config import parse, to_dict
+from common import logs
+from common.assets import work_dir
+from common.config import parse, to_dict
 from models.cllm4rec import backbone as bb
 from models.cllm4rec import report
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
@@ -42,7 +42,8 @@ from models.cllm4rec.train import CLLM4RecTask, RecipeConfig
 from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import make_split
-from models.reports import dataset_title, invoking_command, report_file_name, write_report
+from models.reports import dataset_title, explicit_command, invoking_command, report_file_name, write_report
+from models.training import checkpoint as ckpt
 from models.training.capacity import CapacityConfig
 from models.training.config import DeviceConfig, RunConfig, TrainConfig
 from models.training.devices import resolve_device
@@ -103,6 +104,10 @@ class EvalCli(DeviceConfig):
     report_name: str = "quality_cllm4rec_{data}"  # <results-dir>/<name>.json/.md; {data}: the data set's name
     results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
     note: str = ""  # free text for the report (e.g. how the training runs ended)
+    # a report's JSON: rerun its cheapest row with >= 2 seeds from its recorded command (into
+    # work/verify/cllm4rec) and check its test Recall@20 is within --verify-sds seed SDs of the row's mean
+    verify: Path | None = None
+    verify_sds: float = 2.0
 
 
 def build_task(cli: TrainCli) -> CLLM4RecTask:
@@ -113,7 +118,7 @@ def build_task(cli: TrainCli) -> CLLM4RecTask:
     data = load_data(cli.data)
     split = make_split(data, PROTOCOL, cli.data.split_seed)
     backbone, hf_tok = bb.load_backbone(cli.backbone, cli.lm)
-    tok = IdTokenizer(hf_tok, data.num_users, data.num_items)
+    tok = IdTokenizer(hf_tok, data.num_users, data.num_items, cli.model.user_tokens)
     model = CLLM4Rec(cli.model, backbone, tok.vocab)
     if cli.recipe.item_init == "title":
         done = model.init_items_from_text([tok.words(" " + t) if t else [] for t in data.item_title])
@@ -122,8 +127,10 @@ def build_task(cli: TrainCli) -> CLLM4RecTask:
         "recipe": to_dict(cli.recipe),
         "schedule": cli.schedule,
         "data": to_dict(cli.data),
-        "split": {"protocol": PROTOCOL, "seed": cli.data.split_seed, **split.counts()},
+        "split": ckpt.split_record(split),  # with its sha256, checked whenever eval rebuilds it
         "command": invoking_command(),
+        # every field as an explicit flag: reruns what trained, whatever the presets say later
+        "command_explicit": explicit_command("llmrec train cllm4rec", cli),
     }
     return CLLM4RecTask(model, tok, Template.build(tok), data, split, cli.recipe, cli.train,
                         bb.reference(cli.backbone), cli.lm, extra)
@@ -147,10 +154,33 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
+def verify_main(cli: EvalCli) -> int:
+    """`--verify REPORT`: exit 0 when the rerun lands within the tolerance, 1 when it does not."""
+    from models import verify
+
+    def train_argv(argv: list[str]) -> Path:
+        run_cli = parse(TrainCli, argv, prog="llmrec train cllm4rec", presets=SCHEDULES)
+        train(run_cli)
+        return Path(run_cli.out)
+
+    def test_metric(folder: Path) -> float:
+        run_, _, _ = report.checkpoint_run(folder, None, resolve_device(cli.device), cli.batch_size, False,
+                                           cli.serving_length)
+        return float(run_.per_user["recall@20"].mean())
+
+    assert cli.verify is not None
+    result = verify.verify(cli.verify, "recall@20", work_dir() / "verify" / "cllm4rec", train_argv, test_metric,
+                           cli.verify_sds)
+    print(verify.markdown(result))
+    return 0 if result["within"] else 1
+
+
 def eval_main(argv: list[str]) -> int:
     logs.setup()
     cli = parse(EvalCli, argv, prog="llmrec eval cllm4rec", description="test metrics of CLLM4Rec checkpoints")
     torch.set_num_threads(cli.threads)
+    if cli.verify is not None:
+        return verify_main(cli)
     payload, body = report.build(cli.checkpoint or [DEFAULT_CHECKPOINT], cli.label, cli.reference, cli.baselines, resolve_device(cli.device),
                                  cli.batch_size, cli.serving_cost, cli.serving_length)
     md = (f"# CLLM4Rec on {dataset_title(payload['dataset'])}: variants and baselines (test part)\n\nThe epoch of each run is selected on validation "

@@ -16,6 +16,16 @@ rec head: `pooling="mean"` (the user vector is the mean hidden state over the pr
 `tie_items=False` (items are scored with their own output rows instead of z^l_item). An optional item bias (the popularity prior a
 softmax over items otherwise has to spend hidden dimensions on) rides along as one more
 dimension: the user vector gets a constant 1 appended and the item vector its bias.
+
+Three levers keep a training step's cost from growing with the number of users and items (none is the
+paper's setting, none is on by default):
+- `user_tokens=False` (a model setting): no ID row per user; every prompt starts with the
+  anonymous-user token, so a user is their history and the tables hold only items (+ the anonymous row).
+- `sparse_ids` (a training setting, set by the task): the ID tables are read with sparse gradients, so
+  a step touches only the batch's rows (the loop's optimizer updates them row-wise: models.training.optim).
+- sampled item softmax (the task passes `candidates` and `log_q`): the rec and collaborative losses
+  score only a candidate set of items (the batch's own plus sampled negatives), with the sampling
+  probabilities' log subtracted from the logits (logQ correction), instead of every item at every position.
 """
 
 from __future__ import annotations
@@ -62,6 +72,9 @@ class ModelConfig:
     # mean hidden state over its real tokens after the first, so every history item reaches the user vector
     # directly instead of through one token's attention over a hundred others
     pooling: Literal["last", "mean"] = "last"
+    # False: no ID row per user (a user is their history: every prompt uses the anonymous-user token),
+    # so the model's size does not grow with the number of users; known users are served from their history
+    user_tokens: bool = True
 
 
 class CLLM4Rec(nn.Module):
@@ -70,17 +83,22 @@ class CLLM4Rec(nn.Module):
         emb = backbone.get_input_embeddings().weight
         if emb.shape[0] < vocab.vocab_size:
             raise ValueError(f"backbone embedding has {emb.shape[0]} rows, the tokenizer {vocab.vocab_size} tokens")
+        if vocab.user_tokens != cfg.user_tokens:
+            raise ValueError(f"the model config says user_tokens={cfg.user_tokens}, the token layout "
+                             f"{vocab.user_tokens}: build the IdTokenizer with the model's user_tokens")
         self.cfg = cfg
         self.vocab = vocab
         self.hidden_size = int(emb.shape[1])
         self.backbone = backbone
-        rows = vocab.num_users + vocab.num_items + 1
+        # sparse gradients for the ID tables (the task sets it for training; see the module docstring)
+        self.sparse_ids = False
+        rows = vocab.id_rows
         self.collab_embeddings = nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std)
         self.content_embeddings = nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std)
         self.register_buffer("feature_scale", torch.ones(self.hidden_size))
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
         self.item_bias = nn.Parameter(torch.zeros(vocab.num_items), requires_grad=cfg.item_bias)
-        u = vocab.num_users
+        u = vocab.item_row
         # only an untied model has output rows: a tied one scores with its token rows
         self.item_output: nn.Parameter | None = (None if cfg.tie_items else
                                                  nn.Parameter(self.collab_embeddings.detach()[u : u + vocab.num_items].clone()))
@@ -100,6 +118,13 @@ class CLLM4Rec(nn.Module):
         if int(input_ids.max()) >= n + table.shape[0] or int(input_ids.min()) < 0:
             raise ValueError(f"token id out of range [0, {n + table.shape[0]})")
         words = self.backbone.get_input_embeddings()(input_ids.clamp(max=n - 1)).float()
+        if self.sparse_ids and table.requires_grad:
+            # only the ID positions' rows: the sparse gradient then holds exactly the rows read, not also
+            # the row every word position would be clamped to (row-wise Adam would move it for nothing)
+            at = input_ids >= n
+            out = words.clone()
+            out[at] = F.embedding(input_ids[at] - n, table, sparse=True).to(out.dtype)
+            return out
         ids = F.embedding((input_ids - n).clamp(min=0), table)
         return torch.where((input_ids >= n).unsqueeze(-1), ids, words)
 
@@ -134,14 +159,24 @@ class CLLM4Rec(nn.Module):
     def score_space(self, hidden: torch.Tensor) -> torch.Tensor:
         return score_space(hidden, self.cfg.item_bias)
 
-    def item_matrix(self) -> torch.Tensor:
-        """[J, vector_dim] vectors whose dot product with a user vector is the item score."""
-        u = self.vocab.num_users
-        rows = self.collab_embeddings[u : u + self.num_items] if self.item_output is None else self.item_output
-        items = rows * self.feature_scale * self.log_scale.exp()
+    def item_matrix(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[J, vector_dim] vectors whose dot product with a user vector is the item score; with
+        `items` (indices), only those items' rows, in that order."""
+        u = self.vocab.item_row
+        table = self.collab_embeddings if self.item_output is None else self.item_output
+        first = u if self.item_output is None else 0
+        if items is None and self.sparse_ids and table.requires_grad and torch.is_grad_enabled():
+            items = torch.arange(self.num_items, device=table.device)  # read as rows: a sparse gradient
+        if items is None:
+            rows = table[first : first + self.num_items]
+            bias = self.item_bias
+        else:
+            rows = F.embedding(items + first, table, sparse=self.sparse_ids)
+            bias = self.item_bias[items]
+        scaled = rows * self.feature_scale * self.log_scale.exp()
         if not self.cfg.item_bias:
-            return items
-        return torch.cat([items, self.item_bias.unsqueeze(1)], dim=1)
+            return scaled
+        return torch.cat([scaled, bias.unsqueeze(1)], dim=1)
 
     def user_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
@@ -157,7 +192,7 @@ class CLLM4Rec(nn.Module):
         rows = torch.unique(input_ids[input_ids >= n]) - n
         if self.cfg.mutual_reg == 0 or rows.numel() == 0:
             return table.sum() * 0.0
-        diff = table[rows] - other[rows].detach()
+        diff = F.embedding(rows, table, sparse=self.sparse_ids) - other[rows].detach()
         return self.cfg.mutual_reg * diff.pow(2).sum(1).mean()
 
     @staticmethod
@@ -166,13 +201,23 @@ class CLLM4Rec(nn.Module):
         keep = targets != IGNORE
         return hidden[:, :-1][keep], targets[keep]
 
+    def item_logits(self, vectors: torch.Tensor, candidates: torch.Tensor | None = None,
+                    log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of user vectors against every item, or against `candidates` only with their
+        log sampling probability subtracted (logQ correction: a sampled softmax then estimates the full
+        one without favouring the items the sampler draws most)."""
+        scores = vectors @ self.item_matrix(candidates).T
+        return scores if log_q is None else scores - log_q
+
     def collab_loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, reg: bool = True
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, reg: bool = True,
+        candidates: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-item cross-entropy over the item space only (output tied to item embeddings)."""
+        """Next-item cross-entropy over the item space only (output tied to item embeddings); with
+        `candidates`, over those items only and `labels` are positions in `candidates`."""
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
         hs, targets = self._next_token_positions(h, labels)
-        loss = F.cross_entropy(self.score_space(hs) @ self.item_matrix().T, targets)
+        loss = F.cross_entropy(self.item_logits(self.score_space(hs), candidates, log_q), targets)
         if reg:
             loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
         return loss
@@ -197,21 +242,29 @@ class CLLM4Rec(nn.Module):
         reg: bool = False,
         labels: torch.Tensor | None = None,
         collab_weight: float = 0.0,
+        candidates: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Multinomial log-likelihood of the held-out items: -sum_j y_j log softmax(s)_j.
 
         With `labels` (item index at each history position) and collab_weight > 0 the
         collaborative-LM loss over the prompt's own history is added: it reuses the same
         forward pass, so it is extra supervision for the item rows at almost no cost.
+        With `candidates` (a sampled softmax), `targets` and `labels` index into `candidates`.
         """
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
-        items = self.item_matrix()
+        items = self.item_matrix(candidates)
         scores = self.score_space(self.pool(h, attention_mask, self.cfg.pooling)) @ items.T
+        if log_q is not None:
+            scores = scores - log_q
         loss = -(F.log_softmax(scores, dim=-1) * targets).sum(1).mean()
         if labels is not None and collab_weight > 0:
             hs, next_items = self._next_token_positions(h, labels)
             if next_items.numel():
-                loss = loss + collab_weight * F.cross_entropy(self.score_space(hs) @ items.T, next_items)
+                logits = self.score_space(hs) @ items.T
+                if log_q is not None:
+                    logits = logits - log_q
+                loss = loss + collab_weight * F.cross_entropy(logits, next_items)
         if reg:
             loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
         return loss
@@ -265,7 +318,7 @@ class CLLM4Rec(nn.Module):
         if len(token_ids) != self.num_items:
             raise ValueError(f"{len(token_ids)} item texts for {self.num_items} items")
         vocab = self.backbone.get_input_embeddings().weight
-        u, done = self.vocab.num_users, 0
+        u, done = self.vocab.item_row, 0
         for j, ids in enumerate(token_ids):
             if ids:
                 row = vocab[torch.as_tensor(ids, device=vocab.device)].float().mean(0)

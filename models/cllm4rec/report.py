@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec.errors import ConfigError, reading_checkpoint
+from common.errors import ConfigError, reading_checkpoint
 from models.cllm4rec.checkpoint import load_checkpoint
 from models.cllm4rec.scoring import History, PromptBuilder, RecScorer
 from models.comparison import Run, baseline_runs, group, summarise, training_info, variants_table

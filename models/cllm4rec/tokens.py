@@ -2,7 +2,10 @@
 
 With a backbone vocabulary of N tokens (len(tokenizer), added specials included), I users and
 J items: "user_i" is token N+i, "item_j" is token N+I+j and one anonymous-user token N+I+J
-follows the items (history-only requests use it). The words are left to the backbone's own
+follows the items (history-only requests use it). A model without user parameters
+(`user_tokens=False`: a user is their history) has no user tokens at all: items start at N, the
+anonymous-user token follows them, and every user's prompt uses it, so nothing grows with the number
+of users; the user count stays in the layout only to check user indices. The words are left to the backbone's own
 tokenizer; a single space before an ID word belongs to the ID token (as in the paper's demo,
 where " user_1" becomes the one token user_1), and decoding puts it back.
 """
@@ -25,18 +28,34 @@ class IdVocab:
     vocab_size: int  # N: backbone tokens
     num_users: int
     num_items: int
+    user_tokens: bool = True  # False: no token (and no ID row) per user; every user is the anonymous one
 
     @property
     def user_offset(self) -> int:
         return self.vocab_size
 
     @property
+    def user_rows(self) -> int:
+        """User tokens in the layout (0 without user tokens)."""
+        return self.num_users if self.user_tokens else 0
+
+    @property
     def item_offset(self) -> int:
-        return self.vocab_size + self.num_users
+        return self.vocab_size + self.user_rows
+
+    @property
+    def item_row(self) -> int:
+        """Row of item 0 in an ID table (tables hold the rows of every token from N on)."""
+        return self.item_offset - self.vocab_size
+
+    @property
+    def id_rows(self) -> int:
+        """Rows of an ID table: users (when they have tokens), items, the anonymous user."""
+        return self.total - self.vocab_size
 
     @property
     def anon_token(self) -> int:
-        return self.vocab_size + self.num_users + self.num_items
+        return self.item_offset + self.num_items
 
     @property
     def total(self) -> int:
@@ -46,7 +65,7 @@ class IdVocab:
     def user(self, i: int) -> int:
         if not 0 <= i < self.num_users:
             raise ValueError(f"user index {i} out of range [0, {self.num_users})")
-        return self.user_offset + i
+        return self.user_offset + i if self.user_tokens else self.anon_token
 
     def item(self, j: int) -> int:
         if not 0 <= j < self.num_items:
@@ -57,9 +76,10 @@ class IdVocab:
 class IdTokenizer:
     """Encodes text containing user_i / item_j words to ids of the extended vocabulary."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, num_users: int, num_items: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, num_users: int, num_items: int,
+                 user_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
-        self.vocab = IdVocab(len(tokenizer), num_users, num_items)
+        self.vocab = IdVocab(len(tokenizer), num_users, num_items, user_tokens)
 
     @property
     def pad_token_id(self) -> int:

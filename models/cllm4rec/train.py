@@ -4,6 +4,12 @@ Stages: "pretrain" (the paper's stage A: content warm-up epochs, then alternatin
 content epochs; every epoch is kept, no validation, constant rate) and "rec" (stage B: the rec
 head, with early stopping on validation and the LR schedule). This module supplies only the
 examples, the batches, the losses, the validation score and the checkpoint writer.
+
+Two training levers keep a step's cost independent of the number of users and items (off by default;
+see models.cllm4rec.model): `--recipe.sparse-ids` (the ID tables get sparse gradients of the batch's
+rows, updated row-wise) and `--recipe.item-negatives K` (a sampled softmax over the batch's own items
+plus K negatives drawn from the training popularity, with the logQ correction). The negatives of each
+batch come from a seed drawn with the epoch's shuffling, so a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -63,6 +69,12 @@ class RecipeConfig:
     valid_users: int = 0  # >0: validate on that many users (a fixed random subset); 0 = all
     eval_batch_size: int = 32  # prompts per forward pass when scoring users
     calibrate_users: int = 64  # users whose prompts set the feature scale and temperature at the start
+    # >0: the rec and collaborative losses score only the batch's own items plus this many negatives drawn by
+    # training popularity (sampled softmax, logits corrected by -log Q); 0: every item (the paper's)
+    item_negatives: int = 0
+    # the ID tables get sparse gradients (only the batch's rows) and row-wise Adam updates, so a step's
+    # cost does not grow with the table; False: dense gradients and AdamW over the whole tables
+    sparse_ids: bool = False
 
     def stage_a_plan_tasks(self) -> list[str]:
         if self.stage_a_plan:
@@ -94,6 +106,14 @@ class CLLM4RecTask:
         self.prompts = PromptBuilder(self.tmpl, self.tok.vocab, self.model.cfg.max_history, self.tok.pad_token_id)
         self.scorer = RecScorer(self.model, self.prompts, self.hist, self.recipe.eval_batch_size)
         self.plan = self.recipe.stage_a_plan_tasks()
+        if self.recipe.item_negatives < 0:
+            raise ValueError(f"item_negatives must be >= 0, got {self.recipe.item_negatives}")
+        self.model.sparse_ids = self.recipe.sparse_ids
+        # the negatives' proposal Q: training popularity, +1 so that every item can be drawn
+        counts = np.bincount(np.concatenate([np.asarray(t, dtype=np.int64) for t in self.split.train] or [np.zeros(0, np.int64)]),
+                             minlength=self.data.num_items) + 1.0
+        self.item_cdf = np.cumsum(counts / counts.sum())
+        self.item_log_q = np.log(counts / counts.sum()).astype(np.float32)
 
     # ---- the engine's interface -----------------------------------------------------------------
     def stages(self) -> list[Stage]:
@@ -130,6 +150,9 @@ class CLLM4RecTask:
             rows, labels = self.collab_examples(rng) if task == "collab" else self.content_examples()
             make = functools.partial(self._lm_batch, task, rows, labels)
         batches = bucket_batches(np.array([len(r) for r in rows]), self.train.batch_size, rng)
+        if self.recipe.item_negatives > 0 and task in ("rec", "collab"):
+            seeds = rng.integers(0, 2**62, len(batches))  # drawn only then: the default run's generator is untouched
+            return [functools.partial(make, idx, seed=int(s)) for idx, s in zip(batches, seeds, strict=True)]
         return [functools.partial(make, idx) for idx in batches]
 
     def loss(self, net: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -206,19 +229,49 @@ class CLLM4RecTask:
         return rows, targets, labels
 
     # ---- batches --------------------------------------------------------------------------------
-    def _lm_batch(self, task: str, rows: list[list[int]], labels: list[list[int]], idx: np.ndarray) -> dict[str, Any]:
-        return {"task": task, **collate([rows[i] for i in idx], self.tok.pad_token_id, [labels[i] for i in idx])}
+    def candidates(self, positives: np.ndarray, seed: int) -> np.ndarray:
+        """A batch's sampled-softmax items, sorted: its positives and `item_negatives` draws from Q
+        (with replacement; duplicates and draws that are positives count once)."""
+        draws = np.random.default_rng(seed).random(self.recipe.item_negatives)
+        negatives = np.minimum(np.searchsorted(self.item_cdf, draws, side="right"), self.data.num_items - 1)
+        return np.unique(np.concatenate([np.asarray(positives, dtype=np.int64), negatives]))
+
+    def _sampled(self, batch: dict[str, Any], positives: np.ndarray, seed: int) -> np.ndarray:
+        """Adds candidates and their log Q to `batch`, its labels re-indexed into them; the candidates."""
+        cand = self.candidates(positives, seed)
+        batch["candidates"] = torch.from_numpy(cand)
+        batch["log_q"] = torch.from_numpy(self.item_log_q[cand])
+        if "labels" in batch:
+            lab = batch["labels"]
+            keep = lab != IGNORE
+            lab[keep] = torch.from_numpy(np.searchsorted(cand, lab[keep].numpy()))
+        return cand
+
+    def _lm_batch(self, task: str, rows: list[list[int]], labels: list[list[int]], idx: np.ndarray,
+                  seed: int | None = None) -> dict[str, Any]:
+        batch = {"task": task, **collate([rows[i] for i in idx], self.tok.pad_token_id, [labels[i] for i in idx])}
+        if seed is not None:
+            lab = batch["labels"]
+            self._sampled(batch, lab[lab != IGNORE].numpy(), seed)
+        return batch
 
     def _rec_batch(self, rows: list[list[int]], targets: list[np.ndarray], labels: list[list[int]],
-                   idx: np.ndarray) -> dict[str, Any]:
+                   idx: np.ndarray, seed: int | None = None) -> dict[str, Any]:
         batch: dict[str, Any] = {"task": "rec", **collate([rows[i] for i in idx], self.tok.pad_token_id)}
-        y = torch.zeros(len(idx), self.model.num_items)
-        for b, i in enumerate(idx):
-            y[b, torch.as_tensor(targets[i])] = 1.0
-        batch["targets"] = y
         if self.recipe.rec_collab_weight > 0:
             batch["labels"] = collate([rows[i] for i in idx], 0, [labels[i] for i in idx])["labels"]
             batch["collab_weight"] = self.recipe.rec_collab_weight
+        if seed is None:
+            y = torch.zeros(len(idx), self.model.num_items)
+            for b, i in enumerate(idx):
+                y[b, torch.as_tensor(targets[i])] = 1.0
+        else:
+            history = [np.asarray([j for j in labels[i] if j != IGNORE], dtype=np.int64) for i in idx]
+            cand = self._sampled(batch, np.concatenate([targets[i] for i in idx] + history), seed)
+            y = torch.zeros(len(idx), len(cand))
+            for b, i in enumerate(idx):
+                y[b, torch.from_numpy(np.searchsorted(cand, targets[i]))] = 1.0
+        batch["targets"] = y
         batch["reg"] = "content" in self.plan  # mutual regularization once the content tables trained
         return batch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmrec.errors import DataError
+from common.errors import DataError
 from models.data.dataset import IdMap, InteractionData
 
 

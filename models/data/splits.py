@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmrec.errors import ConfigError
+from common.errors import ConfigError
 from models.data.dataset import InteractionData
 
 PROTOCOLS = ("random_80_10_10", "leave_one_out")

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmrec import logs
+from common import logs
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
+from models.data.splits import Split
 from models.tcf import text_encoder as te
 from models.tcf.checkpoint import LoadedCheckpoint, load_checkpoint
 from models.tcf.data import left_pad
@@ -44,6 +45,14 @@ def _sasrec_inputs(item_vectors: np.ndarray, histories: list[np.ndarray], seq: i
     rows, mask = left_pad(histories, seq)
     vecs = torch.from_numpy(item_vectors)[torch.from_numpy(rows)] * torch.from_numpy(mask).unsqueeze(-1)
     return vecs.float(), torch.from_numpy(mask)
+
+
+def probe_part(split: Split, keep: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+    """(users, history per user, targets per user) of the export gate's quality probe: the first
+    PROBE_USERS validation users whose valid item is served, their train items as history. Never the
+    test part: the gate picks the serving engine, a choice the test part must not see."""
+    users = [int(u) for u in split.eval_users("valid") if keep[split.valid[u]].all()][:PROBE_USERS]
+    return users, split.seen("valid"), split.valid
 
 
 def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True) -> ServingBundle:
@@ -107,12 +116,11 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
                 user_enc, ["item_vectors", "mask"], "user_vector",
                 {"item_vectors": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
                  "user_vector": {0: "batch"}}, samples)
-            users = [u for u in split.eval_users("test") if keep[split.test[u]].all()][:PROBE_USERS]
-            seen = split.seen("test")
+            users, seen, targets = probe_part(split, keep)
             probe = QualityProbe(
                 [_sasrec_inputs(item_vectors, [seen[u] for u in users[s : s + batch]], seq)
                  for s in range(0, len(users), batch)],
-                [row_map[seen[u]] for u in users], [row_map[split.test[u]] for u in users], "hr@10")
+                [row_map[seen[u]] for u in users], [row_map[targets[u]] for u in users], "hr@10")
         else:
             user_vectors = model.user_tower.emb.weight.detach().numpy().astype(np.float32)
     user_ids = list(ck.users.ids)

@@ -25,16 +25,16 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from llmrec import assets, logs
-from llmrec.config import parse, to_dict
-from llmrec.errors import ConfigError
+from common import assets, logs
+from common.config import parse, to_dict
+from common.errors import ConfigError
 from models.data.config import DataConfig
 from models.data.dataset import InteractionData
 from models.data.loaders import load_data
-from models.reports import dataset_title, invoking_command, report_file_name, write_report
+from models.reports import dataset_title, explicit_command, invoking_command, report_file_name, write_report
 from models.tcf import report
 from models.tcf import text_encoder as te
-from models.tcf.holdout import held_out_items, hold_out
+from models.tcf.holdout import held_out_items, held_seen, hold_out
 from models.tcf.model import ModelConfig, build_model, uses_text
 from models.tcf.preinfer import preinfer
 from models.tcf.train import RecipeConfig, TCFTask, prepared_split
@@ -85,6 +85,7 @@ def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
                           "file (--data.items-path; see --help) or train the ID tower (--model.item-tower id)")
     prepared, split = prepared_split(data, cli.model.max_seq_len, cli.recipe.keep_last, cli.data.split_seed)
     held = held_out_items(split, cli.recipe.holdout_items, cli.recipe.holdout_seed)
+    watched = held_seen(split, held)
     split = hold_out(split, held)
     pre = lm = None
     if uses_text(cli.model.item_tower):
@@ -95,10 +96,12 @@ def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
     t_pre = time.time() - t0
     model = build_model(cli.model, cli.text, cli.lm.unfreeze_top, data.num_users, data.num_items, pre, lm)
     extra = {"schedule": cli.schedule, "data": to_dict(cli.data), "recipe": to_dict(cli.recipe),
-             "prepared": prepared.summary(), "command": invoking_command(), "preinfer_s": t_pre,
+             "prepared": prepared.summary(), "command": invoking_command(),
+             # every field as an explicit flag: reruns what trained, whatever the presets say later
+             "command_explicit": explicit_command("llmrec train tcf", cli), "preinfer_s": t_pre,
              "preinfer_cache_hit": None if pre is None else pre.from_cache,
              "holdout": {"share": cli.recipe.holdout_items, "seed": cli.recipe.holdout_seed, "items": held.tolist()}}
-    return TCFTask(model, prepared, split, cli.text, cli.lm, cli.recipe, cli.train, extra, held)
+    return TCFTask(model, prepared, split, cli.text, cli.lm, cli.recipe, cli.train, extra, held, watched)
 
 
 def train(cli: TrainCli, data: InteractionData | None = None) -> dict[str, Any]:
@@ -133,11 +136,37 @@ class EvalConfig(DeviceConfig):
     serving_cost: bool = True  # time each checkpoint's exported user encoder (ONNX Runtime, batch 1)
     serving_length: int = 128  # history length of that timing (capped at the model's max_seq_len)
     results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
+    # a report's JSON: rerun its cheapest row with >= 2 seeds from its recorded command (into
+    # work/verify/tcf) and check its test HR@10 is within --verify-sds seed SDs of the row's mean
+    verify: Path | None = None
+    verify_sds: float = 2.0
+
+
+def verify_main(cfg: EvalConfig) -> int:
+    """`--verify REPORT`: exit 0 when the rerun lands within the tolerance, 1 when it does not."""
+    from models import verify
+
+    def train_argv(argv: list[str]) -> Path:
+        run_cfg = parse(TrainCli, argv, prog="llmrec train tcf", presets=SCHEDULES)
+        train(run_cfg)
+        return Path(run_cfg.out)
+
+    def test_metric(folder: Path) -> float:
+        c = report.checkpoint_run(folder, None, resolve_device(cfg.device), False, cfg.serving_length)
+        return float(c.run.per_user["hr@10"].mean())
+
+    assert cfg.verify is not None
+    result = verify.verify(cfg.verify, "hr@10", assets.work_dir() / "verify" / "tcf", train_argv, test_metric,
+                           cfg.verify_sds)
+    print(verify.markdown(result))
+    return 0 if result["within"] else 1
 
 
 def eval_main(argv: list[str]) -> int:
     logs.setup()
     cfg = parse(EvalConfig, argv, prog="llmrec eval tcf", description="Evaluate TCF checkpoints (test split).")
+    if cfg.verify is not None:
+        return verify_main(cfg)
     if not cfg.checkpoint:
         raise ConfigError("give at least one --checkpoint DIR (a folder written by `llmrec train tcf`)")
     torch.set_num_threads(cfg.threads)

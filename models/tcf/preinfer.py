@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from llmrec import assets, logs
+from common import assets, logs
 from models.tcf import text_encoder as te
 from models.training.capacity import CapacityConfig, blocks
 from models.training.checkpoint import content_sha256

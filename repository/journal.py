@@ -11,7 +11,8 @@ consume a line without its newline, and the next writer truncates such a tail un
 was never acknowledged). A complete line whose checksum does not match is corruption: it is
 skipped and reported, never applied.
 
-Torch-free: the server writes and tails it; the exporter reads it to fold it into a new version.
+Torch-free: the server writes and tails it (server/item_journal.py); the exporter reads it to fold it into
+a new version (export/journal_fold.py). The format is described in docs/model-repository.md.
 """
 
 from __future__ import annotations
@@ -25,13 +26,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
-JOURNAL = "items.journal"
+from repository.files import JOURNAL as JOURNAL  # the file name, for callers of this module
+
 OPS = ("upsert", "delete")
 
 
 class JournalError(OSError):
     """The journal cannot be written (read-only repository, permissions, full disk)."""
+
+
+class ItemChange(NamedTuple):
+    """One catalogue change as an admin call asks for it, before the journal gives it a sequence number."""
+
+    op: str  # "upsert" | "delete"
+    item_id: str
+    text: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,24 +159,24 @@ def _truncate_torn_tail(fd: int) -> None:
     os.ftruncate(fd, 0 if cut < 0 else size - len(tail) + cut + 1)
 
 
-def append(path: Path, offset: int, last_seq: int, changes: Sequence[tuple[str, str, str, str]]
+def append(path: Path, offset: int, last_seq: int, changes: Sequence[ItemChange]
            ) -> tuple[ReadResult, list[JournalRecord]]:
-    """Appends (op, item_id, text, title) changes durably; returns what other writers appended since
+    """Appends changes durably; returns what other writers appended since
     `offset` (to be applied first) and the new records with their sequence numbers.
 
     The caller passes the offset and last sequence number of its own reading, so appending costs a
     read of only what it has not seen yet.
     """
-    for op, *_ in changes:
-        if op not in OPS:
-            raise ValueError(f"journal op {op!r}; accepted: {', '.join(OPS)}")
+    changes = [ItemChange(*c) for c in changes]
+    for c in changes:
+        if c.op not in OPS:
+            raise ValueError(f"journal op {c.op!r}; accepted: {', '.join(OPS)}")
     with _locked(path) as fd:
         _truncate_torn_tail(fd)
         others = read_from(path, offset, last_seq)
         seq = others.records[-1].seq if others.records else last_seq
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        new = [JournalRecord(seq + i + 1, op, item_id, text, title, now)
-               for i, (op, item_id, text, title) in enumerate(changes)]
+        new = [JournalRecord(seq + i + 1, c.op, c.item_id, c.text, c.title, now) for i, c in enumerate(changes)]
         data = b"".join(r.line() for r in new)
         try:
             os.lseek(fd, 0, os.SEEK_END)

@@ -1,0 +1,55 @@
+"""The names of the files and folders in a model repository (docs/model-repository.md).
+
+    <repository>/<model name>/<version>/manifest.json ...   (version: "1", "2", ...)
+    <repository>/<model name>/items.journal
+
+Every module that names a file of a version takes the name from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+MANIFEST = "manifest.json"  # written last: its presence marks a complete version
+ITEMS_INDEX = "items.faiss"
+ITEM_IDS = "item_ids.json"
+ITEM_VECTORS = "item_vectors.npy"
+ITEM_TITLES = "item_titles.json"
+USER_IDS = "user_ids.json"
+USER_VECTORS = "user_vectors.npy"
+USER_HISTORY = "user_history.npz"
+USER_ENCODER = "user_encoder.onnx"
+ITEM_ENCODER = "item_encoder.onnx"
+TOKENIZER = "tokenizer.json"
+JOURNAL = "items.journal"  # beside the version folders: one per model, not per version
+TMP_PREFIX = ".tmp-"  # a version being written; readers ignore it
+
+# ASCII digits only: str.isdigit() is also true for "²" or "٣", which int() then rejects or misreads.
+_VERSION_NAME = re.compile(r"[1-9][0-9]*")
+
+
+def encoder_file(role: str) -> str:
+    """The ONNX graph of an encoder role ("user_encoder" -> "user_encoder.onnx")."""
+    return f"{role}.onnx"
+
+
+def reference_file(role: str) -> str:
+    """PyTorch fp32 reference inputs and outputs of an encoder (repository/reference.py)."""
+    return f"reference_{role}.npz"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Streams the file so that a 500 MB graph does not have to fit in memory twice."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_version_name(name: str) -> bool:
+    """Positive integers written in ASCII without leading zeros ("1", "2", ...); "01", "-1", ".tmp-x" and
+    "²" are not versions."""
+    return _VERSION_NAME.fullmatch(name) is not None

@@ -1,0 +1,374 @@
+"""`manifest.json`, typed: what a version folder holds and how to serve it (docs/model-repository.md).
+
+The exporter builds a `Manifest` and writes it with `to_dict()`; the server reads one with
+`Manifest.from_dict()`, which checks every field it relies on and says in one line what is wrong
+(`VersionError`), so a bad manifest is refused at load time rather than failing mid-request. Keys a
+reader does not know are kept in `extra` and written back unchanged: the exporter may add
+informational keys without a format change, and a round trip never loses them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repository.errors import VersionError
+from repository.files import MANIFEST
+from repository.kinds import check_kind
+
+FORMAT_VERSION = 1
+METRIC = "inner_product"
+INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+ENCODER_NAMES = ("user_encoder", "item_encoder")
+
+# Keys a reader needs to serve a version; a manifest missing any of them is refused.
+REQUIRED_KEYS = (
+    "format_version", "name", "version", "kind", "user_tower", "item_tower", "dim", "metric",
+    "num_items", "num_users", "capabilities", "files", "index", "encoders",
+)
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
+def _field(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    """d[key] checked against `types` (bool is not accepted as an int); `default` when absent, if given."""
+    if key not in d:
+        if default is ...:
+            raise VersionError(f"{where}: missing key {key!r}")
+        return default
+    value = d[key]
+    types = types if isinstance(types, tuple) else (types,)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise VersionError(f"{where}: {key!r} must be {wanted}, got {json.dumps(value)[:60]}")
+    return value
+
+
+def _object(d: Any, where: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise VersionError(f"{where}: expected an object, got {json.dumps(d)[:60]}")
+    return d
+
+
+def _rest(d: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in known}
+
+
+def _drop_none(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """Optional keys are left out when unset, as the exporter has always written them."""
+    return {k: v for k, v in d.items() if not (k in keys and v is None)}
+
+
+@dataclass
+class FileEntry:
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> FileEntry:
+        d = _object(d, where)
+        return cls(_field(d, "sha256", str, where), _field(d, "bytes", int, where))
+
+
+@dataclass
+class Capabilities:
+    """What the server may do with this version."""
+
+    user_id: bool = False  # known-user requests (user_vectors.npy)
+    history: bool = False  # history requests through user_encoder.onnx
+    upsert_items: bool = False  # add items by text through item_encoder.onnx
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Capabilities:
+        d = _object(d, where)
+        return cls(*(_field(d, k, bool, where, False) for k in ("user_id", "history", "upsert_items")))
+
+
+@dataclass
+class IndexSection:
+    type: str = "flat"
+    params: dict[str, Any] = field(default_factory=dict)  # the values used (nlist, nprobe, M, ef_search, ...)
+    warnings: list[str] | None = None
+    recall_vs_exact: dict[str, Any] | None = None  # approximate indexes: measured recall@k vs exact search
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> IndexSection:
+        d = _object(d, where)
+        kind = _field(d, "type", str, where)
+        if kind not in INDEX_TYPES:
+            raise VersionError(f"{where}: index type {kind!r}; accepted: {', '.join(INDEX_TYPES)}")
+        return cls(kind, _field(d, "params", dict, where, {}), _field(d, "warnings", (list, type(None)), where, None),
+                   _field(d, "recall_vs_exact", (dict, type(None)), where, None))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none({"type": self.type, "params": self.params, "warnings": self.warnings or None,
+                           "recall_vs_exact": self.recall_vs_exact}, "warnings", "recall_vs_exact")
+
+
+@dataclass
+class EncoderSpec:
+    """One ONNX graph of the version and how to feed it."""
+
+    path: str
+    inputs: list[dict[str, Any]]  # [{"name", "dtype", "shape"}], in the order the graph declares them
+    output: dict[str, Any]
+    opset: int | None = None
+    precision: str = "fp32"  # or "int8-dynamic"
+    graph_optimization: str = "none"
+    external_data: str | None = None  # graphs over 2 GB only
+    reference: dict[str, Any] | None = None  # reference_<encoder>.npz entry: file, cases, probe users, metric
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    KNOWN = ("path", "inputs", "output", "opset", "precision", "graph_optimization", "external_data", "reference")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> EncoderSpec:
+        d = _object(d, where)
+        inputs = _field(d, "inputs", list, where, [])
+        for i, spec in enumerate(inputs):
+            _field(_object(spec, f"{where}.inputs[{i}]"), "name", str, f"{where}.inputs[{i}]")
+        return cls(_field(d, "path", str, where), inputs, _field(d, "output", dict, where, {}),
+                   _field(d, "opset", (int, type(None)), where, None), _field(d, "precision", str, where, "fp32"),
+                   _field(d, "graph_optimization", str, where, "none"),
+                   _field(d, "external_data", (str, type(None)), where, None),
+                   _field(d, "reference", (dict, type(None)), where, None), _rest(d, cls.KNOWN))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [str(spec["name"]) for spec in self.inputs]
+
+    @property
+    def reference_file(self) -> str | None:
+        return (self.reference or {}).get("file")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.KNOWN}
+        return {**_drop_none(out, "external_data", "reference"), **self.extra}
+
+
+@dataclass
+class PromptSection:
+    """The `cllm4rec` section: how to build the rec prompt from ids, without a tokenizer."""
+
+    vocab_size: int
+    user_token_offset: int  # user row i -> token id user_token_offset + i
+    item_token_offset: int  # item row j -> token id item_token_offset + j
+    anonymous_user_token: int  # used when the request has no known user
+    max_history: int  # keep the most recent items; the template's suffix is never cut
+    template: list[dict[str, Any]]  # parts concatenated in order: {"user"}, {"ids"}, {"history", "separator_ids"}
+    pad_token_id: int = 0
+    padding_side: str = "right"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    KNOWN = ("vocab_size", "user_token_offset", "item_token_offset", "anonymous_user_token", "pad_token_id",
+             "max_history", "template", "padding_side")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> PromptSection:
+        d = _object(d, where)
+        ints = {k: _field(d, k, int, where) for k in ("vocab_size", "user_token_offset", "item_token_offset",
+                                                      "anonymous_user_token", "max_history")}
+        template = _field(d, "template", list, where)
+        for i, part in enumerate(template):
+            _object(part, f"{where}.template[{i}]")
+        return cls(**ints, template=template, pad_token_id=_field(d, "pad_token_id", int, where, 0),
+                   padding_side=_field(d, "padding_side", str, where, "right"), extra=_rest(d, cls.KNOWN))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.KNOWN}, **self.extra}
+
+
+@dataclass
+class TcfSection:
+    """The `tcf` section: the SASRec window and the item encoder's tokenizer."""
+
+    max_seq_len: int = 20  # SASRec reads the user's last max_seq_len items
+    text_max_length: int | None = None  # item_encoder token length; null for ID item towers
+    tokenizer: str | None = None  # tokenizer.json; null for ID item towers
+    pad_token_id: int = 0
+    id_part: str | None = None  # hybrid towers: the file of each exported item's trained ID part
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    KNOWN = ("max_seq_len", "text_max_length", "tokenizer", "pad_token_id", "id_part")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> TcfSection:
+        d = _object(d, where)
+        return cls(_field(d, "max_seq_len", int, where, 20), _field(d, "text_max_length", (int, type(None)), where, None),
+                   _field(d, "tokenizer", (str, type(None)), where, None), _field(d, "pad_token_id", int, where, 0),
+                   _field(d, "id_part", (str, type(None)), where, None), _rest(d, cls.KNOWN))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_drop_none({k: getattr(self, k) for k in self.KNOWN}, "id_part"), **self.extra}
+
+
+@dataclass
+class JournalFold:
+    """The item journal records already in this version's catalogue (`llmrec export --fold-journal`)."""
+
+    file: str
+    folded_through: int
+    folded_upserts: int
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> JournalFold:
+        d = _object(d, where)
+        return cls(_field(d, "file", str, where), _field(d, "folded_through", int, where),
+                   _field(d, "folded_upserts", int, where, 0))
+
+
+SECTIONS: dict[str, type[PromptSection] | type[TcfSection]] = {"cllm4rec": PromptSection, "tcf": TcfSection}
+
+
+@dataclass
+class Manifest:
+    name: str
+    kind: str  # repository.kinds.KINDS
+    user_tower: str
+    item_tower: str
+    dim: int
+    num_items: int
+    num_users: int
+    capabilities: Capabilities
+    files: dict[str, FileEntry]
+    index: IndexSection
+    encoders: dict[str, EncoderSpec]
+    section: PromptSection | TcfSection | None = None  # kind-specific, written under the kind's name
+    version: int | None = None  # set when the version is published
+    metric: str = METRIC
+    format_version: int = FORMAT_VERSION
+    parity: dict[str, Any] = field(default_factory=dict)  # per encoder: ONNX Runtime vs PyTorch
+    quantization: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # checkpoint, its hash, export time
+    package_versions: dict[str, Any] = field(default_factory=dict)
+    opset: int | None = None
+    journal: JournalFold | None = None
+    serving: dict[str, Any] | None = None  # optional hints, e.g. {"engine": "openvino-cpu:bf16"}
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cllm4rec(self) -> PromptSection | None:
+        return self.section if isinstance(self.section, PromptSection) else None
+
+    @property
+    def tcf(self) -> TcfSection | None:
+        return self.section if isinstance(self.section, TcfSection) else None
+
+    @property
+    def folded_through(self) -> int:
+        return self.journal.folded_through if self.journal else 0
+
+    @property
+    def engine_hint(self) -> str:
+        return str((self.serving or {}).get("engine", "auto"))
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = MANIFEST) -> Manifest:
+        """The typed manifest; VersionError names the first field that is missing or of the wrong type."""
+        d = _object(d, where)
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise VersionError(f"{where}: missing key(s) {', '.join(missing)}")
+        if d["format_version"] != FORMAT_VERSION:
+            raise VersionError(f"{where}: format_version {d['format_version']!r} is not supported; "
+                               f"accepted: {FORMAT_VERSION}")
+        kind, user_tower = _field(d, "kind", str, where), _field(d, "user_tower", str, where)
+        item_tower = _field(d, "item_tower", str, where)
+        check_kind(kind, user_tower, item_tower, where)
+        if d["metric"] != METRIC:
+            raise VersionError(f"{where}: metric {d['metric']!r}; only {METRIC} is served")
+        files = _field(d, "files", dict, where)
+        if not files:
+            raise VersionError(f"{where}: 'files' must be a non-empty object")
+        section_cls = SECTIONS.get(kind)
+        section = (section_cls.from_dict(d[kind], f"{where}: {kind}")
+                   if section_cls is not None and d.get(kind) is not None else None)
+        journal = d.get("journal")
+        known = (*REQUIRED_KEYS, *((kind,) if section_cls is not None else ()), "parity", "quantization", "source", "package_versions", "opset", "journal",
+                 "serving")
+        m = cls(
+            name=_field(d, "name", str, where), kind=kind, user_tower=user_tower, item_tower=item_tower,
+            dim=_field(d, "dim", int, where), num_items=_field(d, "num_items", int, where),
+            num_users=_field(d, "num_users", int, where),
+            capabilities=Capabilities.from_dict(d["capabilities"], f"{where}: capabilities"),
+            files={n: FileEntry.from_dict(e, f"{where}: files.{n}") for n, e in files.items()},
+            index=IndexSection.from_dict(d["index"], f"{where}: index"),
+            encoders={n: EncoderSpec.from_dict(e, f"{where}: encoders.{n}")
+                      for n, e in _field(d, "encoders", dict, where).items()},
+            section=section, version=_field(d, "version", (int, type(None)), where),
+            metric=METRIC, format_version=FORMAT_VERSION,
+            parity=_field(d, "parity", dict, where, {}),
+            quantization=_field(d, "quantization", (dict, type(None)), where, None),
+            source=_field(d, "source", dict, where, {}),
+            package_versions=_field(d, "package_versions", dict, where, {}),
+            opset=_field(d, "opset", (int, type(None)), where, None),
+            journal=JournalFold.from_dict(journal, f"{where}: journal") if journal is not None else None,
+            serving=_field(d, "serving", (dict, type(None)), where, None),
+            extra=_rest(d, known),
+        )
+        m.check_sections(where)
+        return m
+
+    def check_sections(self, where: str) -> None:
+        """Paths the manifest names stay inside the version folder; a capability needs the tower that serves it."""
+        for role in ENCODER_NAMES:
+            if role in self.encoders and self.encoders[role].reference_file is not None:
+                _confined(self.encoders[role].reference_file, f"{where}: encoders.{role}.reference.file")
+        for role, enc in self.encoders.items():
+            _confined(enc.path, f"{where}: encoders.{role}.path")
+        if self.capabilities.upsert_items and self.item_tower not in ("text", "hybrid"):
+            raise VersionError(f"{where}: upsert_items needs a text item tower (got {self.item_tower})")
+        tcf = self.tcf
+        for label, name in (("tcf.tokenizer", tcf and tcf.tokenizer), ("tcf.id_part", tcf and tcf.id_part)):
+            if name:
+                _confined(name, f"{where}: {label}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to manifest.json (key order as docs/model-repository.md shows it)."""
+        out: dict[str, Any] = {
+            "format_version": self.format_version, "name": self.name, "version": self.version, "kind": self.kind,
+            "user_tower": self.user_tower, "item_tower": self.item_tower, "dim": self.dim, "metric": self.metric,
+            "num_items": self.num_items, "num_users": self.num_users,
+            "capabilities": {"user_id": self.capabilities.user_id, "history": self.capabilities.history,
+                             "upsert_items": self.capabilities.upsert_items},
+            "files": {n: {"sha256": e.sha256, "bytes": e.bytes} for n, e in self.files.items()},
+            "index": self.index.to_dict(),
+            "encoders": {n: e.to_dict() for n, e in self.encoders.items()},
+        }
+        if self.section is not None:
+            out[self.kind] = self.section.to_dict()
+        out.update(parity=self.parity, quantization=self.quantization, source=self.source,
+                   package_versions=self.package_versions, opset=self.opset)
+        if self.journal is not None:
+            out["journal"] = {"file": self.journal.file, "folded_through": self.journal.folded_through,
+                              "folded_upserts": self.journal.folded_upserts}
+        if self.serving is not None:
+            out["serving"] = self.serving
+        return {**out, **self.extra}
+
+
+def _confined(name: str, where: str) -> None:
+    """A path taken from the manifest must name a file inside the version folder."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts:
+        raise VersionError(f"{where}: {name!r} points outside the version folder")
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """The typed manifest of a version folder (files not checked: see repository.versions.verify_version)."""
+    path = Path(version_dir) / MANIFEST
+    if not path.is_file():
+        raise VersionError(f"{version_dir}: no {MANIFEST} (an incomplete or foreign folder)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VersionError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise VersionError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return Manifest.from_dict(data, f"{version_dir}/{MANIFEST}")
