@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all lint proto clean
+.PHONY: setup demo test test-all lint proto images clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,11 @@ lint: setup
 
 proto: setup
 	$(PY) -m server.proto_gen
+
+# Container images (serve, train, GPU) with podman or docker; on a fresh root Debian machine --setup installs
+# podman first. Settings (base image, CA bundle, wheel folder): scripts/build-images.sh --help.
+images:
+	bash scripts/build-images.sh --setup
 
 clean:
 	rm -rf work

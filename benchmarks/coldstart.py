@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from client import RecommenderClient
+from repository.files import JOURNAL
 from repository.journal import JournalRecord
+from repository.versions import list_versions
 from server.spawn import spawn_server, stop_server
 
 TOKEN = "coldstart-bench"
@@ -61,7 +63,7 @@ def served_hits(repository: Path, model: str, new_items: Sequence[tuple[str, str
     """The same over gRPC against a fresh server on a copy of the repository; also upsert latencies (ms)."""
     scratch = repository.parent / f"{repository.name}-coldstart"
     shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(repository / model, scratch / model, ignore=shutil.ignore_patterns("items.journal"))
+    shutil.copytree(repository / model, scratch / model, ignore=shutil.ignore_patterns(JOURNAL))
     proc, target = spawn_server(scratch, ["--metrics-port", "-1", "--poll-seconds", "0", "--engine", engine],
                                 env={"RECSYS_ADMIN_TOKEN": TOKEN})
     try:
@@ -81,7 +83,7 @@ def served_hits(repository: Path, model: str, new_items: Sequence[tuple[str, str
 
 def replay(repository: Path, model: str, new_items: Sequence[tuple[str, str, str]],
            requests: Sequence[ColdRequest], k: int = 10, engine: str = "onnxruntime-cpu") -> dict[str, Any]:
-    versions = sorted(int(p.name) for p in (repository / model).iterdir() if p.name.isdigit())
+    versions = list_versions(repository / model)
     version = repository / model / str(versions[-1])
     offline = offline_hits(version, new_items, requests, k, engine)
     served, latencies = served_hits(repository, model, new_items, requests, k, engine)

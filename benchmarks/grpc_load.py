@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +80,11 @@ class GrpcBenchConfig:
     # CPU), else the CPU with one thread per request.
     torch_device: str = "auto"
     server_args: list[str] = field(default_factory=list)  # extra `llmrec serve` flags
+    # A source tree of this project at another commit (`git worktree add /tmp/ref <commit>`): its server runs
+    # beside this one, pinned to the same engine, and every workload alternates between the two at 1 client and
+    # the highest baseline concurrency, so a change that should not move the serving figures is checked in
+    # one run on the same machine state.
+    reference_code: Path | None = None
 
 
 def _load_requests(version_dir: Path, n: int, history_len: int, seed: int = 0, fixed: bool = False
@@ -264,12 +270,12 @@ def _engine_answer(version_dir: Path, engine: str, users: list[str], histories: 
     from server.engines import ENGINES
 
     name, _, precision = engine.partition(":")
-    graph = version_dir / "user_encoder.onnx"
+    graph = version_dir / F.USER_ENCODER
     if name not in ENGINES or not graph.exists():
         return None
     serve = config.load(["--repository", str(version_dir.parent.parent), *server_args])
     enc = ENGINES[name].load(graph, precision, serve.ort_threads, instances=max(1, instances))
-    items = np.ascontiguousarray(np.load(version_dir / "item_vectors.npy"), dtype=np.float32)
+    items = np.ascontiguousarray(np.load(version_dir / F.ITEM_VECTORS), dtype=np.float32)
     feeds_of = _feeds_builder(version_dir, users, histories, items, enc.input_names)
     kk = min(k, len(items))
 
@@ -339,6 +345,9 @@ def _latest_version(repository: Path, model: str) -> int:
 
 
 def run_grpc(cfg: GrpcBenchConfig) -> dict:
+    if cfg.reference_code is not None and not (Path(cfg.reference_code) / "server").is_dir():
+        raise ConfigError(f"--bench.reference-code {cfg.reference_code}: not a source tree of this project "
+                          "(no server/ folder); make one with `git worktree add DIR COMMIT`")
     model_dir = cfg.repository / cfg.model
     versions = [_latest_version(cfg.repository, cfg.model)]
     version_dir = model_dir / str(versions[-1])
@@ -387,6 +396,9 @@ def run_grpc(cfg: GrpcBenchConfig) -> dict:
                                                                     info.encoder_instances, workloads["history"])
         finally:
             stop_server(proc)
+    if cfg.reference_code is not None:
+        result["reference_code"] = _against_reference_code(cfg, workloads, next(
+            (s["engine_chosen"] for s in result["servers"].values() if s["engine_chosen"]), cfg.engines[0]))
     if cfg.compare_unbatched and "history" in workloads:
         proc, target = spawn_server(cfg.repository, ["--metrics-port", "-1", "--engine", cfg.engines[0],
                                                      *cfg.server_args, "--max-batch-size", "1"])
@@ -416,6 +428,41 @@ def _against_one_instance(cfg: GrpcBenchConfig, target: str, engine: str, instan
     finally:
         stop_server(proc)
     return {"engine": engine, "count": instances, **pair}
+
+
+def _against_reference_code(cfg: GrpcBenchConfig, workloads: dict[str, Callable[[int], pb.RecommendRequest]],
+                            engine: str) -> dict[str, Any]:
+    """This code's server and the reference tree's server (same repository, same engine), both loaded at
+    once, in alternating phases on every workload plus the no-op."""
+    ref = Path(cfg.reference_code).resolve()
+    args = ["--metrics-port", "-1", *cfg.server_args, "--engine", engine]
+    commit = subprocess.run(["git", "-C", str(ref), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    proc, target = spawn_server(cfg.repository, args)
+    try:  # the reference tree's packages (and its generated stubs) come first on the path
+        ref_proc, ref_target = spawn_server(cfg.repository, args,
+                                            env={"PYTHONPATH": os.pathsep.join([str(ref), str(ref / "proto")])})
+    except BaseException:
+        stop_server(proc)
+        raise
+    out: dict[str, Any] = {"code": str(ref), "commit": commit or None, "engine": engine, "workloads": {}}
+    try:
+        with grpc.insecure_channel(target) as a, grpc.insecure_channel(ref_target) as b:
+            cur, old = pb_grpc.RecommenderStub(a), pb_grpc.RecommenderStub(b)
+            cur_h, old_h = health_pb2_grpc.HealthStub(a), health_pb2_grpc.HealthStub(b)
+            noop = health_pb2.HealthCheckRequest(service="")
+            sides = {name: {"current": lambda i, m=make: cur.Recommend(m(i), timeout=60),
+                            "reference": lambda i, m=make: old.Recommend(m(i), timeout=60)}
+                     for name, make in workloads.items()}
+            sides["noop"] = {"current": lambda i: cur_h.Check(noop, timeout=60),
+                             "reference": lambda i: old_h.Check(noop, timeout=60)}
+            for name, calls in sides.items():
+                out["workloads"][name] = [paired(calls, c, cfg.paired_rounds, cfg.paired_seconds)
+                                          for c in sorted({1, max(cfg.baseline_concurrency)})]
+    finally:
+        stop_server(ref_proc)
+        stop_server(proc)
+    return out
 
 
 def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
@@ -534,6 +581,19 @@ def markdown(result: dict) -> str:
                      f"{one['rounds']} rounds each): {inst['count']} instances {many['qps']:.2f} QPS, p99 "
                      f"{many['p99_ms']:.1f} ms vs one instance {one['qps']:.2f} QPS, p99 {one['p99_ms']:.1f} ms: "
                      f"{many['qps'] / one['qps']:.2f}x."]
+    ref = result.get("reference_code")
+    if ref:
+        lines += ["", f"### This code vs the reference code ({ref['commit'] or ref['code']})", "",
+                  f"Two servers on the same repository (--engine {ref['engine']}), both loaded, in alternating "
+                  f"{result['config']['paired_seconds']:g} s phases:", "",
+                  "| workload | clients | current QPS | reference QPS | current / reference QPS | current p50 ms | "
+                  "reference p50 ms | current p99 ms | reference p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, rows in ref["workloads"].items():
+            for p in rows:
+                c, r = p["current"], p["reference"]
+                lines.append(f"| {name} | {c['concurrency']} | {c['qps']:.1f} | {r['qps']:.1f} | "
+                             f"{c['qps'] / r['qps']:.2f}x | {c['p50_ms']:.2f} | {r['p50_ms']:.2f} | "
+                             f"{c['p99_ms']:.2f} | {r['p99_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

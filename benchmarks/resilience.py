@@ -11,7 +11,6 @@ are ratios or counts, not absolute times, since the machine is shared.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import random
@@ -30,9 +29,11 @@ import numpy as np
 from client import RecommenderClient
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
-from repository.arrays import write_json
+from repository import files as F
+from repository.arrays import read_json_list, write_json
 from repository.files import MANIFEST
 from repository.manifest import read_manifest
+from repository.versions import list_versions
 from server.spawn import spawn_server, stop_server
 
 TOKEN = "bench-admin"
@@ -113,7 +114,7 @@ def _scratch(cfg: ResilienceConfig) -> Path:
     if cfg.work.exists():
         shutil.rmtree(cfg.work)
     for model in (cfg.slow_model, cfg.cheap_model):
-        versions = sorted(int(p.name) for p in (cfg.repository / model).iterdir() if p.name.isdigit())
+        versions = list_versions(cfg.repository / model)
         if not versions:
             raise FileNotFoundError(f"no version of {model} under {cfg.repository}: run `make demo` first")
         _link_version(cfg.repository / model / str(versions[-1]), repo / model, 1)
@@ -121,9 +122,9 @@ def _scratch(cfg: ResilienceConfig) -> Path:
 
 
 def _requests(version_dir: Path, n: int = 200, length: int = 20) -> tuple[list[str], list[list[str]]]:
-    users = json.loads((version_dir / "user_ids.json").read_text())
-    items = json.loads((version_dir / "item_ids.json").read_text())
-    with np.load(version_dir / "user_history.npz") as h:
+    users = read_json_list(version_dir / F.USER_IDS)
+    items = read_json_list(version_dir / F.ITEM_IDS)
+    with np.load(version_dir / F.USER_HISTORY) as h:
         indptr, indices = h["indptr"], h["indices"]
     rng = np.random.default_rng(0)
     rows = rng.choice(len(users), size=min(n, len(users)), replace=False)
@@ -256,7 +257,7 @@ def _memory(repo: Path, cfg: ResilienceConfig, users: list[str], histories: list
             timeline = []
             for i in range(cfg.swaps):
                 model = (cfg.cheap_model, cfg.slow_model)[i % 2]
-                versions = sorted(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit())
+                versions = list_versions(repo / model)
                 _link_version(repo / model / str(versions[-1]), repo / model, versions[-1] + 1)
                 t0 = time.perf_counter()
                 loaded = list(c.reload().loaded)
@@ -382,8 +383,8 @@ def _big_batch(repo: Path, cfg: ResilienceConfig, probe_users: list[str]) -> dic
     hook = cfg.work / "slow-disk"
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(_SLOW_DISK)
-    items = json.loads((repo / cfg.cheap_model / "1" / "item_ids.json").read_text())
-    users = json.loads((repo / cfg.cheap_model / "1" / "user_ids.json").read_text())
+    items = read_json_list(repo / cfg.cheap_model / "1" / F.ITEM_IDS)
+    users = read_json_list(repo / cfg.cheap_model / "1" / F.USER_IDS)
     rng = np.random.default_rng(0)
     batch = pb.RecommendBatchRequest(requests=[
         pb.RecommendRequest(model=cfg.cheap_model, user_id=users[j % len(users)], top_k=20,

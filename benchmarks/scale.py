@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from benchmarks.timing import compare, interleaved
+from repository import files as F
 
 
 @dataclass
@@ -50,8 +51,8 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 def real_catalog(version: Path, n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n items grown from a version's real item vectors, and real user vectors as queries."""
-    base = np.load(version / "item_vectors.npy").astype(np.float32)
-    users = np.load(version / "user_vectors.npy").astype(np.float32)
+    base = np.load(version / F.ITEM_VECTORS).astype(np.float32)
+    users = np.load(version / F.USER_VECTORS).astype(np.float32)
     spread = base.std(axis=0, keepdims=True)
     items = base[rng.integers(0, len(base), size=n)] + 0.3 * spread * rng.normal(size=(n, base.shape[1]))
     items[: len(base)] = base

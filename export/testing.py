@@ -14,6 +14,7 @@ from torch import nn
 
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
 from models.tiny import llama_config, word_tokenizer
+from repository import files as F
 
 VOCAB_WORDS = ["[PAD]", "[UNK]", "the", "a", "movie", "story", "of", "love", "war", "space", "comedy", "drama",
                "night", "day", "city", "king", "dog", "cat", "man", "woman"]
@@ -157,7 +158,7 @@ def tiny_bundle(kind: str, workdir: Path, num_items: int = 60, num_users: int = 
         raise ValueError(f"unknown kind {kind!r}; accepted: cllm4rec, tcf")
     user_tower = user_tower or "sasrec"
     dim, seq, text_len = 16, 8, 12
-    tok_path = write_tokenizer(Path(workdir) / "tokenizer.json")
+    tok_path = write_tokenizer(Path(workdir) / F.TOKENIZER)
     text_enc = TinyTextEncoder(len(VOCAB_WORDS), dim, seed).eval()
     item_batch = _right_padded(rng, [int(rng.integers(2, text_len)) for _ in range(num_items)], 2, len(VOCAB_WORDS))
     item_vectors = _run(text_enc, [item_batch])
@@ -182,6 +183,6 @@ def tiny_bundle(kind: str, workdir: Path, num_items: int = 60, num_users: int = 
         probe = QualityProbe(user_batches, histories, targets, "recall@20")
     else:
         user_vectors = rng.normal(size=(num_users, dim)).astype(np.float32)
-    config = {"max_seq_len": seq, "text_max_length": text_len, "tokenizer": "tokenizer.json", "pad_token_id": 0}
+    config = {"max_seq_len": seq, "text_max_length": text_len, "tokenizer": F.TOKENIZER, "pad_token_id": 0}
     return ServingBundle("tcf", user_tower, "text", dim, item_ids, item_vectors, titles, user_ids, user_vectors,
-                         histories, encoders, config, {"tokenizer.json": tok_path}, probe)
+                         histories, encoders, config, {F.TOKENIZER: tok_path}, probe)

@@ -22,6 +22,8 @@ from common import logs
 from common.assets import work_dir
 from common.config import parse
 from llmrec.cli import main as cli
+from repository.manifest import read_manifest
+from repository.versions import list_versions
 
 CLLM_MODEL = "ml100k-cllm4rec"
 TCF_MODEL = "ml100k-tcf"
@@ -147,9 +149,8 @@ def main(argv: list[str]) -> int:
     for name, ckpt in ((CLLM_MODEL, cllm), (TCF_MODEL, tcf)):
         _run(["export", "--checkpoint", str(ckpt), "--repository", str(repository), "--name", name,
               "--no-report", "--threads", threads])
-        version = max((p for p in (repository / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-        parity = json.loads((version / "manifest.json").read_text()).get("parity", {})
-        print(f"{name}: {version} parity {json.dumps(parity)[:300]}")
+        version = repository / name / str(list_versions(repository / name)[-1])
+        print(f"{name}: {version} parity {json.dumps(read_manifest(version).parity)[:300]}")
 
     _step("5/5 Serve over gRPC and ask")
     from server.spawn import spawn_server, stop_server

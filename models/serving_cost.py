@@ -18,6 +18,7 @@ import torch
 
 from models.bundle import EncoderExport, load_bundle
 from models.onnx_trace import export_graph, session  # the exporter's own graph and session settings
+from repository.files import USER_ENCODER
 
 
 def _one_request(enc: EncoderExport, length: int) -> dict[str, np.ndarray]:
@@ -37,7 +38,7 @@ def user_encoder_ms(checkpoint: Path, length: int = 128, repeats: int = 30, thre
     enc = load_bundle(Path(checkpoint), known_users=False).encoders["user_encoder"]
     feeds = _one_request(enc, length)
     with tempfile.TemporaryDirectory(prefix="llmrec-cost-") as tmp:
-        sess = session(export_graph(enc, Path(tmp) / "user_encoder.onnx"), threads)
+        sess = session(export_graph(enc, Path(tmp) / USER_ENCODER), threads)
         for _ in range(3):
             sess.run(None, feeds)
         samples = []

@@ -312,16 +312,15 @@ class Manifest:
             serving=_field(d, "serving", (dict, type(None)), where, None),
             extra=_rest(d, known),
         )
-        m.check_sections(where)
+        m.check_consistency(where)
         return m
 
-    def check_sections(self, where: str) -> None:
+    def check_consistency(self, where: str) -> None:
         """Paths the manifest names stay inside the version folder; a capability needs the tower that serves it."""
-        for role in ENCODER_NAMES:
-            if role in self.encoders and self.encoders[role].reference_file is not None:
-                _confined(self.encoders[role].reference_file, f"{where}: encoders.{role}.reference.file")
         for role, enc in self.encoders.items():
             _confined(enc.path, f"{where}: encoders.{role}.path")
+            if enc.reference_file is not None:
+                _confined(enc.reference_file, f"{where}: encoders.{role}.reference.file")
         if self.capabilities.upsert_items and self.item_tower not in ("text", "hybrid"):
             raise VersionError(f"{where}: upsert_items needs a text item tower (got {self.item_tower})")
         tcf = self.tcf

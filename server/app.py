@@ -49,6 +49,8 @@ class RecommenderServer:
         self.registry = Registry()
         self.metrics.queue_depths = self._queue_depths
         self.reads = BoundedPool("read", cfg.threads, cfg.read_queue_size, "--threads or --read-queue-size")
+        self.batches = BoundedPool("batch", cfg.batch_threads, cfg.batch_queue_size,
+                                   "--batch-threads or --batch-queue-size")
         self.admin_pool = BoundedPool("admin", cfg.admin_threads, cfg.admin_queue_size,
                                       "--admin-threads or --admin-queue-size")
         self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.journal_poll_seconds)
@@ -63,7 +65,8 @@ class RecommenderServer:
             cfg.request_log_user_ids, cfg.request_log_salt, salt_file=cfg.request_log_salt_file,
             max_queue=cfg.request_log_queue, on_drop=self.metrics.request_log_dropped.inc)
         self.admin = AdminRpcs(cfg, self.registry, self.reloader, self.journals, self.admin_pool)
-        self.service = RecommenderService(cfg, self.registry, self.metrics, self.reads, self.admin, self.request_log)
+        self.service = RecommenderService(cfg, self.registry, self.metrics, self.reads, self.batches, self.admin,
+                                          self.request_log)
         self.health: HealthServicer | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self._loop = asyncio.new_event_loop()
@@ -189,6 +192,7 @@ class RecommenderServer:
                     log.error("gRPC server did not stop within the grace period; leaving it")
             self.registry.close_all()
             self.reads.shutdown()
+            self.batches.shutdown()
             self.admin_pool.shutdown()
             self.metrics.stop_http()
             if self.request_log is not None:

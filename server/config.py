@@ -16,6 +16,7 @@ from typing import Any, Literal
 import tyro
 
 from common.config import from_dict, load_file
+from repository.files import is_version_name
 
 
 @dataclass
@@ -33,6 +34,11 @@ class ServeConfig:
     read_queue_size: int = 512
     """requests waiting for a read thread beyond those running; beyond it: RESOURCE_EXHAUSTED (a bounded
     backlog answers at once instead of timing out after holding memory)"""
+    batch_threads: int = 2
+    """threads for RecommendBatch calls (parsing, rules, searches): their own pool, so a few large batches cannot
+    take every read thread from single requests"""
+    batch_queue_size: int = 64
+    """RecommendBatch calls waiting for a batch thread; beyond it: RESOURCE_EXHAUSTED"""
     admin_threads: int = 2
     """threads for admin calls (item encoding, journal fsync, reloads): their own pool, so a slow disk under
     UpsertItems never delays reads"""
@@ -145,13 +151,13 @@ class ServeConfig:
     def __post_init__(self) -> None:
         problems = []
         for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
-                     "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests", "admin_threads",
+                     "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests", "admin_threads", "batch_threads",
                      "max_batch_ids", "request_log_queue"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("max_wait_ms", "instances_min_encode_ms", "poll_seconds", "journal_poll_seconds",
                      "max_queue_wait_ms", "watchdog_seconds", "grace_seconds", "restart_backoff_seconds",
-                     "restart_backoff_max_seconds", "read_queue_size", "admin_queue_size", "max_concurrent_rpcs",
+                     "restart_backoff_max_seconds", "read_queue_size", "admin_queue_size", "batch_queue_size", "max_concurrent_rpcs",
                      "max_failed_restarts", "max_streams_per_connection"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
@@ -167,7 +173,7 @@ class ServeConfig:
             problems.append("TLS needs both tls_cert and tls_key")
         for pin in self.pins:
             name, _, ver = pin.rpartition(":")
-            if not name or not ver.isdigit() or int(ver) < 1:
+            if not name or not is_version_name(ver):
                 problems.append(f"pin {pin!r} is not name:version with a positive integer version")
         if problems:
             raise ValueError("invalid server config: " + "; ".join(problems))

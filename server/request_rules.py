@@ -79,8 +79,9 @@ def check_model(model: str, cfg: ServeConfig) -> None:
     check_id("model", model, cfg)
 
 
-def check_request(req: pb.RecommendRequest, cfg: ServeConfig) -> None:
-    """The limits of one Recommend request, before anything is looked up."""
+def check_request(req: pb.RecommendRequest, cfg: ServeConfig, exclude: Sequence[str] | None = None) -> None:
+    """The limits of one Recommend request, before anything is looked up. `exclude`: req.exclude_item_ids
+    already as a list (reading a protobuf repeated field makes new strings each time)."""
     if not 1 <= req.top_k <= cfg.max_top_k:
         raise errors.invalid(f"top_k must be between 1 and {cfg.max_top_k}, got {req.top_k}")
     if not req.user_id and not req.history:
@@ -93,10 +94,17 @@ def check_request(req: pb.RecommendRequest, cfg: ServeConfig) -> None:
                              f"{cfg.max_history_len + cfg.max_top_k} are accepted")
     if req.user_id:
         check_id("user_id", req.user_id, cfg)
-    for i, item in enumerate(req.history):
-        check_id(f"history[{i}]", item, cfg)
-    for i, item in enumerate(req.exclude_item_ids):
-        check_id(f"exclude_item_ids[{i}]", item, cfg)
+    check_ids("history", req.history, cfg)
+    check_ids("exclude_item_ids", req.exclude_item_ids if exclude is None else exclude, cfg)
+
+
+def check_ids(what: str, values: Sequence[str], cfg: ServeConfig) -> None:
+    """check_id on every value, with the lengths measured in C first: a batch may hold 500,000 ids, and a
+    Python call per id was most of its cost."""
+    lengths = list(map(len, values))
+    if lengths and (min(lengths) == 0 or max(lengths) > cfg.max_id_len):
+        for i, value in enumerate(values):
+            check_id(f"{what}[{i}]", value, cfg)
 
 
 def check_batch(reqs: Sequence[pb.RecommendRequest], cfg: ServeConfig) -> None:
@@ -115,7 +123,8 @@ def check_batch(reqs: Sequence[pb.RecommendRequest], cfg: ServeConfig) -> None:
 def plan(req: pb.RecommendRequest, mv: Servable, cfg: ServeConfig) -> Plan:
     """Checks one request against a version and decides how to serve it; raises NOT_FOUND for unknown
     ids (unless allowed), FAILED_PRECONDITION for a history the version cannot encode."""
-    check_request(req, cfg)
+    exclude = list(req.exclude_item_ids)
+    check_request(req, cfg, exclude)
     cat = mv.catalogue
     user_row = mv.user_rows.get(req.user_id) if req.user_id and mv.can_user else None
     rows, unknown = [], []
@@ -135,7 +144,7 @@ def plan(req: pb.RecommendRequest, mv: Servable, cfg: ServeConfig) -> Plan:
         if req.history:
             raise errors.not_found(f"none of the {len(req.history)} history items is known to {mv.name} "
                                    f"v{mv.version} and the request has no known user")
-    excluded = _known_rows(cat, req.exclude_item_ids)
+    excluded = _known_rows(cat, exclude)
     if not req.include_history:
         excluded.update(rows)
         if user_row is not None:

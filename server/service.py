@@ -6,9 +6,10 @@ so a flood of slow history requests on one model cannot starve cheap requests on
 thread per request, 16 waiting CLLM4Rec requests held every worker thread).
 
 What the event loop runs: only work of bounded, request-independent cost (routing, counters, awaiting).
-Everything whose cost grows with the request runs on the read pool: parsing a large message, the id
-lookups and exclusions, every index search (flat, IVF, HNSW, the delta index), building the response and
-its request-log line. One 2.4 MB RecommendBatch searched on the loop used to stall every RPC of every
+Everything whose cost grows with the request runs on a pool (server/offload.py): parsing a large message,
+the id lookups and exclusions, every index search (flat, IVF, HNSW, the delta index), building the response
+and its request-log line; single Recommend calls on the read pool, RecommendBatch calls on their own batch
+pool (a few large batches cannot take every read thread), admin calls on the admin pool. One 2.4 MB RecommendBatch searched on the loop used to stall every RPC of every
 model for half a second.
 
 Requests arrive as raw bytes and are parsed here, so a malformed payload (bad protobuf, invalid
@@ -132,12 +133,13 @@ class ReceivedCounter(grpc.aio.ServerInterceptor):
 
 class RecommenderService:
     def __init__(self, cfg: ServeConfig, registry: Registry, metrics: Metrics, reads: BoundedPool,
-                 admin: AdminRpcs, request_log: RequestLog | None = None) -> None:
+                 batches: BoundedPool, admin: AdminRpcs, request_log: RequestLog | None = None) -> None:
         self.cfg = cfg
         self.request_log = request_log
         self.registry = registry
         self.metrics = metrics
-        self.reads = reads
+        self.reads = reads  # single Recommend calls
+        self.batches = batches  # RecommendBatch calls: large ones must not take every read thread
         self.admin = admin
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -166,7 +168,7 @@ class RecommenderService:
             return ""
         return model if model in self.registry.loaded() else "unknown"
 
-    async def _parse(self, raw: bytes, req_type: type[Message]) -> Message:
+    async def _parse(self, raw: bytes, req_type: type[Message], pool: BoundedPool) -> Message:
         def parse() -> Message:
             req = req_type()
             try:
@@ -176,7 +178,7 @@ class RecommenderService:
                                      "strings must be UTF-8") from None
             return req
 
-        return parse() if len(raw) <= INLINE_PARSE_BYTES else await self.reads.run(parse)
+        return parse() if len(raw) <= INLINE_PARSE_BYTES else await pool.run(parse)
 
     async def _call(self, method: str, raw: bytes, req_type: type[Message], context: grpc.aio.ServicerContext,
                     fn: Callable[[Any, Any], Awaitable[Message]]) -> Message:
@@ -196,7 +198,7 @@ class RecommenderService:
                 self.metrics.latency.labels(method=method, model=label).observe(time.perf_counter() - t0)
 
         try:
-            req: Any = await self._parse(raw, req_type)
+            req: Any = await self._parse(raw, req_type, self.batches if method == "RecommendBatch" else self.reads)
             model = getattr(req, "model", "") or (req.requests[0].model if method == "RecommendBatch"
                                                   and req.requests else "")
             label = self._label(model)
@@ -296,7 +298,8 @@ class RecommenderService:
     async def _serve(self, reqs: Sequence[pb.RecommendRequest], context: grpc.aio.ServicerContext,
                      batch: bool) -> list[pb.RecommendResponse]:
         deadline = _deadline(context)
-        started = await self.reads.run(lambda: self._start(reqs, deadline, batch), on_abandon=_Started.abandon)
+        pool = self.batches if batch else self.reads
+        started = await pool.run(lambda: self._start(reqs, deadline, batch), on_abandon=_Started.abandon)
         with started.held:
             try:
                 for i, job in enumerate(started.jobs):
@@ -306,7 +309,7 @@ class RecommenderService:
                         except errors.ServingError as exc:
                             raise _prefixed(batch, i, exc) from None
                 if any(job.response is None for job in started.jobs):
-                    await self.reads.run(lambda: self._finish(started.jobs, deadline, batch), admit=False)
+                    await pool.run(lambda: self._finish(started.jobs, deadline, batch), admit=False)
             finally:
                 for job in started.jobs:
                     if job.future is not None:

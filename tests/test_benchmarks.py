@@ -264,3 +264,34 @@ def test_torch_baselines_run_fp32_and_the_devices_low_precision() -> None:
         cuda = torch_runs(module.cuda(), ["x"], "cuda", low=True)
         assert list(cuda) == ["pytorch-eager-cuda:fp32", "pytorch-eager-cuda:fp16"]
         assert np.allclose(cuda["pytorch-eager-cuda:fp32"](feeds), want, atol=1e-4)
+
+
+def test_reference_code_runs_a_second_server_from_that_tree_in_alternating_phases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.grpc_load as G
+    from common.errors import ConfigError
+
+    repo = tmp_path / "repo"
+    write_tcf(repo, name="tiny")
+    spawned: list[dict | None] = []
+    real_spawn = G.spawn_server
+
+    def spawn(repository, args, env=None, **kw):
+        spawned.append(env)
+        return real_spawn(repository, args, env=env, **kw)
+
+    monkeypatch.setattr(G, "spawn_server", spawn)
+    cfg = GrpcBenchConfig(repository=repo, model="tiny", engines=["onnxruntime-cpu"], concurrency=[1],
+                          seconds=0.2, max_requests=50, compare_unbatched=False, compare_one_instance=False,
+                          baseline_concurrency=[2], paired_rounds=2, paired_seconds=0.2, reference_code=ROOT)
+    result = run_grpc(cfg)
+    ref = result["reference_code"]
+    assert spawned[-1] == {"PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}"}  # the reference tree comes first
+    assert ref["engine"] == "onnxruntime-cpu:fp32" and set(ref["workloads"]) == {"user_id", "history", "noop"}
+    for rows in ref["workloads"].values():
+        assert [p["current"]["concurrency"] for p in rows] == [1, 2]
+        assert all(p[side]["requests"] > 0 and not p[side]["errors"] and p[side]["rounds"] == 2
+                   for p in rows for side in ("current", "reference"))
+    assert "This code vs the reference code" in markdown(result)
+    with pytest.raises(ConfigError, match="not a source tree of this project"):
+        run_grpc(GrpcBenchConfig(**{**cfg.__dict__, "reference_code": tmp_path}))

@@ -5,6 +5,7 @@ server really exports after some traffic."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -107,8 +108,11 @@ def test_compose_wiring() -> None:
     compose = load_yaml_docs(DEPLOY / "compose.yaml")[0]
     services = compose["services"]
     defaults = ServeConfig()
-    assert set(services["server"]["ports"]) == {f"{defaults.port}:{defaults.port}",
-                                                f"{defaults.metrics_port}:{defaults.metrics_port}"}
+    # "${LLMREC_GRPC_PORT:-50051}:50051": the host port may be moved, its default and the container's may not
+    published = {(re.sub(r"^\$\{\w+:-(\d+)\}$", r"\1", host), inside)
+                 for host, inside in (p.rsplit(":", 1) for p in services["server"]["ports"])}
+    assert published == {(str(defaults.port), str(defaults.port)),
+                         (str(defaults.metrics_port), str(defaults.metrics_port))}
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == [f"server:{defaults.metrics_port}"]
     for name, service in services.items():

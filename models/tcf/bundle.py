@@ -24,6 +24,7 @@ from models.tcf.holdout import held_out_of
 from models.tcf.item_tower import FullTextItemEncoder
 from models.tcf.model import uses_text
 from models.tcf.user_tower import SASRecUserEncoder
+from repository.files import TOKENIZER
 
 PROBE_USERS = 200
 ID_PART = "item_id_part.npy"  # hybrid towers: the ID part of each trained item, added to its text vector
@@ -73,7 +74,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
         tok = te.load_tokenizer(folder, ck.text.max_length, ck.text.lowercase)
         tok_path = Path(tempfile.mkdtemp(prefix="tcf-bundle-")) / "tokenizer.json"
         tok.save(str(tok_path))
-        assets["tokenizer.json"] = tok_path
+        assets[TOKENIZER] = tok_path
         enc = full_item_encoder(ck)
         item_vectors = encode_texts(enc, tok, ck.item_texts, batch)
         if cfg.item_tower == "hybrid":  # served vector = text part (the item encoder) + the trained ID part
@@ -91,7 +92,7 @@ def load_bundle(checkpoint_dir: Path, batch: int = 64, known_users: bool = True)
             enc, ["input_ids", "attention_mask"], "item_vector",
             {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
              "item_vector": {0: "batch"}}, samples)
-        tcf_section.update(text_max_length=ck.text.max_length, tokenizer="tokenizer.json",
+        tcf_section.update(text_max_length=ck.text.max_length, tokenizer=TOKENIZER,
                            pad_token_id=te.pad_token_id(folder, tok))
     else:
         item_vectors = model.all_item_vectors().numpy().astype(np.float32)

@@ -27,7 +27,9 @@ class TrainConfig:
     lr_min_frac: float = 0.1  # the cosine ends at this share of each group's rate
     max_grad_norm: float = 0.0  # >0 clips the global gradient norm to this value
     max_steps_per_epoch: int = 0  # >0 caps every epoch at that many steps (quick schedules, benchmarks)
-    time_budget_min: float = 0.0  # >0 starts no new epoch after this many minutes (recorded in the log)
+    # >0: the run stops after this many minutes, checked after every step (an epoch past it is cut there,
+    # validated and kept if best; `stopped: time_budget` and the epoch's `cut` in the log)
+    time_budget_min: float = 0.0
     seed: int = 0  # shuffling, sampling and initialisation
     resume: bool = True  # continue from <out>/train/ when a previous run left its state there
     progress: bool = True  # progress bars (only on a terminal, only on rank 0)

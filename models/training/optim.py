@@ -56,6 +56,8 @@ class RowAdamW(torch.optim.AdamW):
         step = float(state["step"])
         beta1, beta2 = group["betas"]
         lr, eps, wd = float(group["lr"]), group["eps"], group["weight_decay"]
+        if grad.sparse_dim() != 1:  # rows sparse, row contents dense: the layout F.embedding(sparse=True) gives
+            grad = grad.to_dense().to_sparse(1)
         grad = grad.coalesce()
         rows, values = grad.indices()[0], grad.values().to(p.dtype)
         if rows.numel() == 0:

@@ -68,6 +68,7 @@ def test_gpu_image_serves_on_cpu_without_a_gpu(engine: str, image: str, reposito
         scores = np.asarray(bundle.item_vectors) @ np.asarray(bundle.user_vectors)[2]
         assert [i for i, _ in rec.items] == [bundle.item_ids[r] for r in np.argsort(-scores)[:10]]
         status, metrics = http_get(ctr.metrics_port, "/metrics")
+        assert status == 200, metrics
         serving = re.findall(r'^recsys_engine_info\{([^}]*)\} 1\.0$', metrics, re.M)
         assert serving, metrics[-2000:]
         assert not [s for s in serving if re.search(r"cuda|gpu", s, re.I)], f"a GPU engine without a GPU: {serving}"
