@@ -9,7 +9,6 @@
 #   --secret id=pip-ca,src=CA.pem       the CA bundle of a TLS-intercepting proxy, for pip only
 #   --build-context wheels=DIR          a local wheel folder (train: the CPU torch wheel); default empty
 # No `# syntax=` line: BuildKit would pull that frontend image from a registry; its built-in one suffices.
-# pip's downloads go to a cache mount that the engine keeps between builds, outside every layer.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # An empty default for the wheel folder that `--build-context wheels=DIR` replaces.
@@ -40,8 +39,8 @@ COPY proto proto
 
 # The serving set: the project without extras. Fails the build if torch slipped in.
 FROM source AS serve-venv
-RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca --mount=type=cache,target=/root/.cache/pip \
-    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi && unset PIP_NO_CACHE_DIR \
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
  && pip install . && ! python -c "import torch" 2>/dev/null
 
 # Training, evaluation and export. Installed editable so that the project's work folder (caches,
@@ -53,8 +52,8 @@ ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # torch's CPU wheel: from the wheel folder when it holds one, else from PyTorch's CPU index (PyPI's
 # torch==2.13.0 is the CUDA build, gigabytes more). The folder serves every later install too.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca --mount=type=cache,target=/root/.cache/pip --mount=type=bind,from=wheels,target=/wheels \
-    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi && unset PIP_NO_CACHE_DIR \
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca --mount=type=bind,from=wheels,target=/wheels \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
  && export PIP_FIND_LINKS=/wheels \
  && if ls /wheels/torch-2.13.0*.whl >/dev/null 2>&1; then pip install torch==2.13.0; \
     else pip install --index-url "$TORCH_INDEX" torch==2.13.0; fi \

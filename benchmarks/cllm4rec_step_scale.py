@@ -9,7 +9,7 @@ Every step is a real optimizer step of the training loop (`Loop.step`: batch bui
 backward, optimizer) on the schedule's model (default: `--schedule default`, SmolLM2 with LoRA on 8
 blocks), at the same batch size and the same prompt length at every size: each batch holds users whose
 prompt is the longest the model takes (`--model.max-history` items), so only the users and items
-differ. Variants:
+differ. Within a variant the sizes take turns step by step. Variants:
 - current: the schedule as it is (dense ID tables under AdamW, softmax over every item);
 - sparse+sampled: `--recipe.sparse-ids --recipe.item-negatives K`;
 - sparse+sampled+no-user: the same plus `--model.no-user-tokens` (a user is their history).
@@ -176,9 +176,12 @@ def run(cfg: StepScaleConfig) -> dict[str, Any]:
                 cases.append(case)
                 log.info("case ready", size=size, variant=variant)
         for r in range(cfg.rounds):
-            for variant in cfg.variants:  # a variant's sizes back to back: their ratio sees one spell of the machine
-                for case in (c for c in cases if c.variant == variant):
-                    case.times += [case.step() for _ in range(cfg.steps)]
+            for variant in cfg.variants:
+                mine = [c for c in cases if c.variant == variant]
+                for _ in range(cfg.steps):  # one step per size in turn: the ratio sees the same spells of the machine
+                    for case in mine:
+                        case.times.append(case.step())
+                for case in mine:
                     log.info("timed", round=r, size=case.size, variant=variant,
                              median_s=round(statistics.median(case.times), 3))
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -209,8 +212,10 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{s}: {i['users']} users, {i['items']} items, {i['interactions']} interactions" for s, i in payload["sizes"].items())
         + f". Schedule `{cfg['schedule']}`" + (f" cut to {cfg['depth']} blocks" if cfg["depth"] else "")
         + f", batch {cfg['batch_size']}, every batch at the longest prompt, {cfg['threads']} thread(s), "
-        f"{payload['precision']}, CPU {payload['cpu']}. Sizes alternate within one process "
-        f"({cfg['rounds']} rounds x {cfg['steps']} steps per size and variant, after {cfg['warmup']} warm-up).",
+        f"{payload['precision']}, CPU {payload['cpu']}. Sizes alternate step by step within one process "
+        f"({cfg['rounds']} rounds x {cfg['steps']} steps per size and variant, after {cfg['warmup']} warm-up). "
+        "Epoch h: the steps of one real epoch (users with a history / batch) x the median step; an upper bound, "
+        "since every timed batch is at the longest prompt.",
         "",
         "| variant | size | median s/step | vs first size | trained tensors + optimizer state | epoch h (upper bound) |",
         "|---|---|---|---|---|---|",
@@ -218,8 +223,8 @@ def markdown(payload: dict[str, Any]) -> str:
     for r in payload["rows"]:
         lines.append(f"| {r['variant']} | {r['size']} | {r['median_step_s']:.3f} | {r['ratio_vs_first_size']:.2f}x | "
                      f"{r['state_bytes'] / 2**20:.0f} MiB | {r['epoch_h_upper']:.2f} |")
-    lines += ["", f"Peak RSS of the whole run (every case of both sizes in one process): "
-              f"{payload['peak_rss_bytes'] / 2**30:.2f} GiB.", "",
+    lines += ["", f"Peak RSS of the whole run ({len(payload['rows'])} case(s) above in one process, data loading "
+              f"included): {payload['peak_rss_bytes'] / 2**30:.2f} GiB.", "",
               f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the container images (docs/deployment.md, "Building the images") with podman or docker,
+# Builds the container images (docs/deployment.md, "Building without registry access") with podman or docker,
 # whichever runs here, also on a machine that reaches only the package registries:
 #
 #   scripts/build-images.sh [--setup] [--setup-only] [--fresh] [serve] [train] [gpu]   (no target: all three)
@@ -195,6 +195,7 @@ for target in "${targets[@]}"; do
   size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
   rows+=("$target" "$image" "$size" "${built_s[$target]}" "${base_of[$target]}")
 done
+command -v python3 >/dev/null || { say "no python3 here: figures not written to $RESULTS"; exit 0; }
 mkdir -p "$(dirname "$RESULTS")"
 python3 - "$RESULTS" "$ENGINE" "$("$ENGINE" --version)" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)" \
   "$([[ -n $wheels ]] && echo local || echo index)" "$fresh" "${base_made_s:-}" "${rows[@]}" <<'EOF'
@@ -217,7 +218,7 @@ for i in range(0, len(rows), 5):
     if target == "train":
         entry["torch_wheel"] = torch_from
     if fresh == "1" or "build_s" not in entry:  # keep a whole build's time over a cached rebuild's
-        entry.update(build_s=int(seconds), layer_cache=fresh != "1")
+        entry.update(build_s=int(seconds), layer_cache=fresh != "1", build_s_measured_at=now)
     images[target] = entry
 out.write_text(json.dumps(data, indent=1) + "\n")
 EOF

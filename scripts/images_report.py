@@ -26,9 +26,11 @@ def render(data: dict[str, Any]) -> str:
     if images:
         out += ["## Build", ""]
         out += _table(
-            ["target", "image", "size MB", "build s", "layer cache", "base", "engine", "cores", "built at"],
+            ["target", "image", "size MB", "build s", "layer cache", "build s measured at", "base", "engine", "cores",
+             "last built at"],
             [[t, e["image"], e["size_mb"], e.get("build_s"), "reused" if e.get("layer_cache") else "none",
-              f"`{e['base']}`", e["engine"], e["cores"], e["built_at"]] for t, e in images.items()],
+              e.get("build_s_measured_at", e["built_at"]), f"`{e['base']}`", e["engine"], e["cores"], e["built_at"]]
+             for t, e in images.items()],
         )
         cpus = {e["cpu"] for e in images.values()}
         out += ["", "CPU: " + "; ".join(sorted(cpus)), ""]
@@ -42,11 +44,18 @@ def render(data: dict[str, Any]) -> str:
     if runs:
         out += ["## Run (tests/containers, tiny exported repository mounted at /models)", ""]
         out += _table(
-            ["image", "/readyz 200 after start s", "RSS MB (serving)", "SIGTERM to exit s", "exit code", "measured at"],
-            [[r["image"], r["ready_s"], r["rss_mb"], r["stop_s"], r["exit_code"], r["measured_at"]]
-             for r in runs.values()],
+            ["run", "image", "/readyz 200 after start s", "RSS MB (serving)", "SIGTERM to exit s", "exit code",
+             "measured at"],
+            [[k, r["image"], r["ready_s"], r["rss_mb"], r["stop_s"], r["exit_code"], r["measured_at"]]
+             for k, r in runs.items()],
         )
         out.append("")
+    suite = data.get("suite")
+    if suite:
+        fresh = not any(suite.get("images_present_at_start", {}).values())
+        out += [f"Container suite (`pytest tests/containers`): {suite['tests']} tests, {suite['failed']} failed, "
+                f"{suite['wall_s']} s wall time, {'on an empty image store (builds everything)' if fresh else 'with images present at start (layer cache)'}; "
+                f"measured at {suite['measured_at']}.", ""]
     compose = data.get("compose")
     if compose:
         out += ["## Compose flow (scripts/compose-flow.sh)", ""]

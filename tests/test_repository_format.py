@@ -97,3 +97,16 @@ def test_a_junk_folder_is_skipped_for_its_model_alone(tmp_path: Path) -> None:
     assert list_versions(tmp_path / "a") == [1]
     assert scan(tmp_path) == {"a": [1], "b": [1]}
     assert load_files(tmp_path / "a" / "1").manifest.kind == "cllm4rec"
+
+
+def test_a_model_without_user_tokens_reads_a_known_user_as_the_anonymous_one(tmp_path: Path) -> None:
+    from server.adapters.cllm4rec_lm import Cllm4recPrompt
+
+    raw = _raw(write_cllm4rec(tmp_path).path)
+    with_users = Cllm4recPrompt(tmp_path, Manifest.from_dict(raw))
+    c = raw["cllm4rec"]
+    assert with_users.payload(2, [0], lambda r: r)[0] == c["user_token_offset"] + 2
+    c["user_token_offset"] = c["item_token_offset"]  # as `llmrec train cllm4rec --model.no-user-tokens` exports
+    without = Cllm4recPrompt(tmp_path, Manifest.from_dict(raw))
+    prompt = without.payload(2, [0], lambda r: r)
+    assert prompt[0] == c["anonymous_user_token"] and prompt == without.payload(None, [0], lambda r: r)

@@ -29,3 +29,18 @@ def test_bad_values_are_refused() -> None:
         ServeConfig(max_top_k=0)
     with pytest.raises(ValueError, match="both tls_cert and tls_key"):
         ServeConfig(tls_cert=Path("c.pem"))
+
+
+def test_hardening_settings_from_env_and_flags(tmp_path: Path) -> None:
+    env = {"RECSYS_REQUEST_LOG_SALT_FILE": str(tmp_path / "salt"), "RECSYS_MAX_MESSAGE_MB": "2.5",
+           "RECSYS_ADMIN_THREADS": "3", "RECSYS_MAX_FAILED_RESTARTS": "0"}
+    cfg = load(["--max-batch-ids", "100", "--restart-backoff-seconds", "0.5"], env)
+    assert cfg.request_log_salt_file == tmp_path / "salt" and cfg.max_message_mb == 2.5
+    assert (cfg.admin_threads, cfg.max_failed_restarts, cfg.max_batch_ids) == (3, 0, 100)
+    assert cfg.restart_backoff_seconds == 0.5
+    with pytest.raises(ValueError, match="admin_threads must be >= 1"):
+        ServeConfig(admin_threads=0)
+    with pytest.raises(ValueError, match="max_message_mb must be > 0"):
+        ServeConfig(max_message_mb=0)
+    with pytest.raises(ValueError, match="read_queue_size must be >= 0"):
+        ServeConfig(read_queue_size=-1)

@@ -145,13 +145,15 @@ def test_usable_cpus_follow_the_affinity_and_the_quota(monkeypatch: pytest.Monke
     assert detect().cpus >= 1
 
 
-@pytest.mark.parametrize("min_ms", [5.0, 0.0])
+# 1000 ms: a threshold the tiny model stays under even on a loaded machine (it measured 6 ms under a CPU hog,
+# over the 5 ms default), so the outcome does not depend on how fast this machine is right now
+@pytest.mark.parametrize("min_ms", [1000.0, 0.0])
 def test_an_auto_sized_server_measures_its_encoder_and_reports_its_instances(tmp_path: Path, min_ms: float) -> None:
     write_cllm4rec(tmp_path)
     with running_server(tmp_path, encoder_instances=0, instances_min_encode_ms=min_ms) as (srv, client):
         with srv.registry.use("tiny-cllm") as mv:
             (chosen,) = [t for t in mv.gate_trials["user_encoder"] if t.label() == mv.engines["user_encoder"]]
-            assert chosen.one_ms is not None and 0 < chosen.one_ms < 5.0  # a tiny model: well under 5 ms
+            assert chosen.one_ms is not None and 0 < chosen.one_ms < 1000.0  # measured, and a tiny model
             expected = 1 if min_ms else detect().cpus  # a fast encoder gets one worker; else one per core
             assert mv.batcher is not None and mv.batcher.instances == expected
         (model,) = [m for m in client.list_models().models if m.name == "tiny-cllm"]

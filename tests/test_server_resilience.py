@@ -81,6 +81,9 @@ def test_deadline_storm_leaves_the_batcher_serving(env) -> None:
             name = exc.code().name
         codes[name] = codes.get(name, 0) + 1
     b._run = original
+    # the server is still working off the storm (abandoned calls leave the queue and the read pool): wait
+    # for that, as a client backing off would, before checking that normal requests are served normally
+    assert _wait(lambda: not b._queue and not b.running and srv.reads.pending == 0)
     # CANCELLED comes from grpcio's transport, for calls that never reached the servicer: the server-side
     # deadline timer firing first, and its HTTP/2 reset-flood protection against a client that abandons
     # thousands of streams at once (as this one does)

@@ -32,7 +32,10 @@ class Cllm4recPrompt:
     def payload(self, user_row: int | None, history_rows: Sequence[int],
                 item_vectors: Callable[[Sequence[int]], np.ndarray]) -> list[int]:
         c = self._c
-        user_tok = c.anonymous_user_token if user_row is None else c.user_token_offset + user_row
+        # a model trained without user tokens (--model.no-user-tokens: no user rows between the offsets)
+        # reads every user as its history, known or not
+        known = user_row is not None and c.item_token_offset > c.user_token_offset
+        user_tok = c.user_token_offset + user_row if known else c.anonymous_user_token
         offset = c.item_token_offset
         items = list(history_rows)[-c.max_history:]
         ids: list[int] = []

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "images.json"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+LOCAL_BASE = "localhost/llmrec-python:3.11-bookworm"  # what scripts/build-images.sh makes without a registry
 GRPC_PORT, METRICS_PORT = 50051, 9095  # the images' RECSYS_PORT / RECSYS_METRICS_PORT
 
 
@@ -156,9 +158,16 @@ def export_tiny_repository(root: Path) -> tuple[Path, dict[str, Any]]:
 
 def record_run(key: str, values: dict[str, Any]) -> None:
     """Merges one container run's figures into benchmarks/results/images.json and re-renders images.md."""
+    _record(lambda data, now: data.setdefault("runs", {}).__setitem__(key, {**values, "measured_at": now}))
+
+
+def record_suite(values: dict[str, Any]) -> None:
+    _record(lambda data, now: data.__setitem__("suite", {**values, "measured_at": now}))
+
+
+def _record(update: Callable[[dict[str, Any], str], None]) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    data.setdefault("runs", {})[key] = {**values, "measured_at": now}
+    update(data, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
     spec = importlib.util.spec_from_file_location("images_report", ROOT / "scripts" / "images_report.py")
