@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,11 +30,14 @@ class Recommendations:
 
 class RecommenderClient:
     def __init__(self, target: str, admin_token: str | None = None, tls_ca: Path | None = None,
-                 timeout: float | None = 10.0) -> None:
+                 timeout: float | None = 10.0, options: Sequence[tuple[str, Any]] = ()) -> None:
+        """`options`: gRPC channel arguments, e.g. ("grpc.use_local_subchannel_pool", 1) for a connection of
+        its own (channels to one target otherwise share a connection within a process)."""
         if tls_ca is not None:
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_ca.read_bytes()),
+                                               options=list(options))
         else:
-            self.channel = grpc.insecure_channel(target)
+            self.channel = grpc.insecure_channel(target, options=list(options))
         self.stub = pb_grpc.RecommenderStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.admin_token = admin_token

@@ -13,6 +13,7 @@ import pytest
 from repo_fixtures import TinyModel, running_server, write_cllm4rec, write_tcf
 
 from export.index import IndexParams, build_index, save_index
+from repository.manifest import IndexSection
 from server import indexes
 from server.machine import detect
 
@@ -62,11 +63,11 @@ def test_an_engine_serves_the_exact_answers_or_the_gate_refuses_it(tmp_path: Pat
                 assert got == want, name
 
 
-def _index_file(tmp_path: Path, vectors: np.ndarray, index_type: str) -> tuple[Path, dict]:
+def _index_file(tmp_path: Path, vectors: np.ndarray, index_type: str) -> tuple[Path, IndexSection]:
     index, used = build_index(vectors, IndexParams(type=index_type, nlist=8, nprobe=8))
     path = tmp_path / f"{index_type}.faiss"
     save_index(index, path)
-    return path, {"type": index_type, "params": used}
+    return path, IndexSection(index_type, used)
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivf"])
@@ -75,7 +76,7 @@ def test_an_index_backend_answers_like_exact_search(tmp_path: Path, backend: str
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(500, 16)).astype(np.float32)
     path, section = _index_file(tmp_path, vectors, index_type)
-    assert section["params"].get("nprobe", 8) == section["params"].get("nlist", 8) == 8  # every cell visited
+    assert section.params.get("nprobe", 8) == section.params.get("nlist", 8) == 8  # every cell visited
     index = indexes.BACKENDS[backend].load(path, section, vectors)
     assert (index.name, index.ntotal, index.dim) == (backend, 500, 16)
     queries = rng.normal(size=(4, 16)).astype(np.float32)
