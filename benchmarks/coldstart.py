@@ -40,7 +40,7 @@ def offline_hits(version: Path, new_items: Sequence[tuple[str, str, str]], reque
     from server.config import ServeConfig
     from server.model_version import ModelVersion
 
-    mv = ModelVersion.load(version.parent.name, load_files(version), ServeConfig(repository=version.parent.parent,
+    mv = ModelVersion.load(version.parent.name, load_files(version), ServeConfig.flat(repository=version.parent.parent,
                                                                             engine=engine))
     try:
         for seq, (item_id, text, title) in enumerate(new_items, start=1):  # one per call, as the replay does

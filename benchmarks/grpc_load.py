@@ -274,7 +274,7 @@ def _engine_answer(version_dir: Path, engine: str, users: list[str], histories: 
     if name not in ENGINES or not graph.exists():
         return None
     serve = config.load(["--repository", str(version_dir.parent.parent), *server_args])
-    enc = ENGINES[name].load(graph, precision, serve.ort_threads, instances=max(1, instances))
+    enc = ENGINES[name].load(graph, precision, serve.encoders.ort_threads, instances=max(1, instances))
     items = np.ascontiguousarray(np.load(version_dir / F.ITEM_VECTORS), dtype=np.float32)
     feeds_of = _feeds_builder(version_dir, users, histories, items, enc.input_names)
     kk = min(k, len(items))

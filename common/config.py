@@ -24,7 +24,7 @@ from common.errors import ConfigError
 T = TypeVar("T")
 
 
-def _split_config_flag(argv: list[str]) -> tuple[Path | None, list[str]]:
+def split_config_flag(argv: list[str]) -> tuple[Path | None, list[str]]:
     rest: list[str] = []
     path: Path | None = None
     it = iter(range(len(argv)))
@@ -119,7 +119,7 @@ def parse(cls: type[T], argv: list[str], prog: str | None = None, description: s
           presets: Mapping[str, Mapping[str, Any]] | None = None, preset_field: str = "schedule") -> T:
     """Config from the defaults, the preset named by `preset_field` (flag, file or default), the
     `--config FILE` values, then the flags (see the module docstring)."""
-    path, rest = _split_config_flag(argv)
+    path, rest = split_config_flag(argv)
     file_values = load_file(path) if path else {}
     if not presets:
         default = from_dict(cls, file_values) if path else None

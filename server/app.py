@@ -48,22 +48,22 @@ class RecommenderServer:
         self.metrics = Metrics()
         self.registry = Registry()
         self.metrics.queue_depths = self._queue_depths
-        self.reads = BoundedPool("read", cfg.threads, cfg.read_queue_size, "--threads or --read-queue-size")
-        self.batches = BoundedPool("batch", cfg.batch_threads, cfg.batch_queue_size,
+        self.reads = BoundedPool("read", cfg.pools.threads, cfg.pools.read_queue_size, "--threads or --read-queue-size")
+        self.batches = BoundedPool("batch", cfg.pools.batch_threads, cfg.pools.batch_queue_size,
                                    "--batch-threads or --batch-queue-size")
-        self.admin_pool = BoundedPool("admin", cfg.admin_threads, cfg.admin_queue_size,
+        self.admin_pool = BoundedPool("admin", cfg.pools.admin_threads, cfg.pools.admin_queue_size,
                                       "--admin-threads or --admin-queue-size")
-        self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.journal_poll_seconds)
+        self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.reload.journal_poll_seconds)
         self.reloader = Reloader(cfg, self.registry, self.journals, self.metrics, self.refresh_health)
-        self.watchdog = Watchdog(self.registry.loaded, self.metrics, self.refresh_health, cfg.watchdog_seconds,
-                                 cfg.encoder_stall_seconds, draining=self.registry.draining,
-                                 backoff_seconds=cfg.restart_backoff_seconds,
-                                 backoff_max_seconds=cfg.restart_backoff_max_seconds,
-                                 max_failed_restarts=cfg.max_failed_restarts)
-        self.request_log = None if cfg.request_log is None else RequestLog(
-            cfg.request_log, cfg.request_log_sample, cfg.request_log_max_mb, cfg.request_log_backups,
-            cfg.request_log_user_ids, cfg.request_log_salt, salt_file=cfg.request_log_salt_file,
-            max_queue=cfg.request_log_queue, on_drop=self.metrics.request_log_dropped.inc)
+        self.watchdog = Watchdog(self.registry.loaded, self.metrics, self.refresh_health, cfg.watchdog.interval_seconds,
+                                 cfg.watchdog.stall_seconds, draining=self.registry.draining,
+                                 backoff_seconds=cfg.watchdog.backoff_seconds,
+                                 backoff_max_seconds=cfg.watchdog.backoff_max_seconds,
+                                 max_failed_restarts=cfg.watchdog.max_failed_restarts)
+        self.request_log = None if cfg.request_log.path is None else RequestLog(
+            cfg.request_log.path, cfg.request_log.sample, cfg.request_log.max_mb, cfg.request_log.backups,
+            cfg.request_log.user_ids, cfg.request_log.salt, salt_file=cfg.request_log.salt_file,
+            max_queue=cfg.request_log.queue, on_drop=self.metrics.request_log_dropped.inc)
         self.admin = AdminRpcs(cfg, self.registry, self.reloader, self.journals, self.admin_pool)
         self.service = RecommenderService(cfg, self.registry, self.metrics, self.reads, self.batches, self.admin,
                                           self.request_log)
@@ -118,11 +118,11 @@ class RecommenderServer:
         except Exception:
             self._loop.call_soon_threadsafe(self._loop.stop)
             raise
-        if self.cfg.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port, self.cfg.host,
+        if self.cfg.network.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve_http(self.cfg.network.metrics_port, self.cfg.network.host,
                                                         alive=lambda: self.watchdog.healthy)
         log.info("server listening", grpc_port=self.port, metrics_port=self.metrics_port,
-                 repository=str(self.cfg.repository), tls=self.cfg.tls_cert is not None)
+                 repository=str(self.cfg.repository), tls=self.cfg.network.tls_cert is not None)
         self.reloader.start()
         self.journals.start()
         self.watchdog.start()
@@ -135,20 +135,21 @@ class RecommenderServer:
         cfg = self.cfg
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0),
-                     ("grpc.max_receive_message_length", int(cfg.max_message_mb * 1024 * 1024)),
-                     *([("grpc.max_concurrent_streams", cfg.max_streams_per_connection)]
-                       if cfg.max_streams_per_connection else [])],
+                     ("grpc.max_receive_message_length", int(cfg.network.max_message_mb * 1024 * 1024)),
+                     *([("grpc.max_concurrent_streams", cfg.network.max_streams_per_connection)]
+                       if cfg.network.max_streams_per_connection else [])],
             interceptors=[ReceivedCounter(self.metrics)],
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None)
+            maximum_concurrent_rpcs=cfg.network.max_concurrent_rpcs or None)
         server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
-        address = f"{self.cfg.host}:{self.cfg.port}"
+        address = f"{self.cfg.network.host}:{self.cfg.network.port}"
         try:
-            if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
-                creds = grpc.ssl_server_credentials([(self.cfg.tls_key.read_bytes(), self.cfg.tls_cert.read_bytes())])
+            if self.cfg.network.tls_cert is not None and self.cfg.network.tls_key is not None:
+                creds = grpc.ssl_server_credentials([(self.cfg.network.tls_key.read_bytes(),
+                                                      self.cfg.network.tls_cert.read_bytes())])
                 self.port = server.add_secure_port(address, creds)
             else:
                 self.port = server.add_insecure_port(address)
@@ -175,7 +176,7 @@ class RecommenderServer:
         if self._stopping:
             self._stopped.wait()
             return
-        grace = self.cfg.grace_seconds if grace is None else grace
+        grace = self.cfg.network.grace_seconds if grace is None else grace
         self._stopping = True
         self.metrics.model_serving.clear()
         try:

@@ -50,13 +50,13 @@ def main(argv: list[str]) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         logs.get("server.cli").info("signal received: draining", signal=signal.Signals(signum).name,
-                                    grace_seconds=cfg.grace_seconds)
+                                    grace_seconds=cfg.network.grace_seconds)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"serving {cfg.repository} on port {srv.port} (metrics on {srv.metrics_port})", flush=True)
     stop.wait()
-    _hard_exit_after(cfg.grace_seconds + 5.0)
+    _hard_exit_after(cfg.network.grace_seconds + 5.0)
     srv.stop()
     return 0

@@ -1,5 +1,10 @@
-"""Server settings: defaults < `--config FILE` < `RECSYS_*` environment variables < flags.
+"""Server settings, grouped by what they govern: defaults < `--config FILE` < `RECSYS_*` environment
+variables < flags.
 
+The flags and the environment variables keep one flat name per setting (`--max-top-k`,
+`RECSYS_MAX_TOP_K`): they are the deployment contract (Kubernetes manifests, compose files, recorded
+benchmark commands), so grouping the code changed none of them. A config file may use either the
+sections (`{"limits": {"max_top_k": 7}}`) or the flat names (`{"max_top_k": 7}`).
 Environment variables let a container image be configured without a command line
 (e.g. RECSYS_ADMIN_TOKEN keeps the token out of `ps`).
 """
@@ -8,26 +13,66 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
-from common.config import from_dict, load_file
+from common.config import from_dict, load_file, split_config_flag
 from repository.files import is_version_name
+from server.gate import GateConfig
+
+
+def _flag(name: str) -> Any:
+    """The setting's flat flag and environment name, where it differs from its field's name."""
+    return tyro.conf.arg(name=name)
+
+
+def _at_least(obj: Any, minimum: float, *names: str, strict: bool = False) -> list[str]:
+    """Problems of the fields below `minimum`, named by their flat setting name."""
+    out = []
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum or (strict and value == minimum):
+            out.append(f"{flat_name(type(obj), name)} must be {'>' if strict else '>='} {minimum:g} (got {value})")
+    return out
 
 
 @dataclass
-class ServeConfig:
-    repository: Path = Path("work/model-repository")
-    """model repository root: <repository>/<name>/<version>/manifest.json"""
+class NetworkConfig:
     host: str = "0.0.0.0"
     port: int = 50051
     """gRPC port (0 = pick a free one)"""
     metrics_port: int = 9095
     """Prometheus /metrics HTTP port (0 = pick a free one, -1 = off)"""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_mb: float = 4.0
+    """largest request message accepted, in MiB; beyond it gRPC answers RESOURCE_EXHAUSTED before parsing"""
+    max_concurrent_rpcs: int = 1000
+    """RPCs in progress at once on the whole server (0 = no limit); beyond it: RESOURCE_EXHAUSTED"""
+    max_streams_per_connection: int = 0
+    """concurrent HTTP/2 streams one client connection may open (0 = gRPC's default, no limit); a client that
+    opens more before it has read this setting gets them refused (UNAVAILABLE, safe to retry), so prefer
+    max_concurrent_rpcs as the server's limit"""
+    grace_seconds: float = 10.0
+    """on SIGTERM/SIGINT: how long in-flight requests may take to finish"""
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, 0, "max_concurrent_rpcs", "max_streams_per_connection", "grace_seconds")
+        out += _at_least(self, 0, "max_message_mb", strict=True)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            out.append("TLS needs both tls_cert and tls_key")
+        return out
+
+
+@dataclass
+class PoolsConfig:
+    """The thread pools: reads and admin calls never wait behind each other."""
+
     threads: int = 4
     """read threads: every request's id lookups, exclusions and index search run here, off the event loop,
     so a large request never stalls the others; requests waiting for an encoder hold no thread"""
@@ -44,17 +89,16 @@ class ServeConfig:
     UpsertItems never delays reads"""
     admin_queue_size: int = 16
     """admin calls waiting for an admin thread; beyond it: RESOURCE_EXHAUSTED"""
-    max_batch_ids: int = 65536
-    """most item ids (histories + exclusions, all requests together) in one RecommendBatch; beyond it:
-    INVALID_ARGUMENT (split the batch)"""
-    max_message_mb: float = 4.0
-    """largest request message accepted, in MiB; beyond it gRPC answers RESOURCE_EXHAUSTED before parsing"""
-    max_concurrent_rpcs: int = 1000
-    """RPCs in progress at once on the whole server (0 = no limit); beyond it: RESOURCE_EXHAUSTED"""
-    max_streams_per_connection: int = 0
-    """concurrent HTTP/2 streams one client connection may open (0 = gRPC's default, no limit); a client that
-    opens more before it has read this setting gets them refused (UNAVAILABLE, safe to retry), so prefer
-    max_concurrent_rpcs as the server's limit"""
+
+    def problems(self) -> list[str]:
+        return (_at_least(self, 1, "threads", "batch_threads", "admin_threads")
+                + _at_least(self, 0, "read_queue_size", "batch_queue_size", "admin_queue_size"))
+
+
+@dataclass
+class EncoderConfig:
+    """How user and item encoders run: engine, threads, instances and the batching in front of them."""
+
     ort_threads: int = 1
     """threads per encoder call (ONNX Runtime intra-op, OpenVINO inference threads)"""
     encoder_instances: int = 0
@@ -71,16 +115,6 @@ class ServeConfig:
     e.g. onnxruntime-cpu, openvino-cpu:bf16, onnxruntime-cuda:fp16 (a version's manifest may also name one)"""
     engine_int8: bool = False
     """also try int8-weight engines (OpenVINO + nncf) in auto mode; the quality gate still decides"""
-    index_backend: str = "auto"
-    """item index backend: auto (faiss-gpu where a GPU and the index type allow, else faiss-cpu), faiss-cpu, faiss-gpu"""
-    gate_min_cosine: float = 0.99
-    """an engine serves only if its outputs' mean cosine to the version's fp32 reference is at least this"""
-    gate_min_overlap: float = 0.99
-    """... and its top-20 recommendations overlap the reference's by at least this, on average"""
-    gate_rows: int = 32
-    """probe users each candidate engine is checked on at load (plus the export's parity inputs)"""
-    gate_repeats: int = 2
-    """timing passes over the smallest and largest reference inputs when choosing the fastest engine"""
     max_batch_size: int = 16
     """largest user-encoder batch formed from concurrent history requests"""
     max_wait_ms: float = 0.0
@@ -91,92 +125,13 @@ class ServeConfig:
     max_queue_wait_ms: float = 5000.0
     """refuse a history request (RESOURCE_EXHAUSTED) when its expected wait for the encoder exceeds this,
     or its own deadline, whichever is shorter (0 = only the deadline)"""
-    encoder_stall_seconds: float = 30.0
-    """an encoder batch running longer than this counts as stuck: the worker is replaced"""
-    watchdog_seconds: float = 1.0
-    """how often encoder workers are checked (0 = never)"""
-    restart_backoff_seconds: float = 1.0
-    """wait before re-restarting an encoder whose last restart did not recover; doubles per failed restart up
-    to restart_backoff_max_seconds (a permanently hung encoder abandons a thread per restart)"""
-    restart_backoff_max_seconds: float = 60.0
-    """longest wait between encoder restarts"""
-    max_failed_restarts: int = 5
-    """after this many restarts in a row without a successful probe, restarts stop and /healthz answers 503,
-    so the orchestrator replaces the pod (0 = never give up)"""
-    max_top_k: int = 1000
-    max_history_len: int = 1000
-    """longest history accepted (the encoders keep only their most recent max_history/max_seq_len)"""
-    max_id_len: int = 256
-    max_batch_requests: int = 256
-    """most requests in one RecommendBatch call"""
-    max_upsert_items: int = 1000
-    """most items in one UpsertItems or DeleteItems call"""
-    max_text_len: int = 10000
-    """longest item text accepted by UpsertItems, in characters"""
-    poll_seconds: float = 10.0
-    """rescan the repository this often (0 = only on ReloadModels)"""
-    journal_poll_seconds: float = 1.0
-    """read item changes other replicas appended to the item journals this often (0 = never)"""
-    admin_token: str = ""
-    """token for UpsertItems/ReloadModels (metadata `authorization: Bearer <token>`); empty = admin off"""
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    pins: tuple[str, ...] = ()
-    """extra versions to keep loaded, as name:version (e.g. ml100k-tcf:2)"""
-    grace_seconds: float = 10.0
-    """on SIGTERM/SIGINT: how long in-flight requests may take to finish"""
-    warmup_users: int = 3
-    request_log: Path | None = None
-    """write served Recommend requests as JSON lines to this file (off when unset; what is logged and what the
-    hashed user ids protect: docs/serving.md#request-log-and-privacy)"""
-    request_log_sample: float = 1.0
-    """share of requests logged, 0..1"""
-    request_log_max_mb: float = 100.0
-    """rotate the request log at this size"""
-    request_log_backups: int = 5
-    """rotated request-log files kept"""
-    request_log_user_ids: Literal["hash", "plain", "omit"] = "hash"
-    """user ids in the request log: hash (salted SHA-256 prefix), plain, or omit"""
-    request_log_salt: str = ""
-    """salt of the hashed user ids (also RECSYS_REQUEST_LOG_SALT); keep it secret and stable. Empty: read
-    request_log_salt_file, else a random salt generated once and kept beside the log (.<log name>.salt, mode 0600)"""
-    request_log_salt_file: Path | None = None
-    """file holding the salt (e.g. a mounted secret shared by replicas, so their hashes agree)"""
-    request_log_queue: int = 10000
-    """request-log entries waiting for the disk; beyond it entries are dropped and counted
-    (recsys_request_log_dropped_total), never queued without bound"""
-    log_json: bool = False
-    """JSON-lines logs (also RECSYS_LOG_JSON=1)"""
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("threads", "ort_threads", "max_batch_size", "queue_size", "max_top_k", "max_history_len",
-                     "max_upsert_items", "max_text_len", "max_id_len", "max_batch_requests", "admin_threads", "batch_threads",
-                     "max_batch_ids", "request_log_queue"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("max_wait_ms", "instances_min_encode_ms", "poll_seconds", "journal_poll_seconds",
-                     "max_queue_wait_ms", "watchdog_seconds", "grace_seconds", "restart_backoff_seconds",
-                     "restart_backoff_max_seconds", "read_queue_size", "admin_queue_size", "batch_queue_size", "max_concurrent_rpcs",
-                     "max_failed_restarts", "max_streams_per_connection"):
-            if float(getattr(self, name)) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+    def problems(self) -> list[str]:
+        out = _at_least(self, 1, "ort_threads", "max_batch_size", "queue_size")
+        out += _at_least(self, 0, "max_wait_ms", "instances_min_encode_ms", "max_queue_wait_ms")
         if self.encoder_instances < 0:
-            problems.append(f"encoder_instances must be >= 0, 0 = auto (got {self.encoder_instances})")
-        if not 0.0 <= self.request_log_sample <= 1.0:
-            problems.append(f"request_log_sample must be in [0, 1] (got {self.request_log_sample})")
-        if self.max_message_mb <= 0:
-            problems.append(f"max_message_mb must be > 0 (got {self.max_message_mb})")
-        if self.encoder_stall_seconds <= 0:
-            problems.append(f"encoder_stall_seconds must be > 0 (got {self.encoder_stall_seconds})")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            problems.append("TLS needs both tls_cert and tls_key")
-        for pin in self.pins:
-            name, _, ver = pin.rpartition(":")
-            if not name or not is_version_name(ver):
-                problems.append(f"pin {pin!r} is not name:version with a positive integer version")
-        if problems:
-            raise ValueError("invalid server config: " + "; ".join(problems))
+            out.append(f"encoder_instances must be >= 0, 0 = auto (got {self.encoder_instances})")
+        return out
 
     def instances(self, cpus: int, device: str = "cpu", encode_ms: float | None = None) -> int:
         """The encoder instances to run: the flag, or in auto mode one per `ort_threads` of the usable
@@ -190,6 +145,71 @@ class ServeConfig:
             return 1
         return max(1, cpus // self.ort_threads)
 
+
+@dataclass
+class WatchdogConfig:
+    """Encoder workers that hang are replaced; one that never recovers fails /healthz."""
+
+    stall_seconds: Annotated[float, _flag("encoder-stall-seconds")] = 30.0
+    """an encoder batch running longer than this counts as stuck: the worker is replaced"""
+    interval_seconds: Annotated[float, _flag("watchdog-seconds")] = 1.0
+    """how often encoder workers are checked (0 = never)"""
+    backoff_seconds: Annotated[float, _flag("restart-backoff-seconds")] = 1.0
+    """wait before re-restarting an encoder whose last restart did not recover; doubles per failed restart up
+    to restart_backoff_max_seconds (a permanently hung encoder abandons a thread per restart)"""
+    backoff_max_seconds: Annotated[float, _flag("restart-backoff-max-seconds")] = 60.0
+    """longest wait between encoder restarts"""
+    max_failed_restarts: int = 5
+    """after this many restarts in a row without a successful probe, restarts stop and /healthz answers 503,
+    so the orchestrator replaces the pod (0 = never give up)"""
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, 0, "interval_seconds", "backoff_seconds", "backoff_max_seconds", "max_failed_restarts")
+        return out + _at_least(self, 0, "stall_seconds", strict=True)
+
+
+@dataclass
+class LimitsConfig:
+    """What one request may ask for; beyond it: INVALID_ARGUMENT naming the limit."""
+
+    max_top_k: int = 1000
+    max_history_len: int = 1000
+    """longest history accepted (the encoders keep only their most recent max_history/max_seq_len)"""
+    max_id_len: int = 256
+    max_batch_requests: int = 256
+    """most requests in one RecommendBatch call"""
+    max_batch_ids: int = 65536
+    """most item ids (histories + exclusions, all requests together) in one RecommendBatch; beyond it:
+    INVALID_ARGUMENT (split the batch)"""
+    max_upsert_items: int = 1000
+    """most items in one UpsertItems or DeleteItems call"""
+    max_text_len: int = 10000
+    """longest item text accepted by UpsertItems, in characters"""
+
+    def problems(self) -> list[str]:
+        return _at_least(self, 1, *(f.name for f in dataclasses.fields(self)))
+
+
+@dataclass
+class ReloadConfig:
+    """Which versions are served, and how soon new versions and catalogue changes are picked up."""
+
+    poll_seconds: float = 10.0
+    """rescan the repository this often (0 = only on ReloadModels)"""
+    journal_poll_seconds: float = 1.0
+    """read item changes other replicas appended to the item journals this often (0 = never)"""
+    pins: tuple[str, ...] = ()
+    """extra versions to keep loaded, as name:version (e.g. ml100k-tcf:2)"""
+    warmup_users: int = 3
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, 0, "poll_seconds", "journal_poll_seconds")
+        for pin in self.pins:
+            name, _, ver = pin.rpartition(":")
+            if not name or not is_version_name(ver):
+                out.append(f"pin {pin!r} is not name:version with a positive integer version")
+        return out
+
     def pinned(self) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
         for pin in self.pins:
@@ -198,51 +218,172 @@ class ServeConfig:
         return out
 
 
+@dataclass
+class RequestLogConfig:
+    """Served Recommend requests as JSON lines (what is logged and what the hashed user ids protect:
+    docs/serving.md#request-log-and-privacy)."""
+
+    path: Annotated[Path | None, _flag("request-log")] = None
+    """write served Recommend requests as JSON lines to this file (off when unset)"""
+    sample: Annotated[float, _flag("request-log-sample")] = 1.0
+    """share of requests logged, 0..1"""
+    max_mb: Annotated[float, _flag("request-log-max-mb")] = 100.0
+    """rotate the request log at this size"""
+    backups: Annotated[int, _flag("request-log-backups")] = 5
+    """rotated request-log files kept"""
+    user_ids: Annotated[Literal["hash", "plain", "omit"], _flag("request-log-user-ids")] = "hash"
+    """user ids in the request log: hash (salted SHA-256 prefix), plain, or omit"""
+    salt: Annotated[str, _flag("request-log-salt")] = ""
+    """salt of the hashed user ids (also RECSYS_REQUEST_LOG_SALT); keep it secret and stable. Empty: read
+    request_log_salt_file, else a random salt generated once and kept beside the log (<request_log>.salt)"""
+    salt_file: Annotated[Path | None, _flag("request-log-salt-file")] = None
+    """file holding the salt (e.g. a mounted secret shared by replicas, so their hashes agree)"""
+    queue: Annotated[int, _flag("request-log-queue")] = 10000
+    """request-log entries waiting for the disk; beyond it entries are dropped and counted
+    (recsys_request_log_dropped_total), never queued without bound"""
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, 1, "queue")
+        if not 0.0 <= self.sample <= 1.0:
+            out.append(f"request_log_sample must be in [0, 1] (got {self.sample})")
+        return out
+
+
+@dataclass
+class ServeConfig:
+    repository: Path = Path("work/model-repository")
+    """model repository root: <repository>/<name>/<version>/manifest.json"""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    pools: PoolsConfig = field(default_factory=PoolsConfig)
+    encoders: EncoderConfig = field(default_factory=EncoderConfig)
+    index_backend: str = "auto"
+    """item index backend: auto (faiss-gpu where a GPU and the index type allow, else faiss-cpu), faiss-cpu, faiss-gpu"""
+    gate: GateConfig = field(default_factory=GateConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
+    admin_token: str = ""
+    """token for UpsertItems/ReloadModels (metadata `authorization: Bearer <token>`); empty = admin off"""
+    request_log: RequestLogConfig = field(default_factory=RequestLogConfig)
+    log_json: bool = False
+    """JSON-lines logs (also RECSYS_LOG_JSON=1)"""
+
+    def __post_init__(self) -> None:
+        problems = [p for section in SECTIONS for p in getattr(getattr(self, section), "problems", list)()]
+        if problems:
+            raise ValueError("invalid server config: " + "; ".join(problems))
+
+    @classmethod
+    def flat(cls, **values: Any) -> ServeConfig:
+        """A config from flat setting names (`ServeConfig.flat(port=0, max_top_k=7)`), as flags and
+        RECSYS_* variables name them."""
+        return from_dict(cls, nest(values))
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(ServeConfig)
+                             if isinstance(f.default_factory, type)}  # type: ignore[misc]
+
+
+def flat_name(section: type, field_name: str) -> str:
+    """The flag / environment name of a field of a section, with underscores (`stall_seconds` of the
+    watchdog -> `encoder_stall_seconds`)."""
+    hints = typing.get_type_hints(section, include_extras=True)
+    for meta in getattr(hints[field_name], "__metadata__", ()):
+        name = getattr(meta, "name", None)
+        if name:
+            return name.replace("-", "_")
+    return field_name
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str | None  # None: a field of ServeConfig itself
+    field: str
+    type: Any
+    default: Any
+
+
+def _settings() -> Iterator[tuple[str, Setting]]:
+    """(flat name, where it lives) of every setting."""
+    for cls, section in ((ServeConfig, None), *((c, name) for name, c in SECTIONS.items())):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if section is None and f.name in SECTIONS:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            yield flat_name(cls, f.name), Setting(section, f.name, hints[f.name], default)
+
+
+FLAT = dict(_settings())
+
+
+def nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat setting names -> the sections' nesting; section objects pass through as they are."""
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            out.setdefault(key, {}).update(value)
+        elif key in FLAT:
+            s = FLAT[key]
+            if s.section is None:
+                out[key] = value
+            else:
+                out.setdefault(s.section, {})[s.field] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unknown server setting(s) {', '.join(sorted(unknown))}; accepted: the flags of "
+                         "`llmrec serve --help` with underscores, or their sections")
+    return out
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(ServeConfig):
-        raw = env.get(f"RECSYS_{f.name.upper()}")
+    for flat, s in FLAT.items():
+        raw = env.get(f"RECSYS_{flat.upper()}")
         if raw is None or raw == "":
             continue
-        default = getattr(ServeConfig, f.name, None)
+        default = s.default
         if isinstance(default, bool):
-            values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+            values[flat] = raw.lower() in ("1", "true", "yes", "on")
         elif isinstance(default, int | float):
             try:
-                values[f.name] = type(default)(raw)
+                values[flat] = type(default)(raw)
             except ValueError:
                 kind = "an integer" if isinstance(default, int) else "a number"
-                raise ValueError(f"RECSYS_{f.name.upper()}={raw!r} is not {kind}") from None
+                raise ValueError(f"RECSYS_{flat.upper()}={raw!r} is not {kind}") from None
         elif isinstance(default, tuple):
-            values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
-        elif f.name in ("repository", "tls_cert", "tls_key", "request_log", "request_log_salt_file"):
-            values[f.name] = Path(raw)
+            values[flat] = tuple(x.strip() for x in raw.split(",") if x.strip())
+        elif Path in (s.type, *typing.get_args(s.type)):
+            values[flat] = Path(raw)
         else:
-            values[f.name] = raw
+            values[flat] = raw
     if "log_json" not in values and env.get("RECSYS_LOG_JSON"):
         values["log_json"] = env["RECSYS_LOG_JSON"] == "1"
     return values
 
 
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, Mapping) else value
+    return out
+
+
 def load(argv: list[str], env: Mapping[str, str] | None = None) -> ServeConfig:
     env = os.environ if env is None else env
-    rest: list[str] = []
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--config" and i + 1 < len(argv):
-            values.update(load_file(Path(argv[i + 1])))
-            i += 2
-            continue
-        if argv[i].startswith("--config="):
-            values.update(load_file(Path(argv[i].split("=", 1)[1])))
-        else:
-            rest.append(argv[i])
-        i += 1
-    values.update(_from_env(env))
-    for key in ("pins",):
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
+    path, rest = split_config_flag(argv)
+    values = nest(load_file(path)) if path else {}
+    values = _merge(values, nest(_from_env(env)))
+    if isinstance(values.get("reload", {}).get("pins"), list):
+        values["reload"]["pins"] = tuple(values["reload"]["pins"])
     default = from_dict(ServeConfig, values) if values else None
-    return tyro.cli(ServeConfig, args=rest, default=default, prog="llmrec serve",
+    return tyro.cli(ServeConfig, args=rest, default=default, prog="llmrec serve", config=(tyro.conf.OmitArgPrefixes,),
                     description="Serve a model repository over gRPC (health, reflection, /metrics, hot reload).")
+
+
+def setting(cfg: ServeConfig, flat: str) -> Any:
+    """A setting's value by its flat name (`setting(cfg, "max_top_k")`), as flags and RECSYS_* name it."""
+    s = FLAT[flat]
+    return getattr(cfg if s.section is None else getattr(cfg, s.section), s.field)

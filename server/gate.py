@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import tyro
 
 from common import logs
 from repository.reference import ReferenceData
@@ -32,10 +34,16 @@ TOP = 20
 
 @dataclass
 class GateConfig:
-    min_cosine: float = 0.99
-    min_overlap: float = 0.99
-    max_rows: int = 32  # probe users each candidate is checked on (plus the parity cases)
-    repeats: int = 2  # timing passes over the smallest and the largest reference case
+    """Which engine serves an encoder (`llmrec serve` flags, hence the flat flag names)."""
+
+    min_cosine: Annotated[float, tyro.conf.arg(name="gate-min-cosine")] = 0.99
+    """an engine serves only if its outputs' mean cosine to the version's fp32 reference is at least this"""
+    min_overlap: Annotated[float, tyro.conf.arg(name="gate-min-overlap")] = 0.99
+    """... and its top-20 recommendations overlap the reference's by at least this, on average"""
+    max_rows: Annotated[int, tyro.conf.arg(name="gate-rows")] = 32
+    """probe users each candidate engine is checked on at load (plus the export's parity inputs)"""
+    repeats: Annotated[int, tyro.conf.arg(name="gate-repeats")] = 2
+    """timing passes over the smallest and largest reference inputs when choosing the fastest engine"""
 
 
 @dataclass

@@ -35,7 +35,7 @@ from server.catalogue import Catalogue
 from server.config import ServeConfig
 from server.encoders import HistoryEncoder, ItemTextEncoder, input_names
 from server.engines import Encoder, engine_candidates
-from server.gate import GateConfig, Trial, select
+from server.gate import Trial, select
 from server.indexes import choose_backend
 from server.machine import Machine, detect
 
@@ -102,13 +102,13 @@ class ModelVersion:
             mv.item_encoder = ItemTextEncoder(mv.manifest, enc, files.tokenizer)
         if mv.can_history:
             enc = mv._encoder("user_encoder", files, cfg, machine, mv._history_fallback,
-                              cfg.instances(machine.cpus))
+                              cfg.encoders.instances(machine.cpus))
             chosen = next((t for t in mv.gate_trials["user_encoder"] if t.label() == mv.engines["user_encoder"]),
                           None)
-            mv.encoder_instances = cfg.instances(machine.cpus, enc.device, chosen.one_ms if chosen else None)
+            mv.encoder_instances = cfg.encoders.instances(machine.cpus, enc.device, chosen.one_ms if chosen else None)
             mv.history_encoder = HistoryEncoder(mv.adapter, enc, input_names(mv.manifest, "user_encoder", enc))
-            mv.batcher = DynamicBatcher(name, mv.history_encoder.run, cfg.max_batch_size, cfg.max_wait_ms,
-                                        cfg.queue_size, metrics, cfg.max_queue_wait_ms / 1000.0,
+            mv.batcher = DynamicBatcher(name, mv.history_encoder.run, cfg.encoders.max_batch_size, cfg.encoders.max_wait_ms,
+                                        cfg.encoders.queue_size, metrics, cfg.encoders.max_queue_wait_ms / 1000.0,
                                         instances=mv.encoder_instances)
         return mv
 
@@ -128,17 +128,16 @@ class ModelVersion:
     def _encoder(self, role: str, files: VersionFiles, cfg: ServeConfig, machine: Machine,
                  fallback: Callable[[Encoder], list[dict[str, np.ndarray]]], instances: int = 1) -> Encoder:
         """The engine that serves `role`: the fastest candidate passing the quality gate (server/gate.py)."""
-        requested = cfg.engine if cfg.engine != "auto" else self.manifest.engine_hint
+        requested = cfg.encoders.engine if cfg.encoders.engine != "auto" else self.manifest.engine_hint
         try:
-            cands = engine_candidates(machine, requested, cfg.engine_int8)
+            cands = engine_candidates(machine, requested, cfg.encoders.engine_int8)
         except ValueError as exc:
             raise VersionError(f"{self.path}: {role}: {exc}") from None
         ref_path = files.reference_path(role)
         ref = read_reference(ref_path, (self.manifest.encoders[role].reference or {}).get("metric")) if ref_path else None
-        gate_cfg = GateConfig(cfg.gate_min_cosine, cfg.gate_min_overlap, cfg.gate_rows, cfg.gate_repeats)
         try:
-            encoder, trials = select(role, files.encoders[role], cands, ref, files.item_vectors, cfg.ort_threads,
-                                     gate_cfg, fallback, instances)
+            encoder, trials = select(role, files.encoders[role], cands, ref, files.item_vectors, cfg.encoders.ort_threads,
+                                     cfg.gate, fallback, instances)
         except Exception as exc:
             raise VersionError(f"{self.path}: {role} cannot be served: {exc}") from exc
         self.engines[role] = f"{encoder.name}:{encoder.precision}"

@@ -71,7 +71,7 @@ class Reloader:
         except Exception:
             log.exception("initial repository scan failed")
         self.registry.ready = True
-        while self.cfg.poll_seconds > 0 and not self._stop.wait(self.cfg.poll_seconds):
+        while self.cfg.reload.poll_seconds > 0 and not self._stop.wait(self.cfg.reload.poll_seconds):
             try:
                 self.reload_now()
             except Exception:
@@ -86,7 +86,7 @@ class Reloader:
             files = load_files(path)
             mv = ModelVersion.load(name, files, self.cfg, self.metrics, pinned=pinned, machine=self.machine)
             try:
-                mv.warm_up(self.cfg.warmup_users)
+                mv.warm_up(self.cfg.reload.warmup_users)
             except Exception:
                 mv.retire()
                 raise
@@ -106,7 +106,7 @@ class Reloader:
     def _scan(self) -> ReloadResult:
         result = ReloadResult()
         found = scan(Path(self.cfg.repository))
-        pins = self.cfg.pinned()
+        pins = self.cfg.reload.pinned()
         loaded = self.registry.loaded()
         for name, versions in found.items():
             have = loaded.get(name, {})

@@ -68,9 +68,9 @@ def _listed(values: Sequence[str]) -> str:
 def check_id(what: str, value: str, cfg: ServeConfig) -> None:
     if not value:
         raise errors.invalid(f"{what} is an empty string; ids are non-empty strings of at most "
-                             f"{cfg.max_id_len} characters")
-    if len(value) > cfg.max_id_len:
-        raise errors.invalid(f"{what} is {len(value)} characters long; at most {cfg.max_id_len} are accepted")
+                             f"{cfg.limits.max_id_len} characters")
+    if len(value) > cfg.limits.max_id_len:
+        raise errors.invalid(f"{what} is {len(value)} characters long; at most {cfg.limits.max_id_len} are accepted")
 
 
 def check_model(model: str, cfg: ServeConfig) -> None:
@@ -82,16 +82,16 @@ def check_model(model: str, cfg: ServeConfig) -> None:
 def check_request(req: pb.RecommendRequest, cfg: ServeConfig, exclude: Sequence[str] | None = None) -> None:
     """The limits of one Recommend request, before anything is looked up. `exclude`: req.exclude_item_ids
     already as a list (reading a protobuf repeated field makes new strings each time)."""
-    if not 1 <= req.top_k <= cfg.max_top_k:
-        raise errors.invalid(f"top_k must be between 1 and {cfg.max_top_k}, got {req.top_k}")
+    if not 1 <= req.top_k <= cfg.limits.max_top_k:
+        raise errors.invalid(f"top_k must be between 1 and {cfg.limits.max_top_k}, got {req.top_k}")
     if not req.user_id and not req.history:
         raise errors.invalid("empty query: give a user_id, a history of item ids, or both")
-    if len(req.history) > cfg.max_history_len:
-        raise errors.invalid(f"history has {len(req.history)} items; at most {cfg.max_history_len} are "
+    if len(req.history) > cfg.limits.max_history_len:
+        raise errors.invalid(f"history has {len(req.history)} items; at most {cfg.limits.max_history_len} are "
                              "accepted (the encoder uses only the most recent ones anyway)")
-    if len(req.exclude_item_ids) > cfg.max_history_len + cfg.max_top_k:
+    if len(req.exclude_item_ids) > cfg.limits.max_history_len + cfg.limits.max_top_k:
         raise errors.invalid(f"exclude_item_ids has {len(req.exclude_item_ids)} ids; at most "
-                             f"{cfg.max_history_len + cfg.max_top_k} are accepted")
+                             f"{cfg.limits.max_history_len + cfg.limits.max_top_k} are accepted")
     if req.user_id:
         check_id("user_id", req.user_id, cfg)
     check_ids("history", req.history, cfg)
@@ -102,7 +102,7 @@ def check_ids(what: str, values: Sequence[str], cfg: ServeConfig) -> None:
     """check_id on every value, with the lengths measured in C first: a batch may hold 500,000 ids, and a
     Python call per id was most of its cost."""
     lengths = list(map(len, values))
-    if lengths and (min(lengths) == 0 or max(lengths) > cfg.max_id_len):
+    if lengths and (min(lengths) == 0 or max(lengths) > cfg.limits.max_id_len):
         for i, value in enumerate(values):
             check_id(f"{what}[{i}]", value, cfg)
 
@@ -111,13 +111,13 @@ def check_batch(reqs: Sequence[pb.RecommendRequest], cfg: ServeConfig) -> None:
     """The limits of a RecommendBatch as a whole: its cost is the sum of its requests'."""
     if not reqs:
         raise errors.invalid("RecommendBatch needs at least one request")
-    if len(reqs) > cfg.max_batch_requests:
-        raise errors.invalid(f"RecommendBatch holds {len(reqs)} requests; at most {cfg.max_batch_requests} are "
+    if len(reqs) > cfg.limits.max_batch_requests:
+        raise errors.invalid(f"RecommendBatch holds {len(reqs)} requests; at most {cfg.limits.max_batch_requests} are "
                              "accepted")
     ids = total_ids(reqs)
-    if ids > cfg.max_batch_ids:
+    if ids > cfg.limits.max_batch_ids:
         raise errors.invalid(f"RecommendBatch holds {ids} item ids (histories and exclusions together); at most "
-                             f"{cfg.max_batch_ids} are accepted (--max-batch-ids): split the batch")
+                             f"{cfg.limits.max_batch_ids} are accepted (--max-batch-ids): split the batch")
 
 
 def plan(req: pb.RecommendRequest, mv: Servable, cfg: ServeConfig) -> Plan:
@@ -174,8 +174,8 @@ def _known_rows(cat: Catalogue, ids: Iterable[str]) -> set[int]:
 def check_item_ids(what: str, ids: Sequence[str], cfg: ServeConfig) -> None:
     if not ids:
         raise errors.invalid(f"{what} needs at least one item")
-    if len(ids) > cfg.max_upsert_items:
-        raise errors.invalid(f"{what} holds {len(ids)} items; at most {cfg.max_upsert_items} per call "
+    if len(ids) > cfg.limits.max_upsert_items:
+        raise errors.invalid(f"{what} holds {len(ids)} items; at most {cfg.limits.max_upsert_items} per call "
                              "are accepted (--max-upsert-items): split the call")
     seen: set[str] = set()
     for i, item_id in enumerate(ids):
@@ -190,8 +190,8 @@ def check_upsert(items: Sequence[pb.ItemText], cfg: ServeConfig) -> None:
     for i, it in enumerate(items):
         if not it.text.strip():
             raise errors.invalid(f"items[{i}].text is empty; the item encoder needs the item's text")
-        if len(it.text) > cfg.max_text_len or len(it.title) > cfg.max_text_len:
-            raise errors.invalid(f"items[{i}]: text or title longer than {cfg.max_text_len} characters "
+        if len(it.text) > cfg.limits.max_text_len or len(it.title) > cfg.limits.max_text_len:
+            raise errors.invalid(f"items[{i}]: text or title longer than {cfg.limits.max_text_len} characters "
                                  "(--max-text-len)")
 
 

@@ -337,7 +337,7 @@ def test_config(repo: Path, **overrides: Any) -> ServeConfig:
         "grace_seconds": 2.0,
     }
     values.update(overrides)
-    return ServeConfig(**values)
+    return ServeConfig.flat(**values)
 
 
 @contextmanager

@@ -34,10 +34,10 @@ def test_serve_image_matches_server_defaults(dockerfile) -> None:
     assert list(stages)[-1] == "serve", "the serving image must be the default (last) target"
     defaults = ServeConfig()
     env = _env(serve)
-    assert env["RECSYS_PORT"] == str(defaults.port) and env["RECSYS_METRICS_PORT"] == str(defaults.metrics_port)
+    assert env["RECSYS_PORT"] == str(defaults.network.port) and env["RECSYS_METRICS_PORT"] == str(defaults.network.metrics_port)
     assert env["RECSYS_REPOSITORY"] == "/models"
     exposed = {a for ins, args in serve if ins == "EXPOSE" for a in args.split()}
-    assert exposed == {str(defaults.port), str(defaults.metrics_port)}
+    assert exposed == {str(defaults.network.port), str(defaults.network.metrics_port)}
     assert ("USER", "10001:10001") in serve
     health = next(args for ins, args in serve if ins == "HEALTHCHECK")
     assert health.endswith('CMD ["python", "-m", "server.health_probe"]')

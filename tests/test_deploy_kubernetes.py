@@ -12,7 +12,7 @@ import yaml
 from deploy_kit import DEPLOY, ROOT, dockerfile_stages, load_yaml_docs, tool
 from kubernetes_validate.utils import all_versions
 
-from server.config import ServeConfig
+from server.config import FLAT, ServeConfig
 
 K8S = DEPLOY / "kubernetes"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -79,16 +79,16 @@ def test_server_pods_match_the_image_and_the_server() -> None:
     pod = _pod("Deployment", "llmrec")
     container = pod["containers"][0]
     defaults = ServeConfig()
-    fields = {f"RECSYS_{name.upper()}" for name in ServeConfig.__dataclass_fields__}
+    fields = {f"RECSYS_{name.upper()}" for name in FLAT}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert {k for k in env if k.startswith("RECSYS_")} <= fields, "an env variable the server does not read"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": defaults.port, "metrics": defaults.metrics_port}
-    assert env["RECSYS_PORT"] == str(defaults.port) and env["RECSYS_METRICS_PORT"] == str(defaults.metrics_port)
-    assert container["startupProbe"]["grpc"]["port"] == container["readinessProbe"]["grpc"]["port"] == defaults.port
+    assert ports == {"grpc": defaults.network.port, "metrics": defaults.network.metrics_port}
+    assert env["RECSYS_PORT"] == str(defaults.network.port) and env["RECSYS_METRICS_PORT"] == str(defaults.network.metrics_port)
+    assert container["startupProbe"]["grpc"]["port"] == container["readinessProbe"]["grpc"]["port"] == defaults.network.port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert int(resources()[("Deployment", "llmrec")]["spec"]["template"]["metadata"]["annotations"][
-        "prometheus.io/port"]) == defaults.metrics_port
+        "prometheus.io/port"]) == defaults.network.metrics_port
     user = next(args for ins, args in dockerfile_stages(ROOT / "Dockerfile")["serve"] if ins == "USER")
     assert f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}" == user
 

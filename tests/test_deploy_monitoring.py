@@ -111,10 +111,10 @@ def test_compose_wiring() -> None:
     # "${LLMREC_GRPC_PORT:-50051}:50051": the host port may be moved, its default and the container's may not
     published = {(re.sub(r"^\$\{\w+:-(\d+)\}$", r"\1", host), inside)
                  for host, inside in (p.rsplit(":", 1) for p in services["server"]["ports"])}
-    assert published == {(str(defaults.port), str(defaults.port)),
-                         (str(defaults.metrics_port), str(defaults.metrics_port))}
+    assert published == {(str(defaults.network.port), str(defaults.network.port)),
+                         (str(defaults.network.metrics_port), str(defaults.network.metrics_port))}
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]
-    assert scrape["static_configs"][0]["targets"] == [f"server:{defaults.metrics_port}"]
+    assert scrape["static_configs"][0]["targets"] == [f"server:{defaults.network.metrics_port}"]
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]

@@ -16,7 +16,7 @@ from server.catalogue import Catalogue
 from server.config import ServeConfig
 from server.indexes.faiss_cpu import FaissCpu
 
-CFG = ServeConfig(max_top_k=20, max_history_len=5, max_id_len=8, max_batch_requests=3, max_batch_ids=12,
+CFG = ServeConfig.flat(max_top_k=20, max_history_len=5, max_id_len=8, max_batch_requests=3, max_batch_ids=12,
                   max_upsert_items=3, max_text_len=10)
 
 

@@ -126,7 +126,7 @@ def _starve_reads(srv: Any, c: RecommenderClient, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(repository.journal, "append", slow_disk)
     admin = RecommenderClient(f"127.0.0.1:{srv.port}", admin_token=TOKEN, timeout=60)
-    capacity = srv.cfg.admin_threads + srv.cfg.admin_queue_size  # 2 running + 4 waiting: the six
+    capacity = srv.cfg.pools.admin_threads + srv.cfg.pools.admin_queue_size  # 2 running + 4 waiting: the six
     pool = ThreadPoolExecutor(capacity)
     try:
         upserts = [pool.submit(admin.upsert_items, "tiny-tcf", [(f"slow-{j}", "w1 w2")]) for j in range(capacity)]

@@ -119,16 +119,16 @@ def test_a_server_with_two_instances_answers_concurrent_histories_like_one(tmp_p
 
 
 def test_auto_instances_are_the_usable_cores_over_the_threads_and_one_on_a_gpu_or_a_fast_encoder() -> None:
-    auto = ServeConfig()
+    auto = ServeConfig().encoders
     assert auto.encoder_instances == 0  # the default
     assert [auto.instances(c) for c in (1, 2, 8)] == [1, 2, 8]
-    assert ServeConfig(ort_threads=2).instances(8) == 4 and ServeConfig(ort_threads=4).instances(2) == 1
+    assert ServeConfig.flat(ort_threads=2).encoders.instances(8) == 4 and ServeConfig.flat(ort_threads=4).encoders.instances(2) == 1
     assert auto.instances(8, device="cuda") == 1
     assert auto.instances(8, encode_ms=0.3) == 1 and auto.instances(8, encode_ms=40.0) == 8
-    assert ServeConfig(instances_min_encode_ms=0.1).instances(8, encode_ms=0.3) == 8
-    assert ServeConfig(encoder_instances=3).instances(1, device="cuda", encode_ms=0.1) == 3  # a set flag wins
+    assert ServeConfig.flat(instances_min_encode_ms=0.1).encoders.instances(8, encode_ms=0.3) == 8
+    assert ServeConfig.flat(encoder_instances=3).encoders.instances(1, device="cuda", encode_ms=0.1) == 3  # a set flag wins
     with pytest.raises(ValueError, match="encoder_instances must be >= 0"):
-        ServeConfig(encoder_instances=-1)
+        ServeConfig.flat(encoder_instances=-1)
 
 
 def test_usable_cpus_follow_the_affinity_and_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,7 @@ def test_server_never_imports_torch(tmp_path: Path) -> None:
         from server.app import RecommenderServer
         from client import RecommenderClient
         from server.config import ServeConfig
-        srv = RecommenderServer(ServeConfig(repository={str(tmp_path)!r}, host="127.0.0.1", port=0,
+        srv = RecommenderServer(ServeConfig.flat(repository={str(tmp_path)!r}, host="127.0.0.1", port=0,
                                             metrics_port=-1, poll_seconds=0)).start()
         assert srv.wait_ready(60)
         c = RecommenderClient(f"127.0.0.1:{{srv.port}}", admin_token=None)

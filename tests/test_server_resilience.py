@@ -249,10 +249,10 @@ def test_swapped_out_versions_are_freed_without_garbage_collection(tmp_path: Pat
 
 def test_upsert_limits_and_malformed_payloads_get_invalid_argument(env) -> None:
     srv, c = env
-    items = [(f"x{i}", "w1 w2", "") for i in range(srv.cfg.max_upsert_items + 1)]
+    items = [(f"x{i}", "w1 w2", "") for i in range(srv.cfg.limits.max_upsert_items + 1)]
     code, msg = _code(c.upsert_items, "tiny-tcf", items)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"at most {srv.cfg.max_upsert_items}" in msg
-    code, msg = _code(c.upsert_items, "tiny-tcf", [("x", "w" * (srv.cfg.max_text_len + 1))])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"at most {srv.cfg.limits.max_upsert_items}" in msg
+    code, msg = _code(c.upsert_items, "tiny-tcf", [("x", "w" * (srv.cfg.limits.max_text_len + 1))])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "--max-text-len" in msg
     raw = c.channel.unary_unary("/recsys.v1.Recommender/Recommend", request_serializer=None,
                                 response_deserializer=pb.RecommendResponse.FromString)
