@@ -507,6 +507,13 @@ def run_resilience(cfg: ResilienceConfig) -> dict[str, Any]:
     return result
 
 
+def _cheap_table(idle: dict[str, Any], loaded: dict[str, Any], label: str) -> list[str]:
+    """The cheap requests' success and latency idle and under load, as markdown table lines."""
+    return ["| cheap requests | OK | p50 ms | p99 ms |", "|---|---|---|---|",
+            *(f"| {name} | {r['success']:.1%} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+              for name, r in (("idle", idle), (label, loaded)))]
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     if result["repository"] == "synthetic":
@@ -541,9 +548,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"({f['flood_ok']} OK, {f['flood_failed']} refused or failed while it ran). Cheap known-user requests "
             f"with a {cfg['cheap_deadline_ms']:.0f} ms deadline:",
             "",
-            "| cheap requests | OK | p50 ms | p99 ms |", "|---|---|---|---|",
-            f"| idle | {idle['success']:.1%} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
-            f"| under the flood | {loaded['success']:.1%} | {loaded['p50_ms']:.2f} | {loaded['p99_ms']:.2f} |",
+            *_cheap_table(idle, loaded, "under the flood"),
             "",
             f"p99 under the flood / idle p99: {f['p99_ratio']:.2f}x."]
     if "memory" in result:
@@ -578,10 +583,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"or failed. Cheap known-user requests of {b['probe_model']} ({b['probe_deadline_ms']:.0f} ms deadline), "
             "one at a time:",
             "",
-            "| cheap requests | OK | p50 ms | p99 ms |", "|---|---|---|---|",
-            f"| idle | {idle['success']:.1%} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
-            f"| under big batches + admin storm | {loaded['success']:.1%} | {loaded['p50_ms']:.2f} | "
-            f"{loaded['p99_ms']:.2f} |",
+            *_cheap_table(idle, loaded, "under big batches + admin storm"),
             "",
             f"p99 under load / idle p99: {b['p99_ratio']:.2f}x (both measured in this run, on this machine)."]
     return "\n".join(lines) + "\n"

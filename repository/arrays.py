@@ -16,16 +16,21 @@ def write_json(path: Path, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_json(path: Path) -> Any:
+    """A version's JSON file; VersionError when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VersionError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def read_json_list(path: Path, required: bool = True) -> list[str]:
     """A JSON list of ids or titles, as strings; [] for an optional file that is absent."""
     if not path.is_file():
         if required:
             raise VersionError(f"{path.parent}: {path.name} is missing")
         return []
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VersionError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path)
     if not isinstance(data, list):
         raise VersionError(f"{path}: expected a JSON list")
     return [str(x) for x in data]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repository.arrays import read_json
 from repository.errors import VersionError
 from repository.files import MANIFEST
 from repository.kinds import check_kind
@@ -364,10 +365,7 @@ def read_manifest(version_dir: Path) -> Manifest:
     path = Path(version_dir) / MANIFEST
     if not path.is_file():
         raise VersionError(f"{version_dir}: no {MANIFEST} (an incomplete or foreign folder)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VersionError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path)
     if not isinstance(data, dict):
         raise VersionError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return Manifest.from_dict(data, f"{version_dir}/{MANIFEST}")

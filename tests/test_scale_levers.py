@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_kit import die_before
 
 from common.config import parse
 from export.cli import main as export_main
@@ -172,14 +173,7 @@ def _train(tiny: dict[str, Path], out: Path, *flags: str, stop_before: tuple[str
     config = parse(cli.TrainCli, args, presets=cli.SCHEDULES)
     task = cli.build_task(config)
     if stop_before is not None:
-        real = task.epoch_batches
-
-        def dying(stage: Stage, epoch: int, rng: Any) -> Any:
-            if (stage.name, epoch) == stop_before:
-                raise KeyboardInterrupt("killed")
-            return real(stage, epoch, rng)
-
-        task.epoch_batches = dying  # type: ignore[method-assign]
+        die_before(task, stop_before)
         with pytest.raises(KeyboardInterrupt):
             cli.run(task, config, config.train, out, {})
         return

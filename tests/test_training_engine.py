@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_kit import die_before
 
 from common.config import parse
 from models import tiny
@@ -17,7 +18,7 @@ from models.cllm4rec import cli as cllm_cli
 from models.tcf import cli as tcf_cli
 from models.training import devices
 from models.training.distributed import Placement
-from models.training.loop import Loop, Stage
+from models.training.loop import Loop
 from models.training.state import join_optimizer, split_optimizer
 
 torch.set_num_threads(1)
@@ -55,14 +56,7 @@ def _run(kind: str, assets: dict[str, Path], out: Path, stop_before: tuple[str, 
     cfg = config(kind, assets, out, *FLAGS[kind])
     task = cli_of(kind).build_task(cfg)
     if stop_before is not None:
-        real = task.epoch_batches
-
-        def dying(stage: Stage, epoch: int, rng: Any) -> Any:
-            if (stage.name, epoch) == stop_before:
-                raise KeyboardInterrupt("killed")
-            return real(stage, epoch, rng)
-
-        task.epoch_batches = dying  # type: ignore[method-assign]
+        die_before(task, stop_before)
         with pytest.raises(KeyboardInterrupt):
             cli_of(kind).run(task, cfg, cfg.train, out, {})
         return
