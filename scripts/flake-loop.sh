@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the server tests N times (default 20) while one busy process per core hogs the CPU, and counts the
+# iterations that failed: a test that asserts once instead of polling with a deadline shows up here.
+#   scripts/flake-loop.sh [N] [pytest paths...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-20}
+shift || true
+paths=("$@")
+[[ ${#paths[@]} -gt 0 ]] || paths=(tests/test_server_*.py tests/test_request_log.py tests/test_request_rules.py)
+hogs=()
+for _ in $(seq "$(nproc)"); do
+  python3 -c "while True: pass" &
+  hogs+=($!)
+done
+trap 'kill "${hogs[@]}" 2>/dev/null' EXIT
+fails=0
+for i in $(seq "$n"); do
+  if out=$(.venv/bin/python -m pytest -q -p no:cacheprovider "${paths[@]}" 2>&1); then
+    echo "iteration $i: ok: $(tail -1 <<<"$out")"
+  else
+    fails=$((fails + 1))
+    echo "iteration $i: FAILED: $(grep -E '^FAILED|^ERROR' <<<"$out" | head -5)"
+  fi
+done
+echo "$fails of $n iterations failed"
+[[ $fails -eq 0 ]]
