@@ -122,7 +122,7 @@ def run_encoders(cfg: EncoderBenchConfig) -> dict:
     import torch
 
     from models.bundle import load_bundle
-    from repository.reference import read_reference
+    from repository.reference import encoder_reference
     from server.engines import ENGINES, candidates, engine_candidates
 
     torch.set_num_threads(cfg.threads)
@@ -152,8 +152,8 @@ def run_encoders(cfg: EncoderBenchConfig) -> dict:
             runs |= torch_runs(copy.deepcopy(module).cuda(), enc.input_names, "cuda", low=True)
         runs |= {key: e.run for key, e in loaded.items()}
         quality: dict[str, dict[str, float]] = {}
-        if spec.reference_file:
-            ref = read_reference(cfg.version / spec.reference_file, (spec.reference or {}).get("metric"))
+        ref = encoder_reference(cfg.version, spec)
+        if ref is not None:
             ref_cases, ref_outs = (ref.probe_cases or ref.cases), (ref.probe_outputs or ref.outputs)
             quality = {key: _quality(run, ref_cases, np.concatenate(ref_outs), items) for key, run in runs.items()}
         cases = {}

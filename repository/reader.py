@@ -41,11 +41,6 @@ class VersionFiles:
     def index_path(self) -> Path:
         return self.path / F.ITEMS_INDEX
 
-    def reference_path(self, role: str) -> Path | None:
-        """The encoder's reference inputs/outputs (repository/reference.py), when it was exported with them."""
-        name = self.manifest.encoders[role].reference_file if role in self.manifest.encoders else None
-        return self.path / name if name else None
-
 
 def load_files(path: Path) -> VersionFiles:
     manifest = verify_version(path)

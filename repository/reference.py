@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from repository.manifest import EncoderSpec
+
 
 @dataclass
 class ReferenceData:
@@ -53,6 +55,12 @@ def write_reference(path: Path, data: ReferenceData) -> dict[str, object]:
         np.savez_compressed(f, **arrays)
     return {"file": Path(path).name, "cases": len(data.cases), "probe_batches": len(data.probe_cases),
             "probe_users": len(data.targets), "metric": data.metric, "source": "pytorch fp32"}
+
+
+def encoder_reference(version_dir: Path, spec: EncoderSpec) -> ReferenceData | None:
+    """An encoder's reference data as its manifest entry names it; None for a version exported without."""
+    return (read_reference(Path(version_dir) / spec.reference_file, (spec.reference or {}).get("metric"))
+            if spec.reference_file else None)
 
 
 def read_reference(path: Path, metric: str | None = None) -> ReferenceData:

@@ -27,7 +27,7 @@ from repository.errors import VersionError
 from repository.journal import JournalRecord, effective
 from repository.kinds import KINDS
 from repository.reader import VersionFiles
-from repository.reference import read_reference
+from repository.reference import encoder_reference
 from server import errors
 from server.adapters import adapter_for
 from server.batching import DynamicBatcher
@@ -133,8 +133,7 @@ class ModelVersion:
             cands = engine_candidates(machine, requested, cfg.encoders.engine_int8)
         except ValueError as exc:
             raise VersionError(f"{self.path}: {role}: {exc}") from None
-        ref_path = files.reference_path(role)
-        ref = read_reference(ref_path, (self.manifest.encoders[role].reference or {}).get("metric")) if ref_path else None
+        ref = encoder_reference(self.path, self.manifest.encoders[role])
         try:
             encoder, trials = select(role, files.encoders[role], cands, ref, files.item_vectors, cfg.encoders.ort_threads,
                                      cfg.gate, fallback, instances)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_kit import train_held_out_towers
 
 from common.config import parse
 from common.errors import CheckpointError, ConfigError
@@ -192,12 +193,7 @@ def test_random_among_new_is_the_exact_expectation_over_unwatched_new_items() ->
 
 
 def test_cold_start_report_masks_watched_held_out_items_and_ranks_new_item_baselines(tmp_path: Path, assets) -> None:
-    outs = []
-    for tower in ("text", "id"):
-        cfg = parse(cli.TrainCli, [*tcf_argv(*assets, tmp_path / tower), "--model.item-tower", tower,
-                                   "--train.epochs", "1", "--recipe.holdout-items", "0.3"], presets=cli.SCHEDULES)
-        cli.train(cfg)
-        outs += ["--checkpoint", str(cfg.out)]
+    outs = train_held_out_towers(assets, tmp_path, ("text", "id"), 0.3)
     ck = load_checkpoint(tmp_path / "text")
     assert ck.held_seen is not None and sum(len(w) for w in ck.held_seen) > 0
     held = np.asarray(ck.config["holdout"]["items"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_kit import train_held_out_towers
 
 from common.config import parse
 from models.data.splits import Split
@@ -93,12 +94,7 @@ def test_holdout_training_and_new_item_scoring(tmp_path: Path, assets, tower: st
 
 
 def test_report_has_new_and_known_item_columns(tmp_path: Path, assets) -> None:
-    outs = []
-    for tower in ("hybrid", "id"):
-        cfg = parse(cli.TrainCli, [*tcf_argv(*assets, tmp_path / tower), "--model.item-tower", tower,
-                                   "--train.epochs", "1", "--recipe.holdout-items", "0.2"], presets=cli.SCHEDULES)
-        cli.train(cfg)
-        outs += ["--checkpoint", str(cfg.out)]
+    outs = train_held_out_towers(assets, tmp_path, ("hybrid", "id"), 0.2)
     assert cli.eval_main([*outs, "--reference", "ID-SASREC", "--report", "cold", "--results-dir",
                           str(tmp_path / "r"), "--no-serving-cost"]) == 0
     payload = json.loads((tmp_path / "r" / "cold.json").read_text())
