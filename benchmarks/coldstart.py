@@ -20,7 +20,7 @@ import numpy as np
 
 from client import RecommenderClient
 from repository.files import JOURNAL
-from repository.journal import JournalRecord
+from repository.journal import JournalRecord, effective
 from repository.versions import list_versions
 from server.spawn import spawn_server, stop_server
 
@@ -44,7 +44,7 @@ def offline_hits(version: Path, new_items: Sequence[tuple[str, str, str]], reque
                                                                             engine=engine))
     try:
         for seq, (item_id, text, title) in enumerate(new_items, start=1):  # one per call, as the replay does
-            mv.apply_journal([JournalRecord(seq, "upsert", item_id, text, title)])
+            mv.apply_journal(list(effective([JournalRecord(seq, "upsert", item_id, text, title)]).values()), seq)
         cat = mv.catalogue
         hits = []
         for r in requests:

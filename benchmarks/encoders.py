@@ -24,8 +24,8 @@ import numpy as np
 
 from benchmarks.timing import compare, interleaved
 from repository import files as F
-from repository.arrays import read_user_history
 from repository.manifest import Manifest, read_manifest
+from repository.reader import read_known_users
 from server.machine import detect
 
 
@@ -47,7 +47,7 @@ def _lm_cases(version: Path, manifest: Manifest, lengths: list[int], batch: int)
     from server.adapters.cllm4rec_lm import Cllm4recPrompt
 
     adapter = Cllm4recPrompt(version, manifest)
-    indptr, indices = read_user_history(version / F.USER_HISTORY)
+    _, indptr, indices = read_known_users(version)
     overhead = len(adapter.payload(0, [], lambda rows: np.zeros(0)))
     users = sorted(range(len(indptr) - 1), key=lambda u: -(indptr[u + 1] - indptr[u]))[:batch]
     cases = {}

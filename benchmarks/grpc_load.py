@@ -12,7 +12,8 @@ the ratio compares the two paths under the same spells of a shared machine. A th
 phases runs the engine the server chose, loaded in the bench process with the server's threads and
 instances, on the same requests without gRPC or batching: server / engine-alone says what the serving
 path keeps of its engine's speed, and engine-alone / PyTorch what the engine itself gives on this
-machine in this run.
+machine in this run. With --bench.models, several models of the repository (a distilled student and its
+teacher) are compared on the same history requests instead, in alternating phases (benchmarks/grpc_models.py).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from common.errors import ConfigError
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from repository import files as F
-from repository.arrays import read_json_list, read_user_history
+from repository.arrays import read_json_list
 from repository.kinds import KINDS
 from repository.manifest import Manifest, read_manifest
+from repository.reader import read_known_users
 from repository.versions import list_versions
 from server.spawn import spawn_server, stop_server
 
@@ -85,13 +87,25 @@ class GrpcBenchConfig:
     # the highest baseline concurrency, so a change that should not move the serving figures is checked in
     # one run on the same machine state.
     reference_code: Path | None = None
+    # Several models of one repository in one run, instead of --bench.model (benchmarks/grpc_models.py): one
+    # server per engine serves them all; at each history length the models' history workloads and the
+    # PyTorch eager run of --bench.checkpoint (the baseline model's checkpoint) alternate at each
+    # --bench.baseline-concurrency, on the same requests, and a sweep over --bench.concurrency follows.
+    models: list[str] = field(default_factory=list)
+    baseline_model: str = ""  # with --bench.models: the one the others are divided by (default: the last named)
+    # with --bench.models: each workload sends histories of exactly this many items (users with fewer are left out)
+    history_lengths: list[int] = field(default_factory=lambda: [20, 60, 120])
+    # with --bench.models, issue 28's serving targets, shown met / not met beside what the paired phases measured:
+    # each other model's QPS over the baseline model's server at N clients (N:ratio) ...
+    target_qps_ratio: list[str] = field(default_factory=lambda: ["1:20", "8:10"])
+    # ... and its p99 at N clients (N:ms)
+    target_p99_ms: list[str] = field(default_factory=lambda: ["1:3"])
 
 
 def _load_requests(version_dir: Path, n: int, history_len: int, seed: int = 0, fixed: bool = False
                    ) -> tuple[list[str], list[list[str]]]:
-    user_ids = read_json_list(version_dir / F.USER_IDS)
+    user_ids, indptr, indices = read_known_users(version_dir)
     item_ids = read_json_list(version_dir / F.ITEM_IDS)
-    indptr, indices = read_user_history(version_dir / F.USER_HISTORY)
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(np.diff(indptr) >= history_len) if fixed else np.arange(len(user_ids))
     if not len(pool):
@@ -214,7 +228,7 @@ def _feeds_builder(version_dir: Path, users: list[str], histories: list[list[str
     """Request i's encoder feeds, built by the server's own adapter, so every in-process baseline encodes
     exactly what the server does."""
     adapter, rows = _server_adapter(version_dir, read_manifest(version_dir))
-    user_rows = {u: i for i, u in enumerate(read_json_list(version_dir / F.USER_IDS))}
+    user_rows = {u: i for i, u in enumerate(read_known_users(version_dir)[0])}
 
     def feeds(i: int) -> dict[str, np.ndarray]:
         user, hist = users[i % len(users)], histories[i % len(histories)]
@@ -230,17 +244,17 @@ def torch_label(result: dict) -> str:
     return "PyTorch eager fp32" + ("" if device == "cpu" else f" on {device}")
 
 
-def _torch_answer(checkpoint: Path, version_dir: Path, users: list[str], histories: list[list[str]], k: int,
+def _torch_answer(checkpoint: Path | Any, version_dir: Path, users: list[str], histories: list[list[str]], k: int,
                   device: str = "cpu") -> Callable[[int], None] | None:
     """Research-code serving: the torch encoder per request, scores against every item, topk, no batching.
     Prompts / sequences are built by the server's own adapter, so both sides encode the same input; on a
     GPU the inputs go up and the ids come back per request, as the server's do. None for a model without
-    a history encoder (DSSM)."""
+    a history encoder (DSSM). `checkpoint` may be a bundle already loaded, for several request sets."""
     import torch
 
     from models.bundle import load_bundle
 
-    bundle = load_bundle(checkpoint, known_users=False)
+    bundle = load_bundle(checkpoint, known_users=False) if isinstance(checkpoint, (str, Path)) else checkpoint
     enc = bundle.encoders.get("user_encoder")
     if enc is None:
         return None
@@ -345,6 +359,10 @@ def _latest_version(repository: Path, model: str) -> int:
 
 
 def run_grpc(cfg: GrpcBenchConfig) -> dict:
+    if cfg.models:
+        from benchmarks.grpc_models import run_models
+
+        return run_models(cfg)
     if cfg.reference_code is not None and not (Path(cfg.reference_code) / "server").is_dir():
         raise ConfigError(f"--bench.reference-code {cfg.reference_code}: not a source tree of this project "
                           "(no server/ folder); make one with `git worktree add DIR COMMIT`")
@@ -510,6 +528,10 @@ def _requests_line(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
+    if "models" in result:  # a --bench.models run
+        from benchmarks.grpc_models import markdown as models_markdown
+
+        return models_markdown(result)
     lines = [f"Model {result['model']} v{result['version']} ({result['kind']}/{result['user_tower']}); "
              f"{result['config']['seconds']:.0f} s per point, top-{result['config']['top_k']}, closed-loop clients "
              "on loopback; latencies from HDR histograms."
@@ -599,6 +621,10 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, prefix: Path) -> list[Path]:
     """latency vs concurrency and QPS vs concurrency, per workload and engine; PNG files."""
+    if "models" in result:  # a --bench.models run: one line per model
+        from benchmarks.grpc_models import plot as models_plot
+
+        return models_plot(result, prefix)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -72,6 +72,12 @@ def _grpc(r: dict[str, Any], name: str) -> list[str]:
     return [f"- {r['model']} over gRPC{_workload(r)} ({_link(name)}): " + "; ".join(parts) + "."]
 
 
+def _grpc_models(r: dict[str, Any], name: str) -> list[str]:
+    from benchmarks.grpc_models import readme_line
+
+    return [readme_line(r, _link(name))]
+
+
 def _workload(r: dict[str, Any]) -> str:
     """Which histories the figures are for: a ratio at fixed L is not the same claim as one over real lengths."""
     tokens = r.get("requests", {}).get("encoder_input_length")
@@ -123,6 +129,7 @@ def render(results: Path) -> str:
                       ("bench_grpc_ml100k-cllm4rec-d8-lora-gate098", _grpc), ("bench_grpc_ml100k-cllm4rec-d8-mean", _grpc),
                       ("bench_grpc_ml100k-cllm4rec-d8-mean-L128", _grpc),
                       ("bench_grpc_ml100k-tcf", _grpc), ("bench_grpc_ml100k-tcf-instances2", _grpc),
+                      ("bench_grpc_ml100k-student", _grpc_models),
                       ("bench_scale", _scale), ("bench_scale_real-tcf", _scale),
                       ("serving_resilience_ml100k", _resilience)):
         for run in [name, *_reruns(results, name)]:

@@ -33,6 +33,7 @@ from repository import files as F
 from repository.arrays import read_json_list, write_json
 from repository.files import MANIFEST
 from repository.manifest import read_manifest
+from repository.reader import read_known_users
 from repository.versions import list_versions
 from server.spawn import spawn_server, stop_server
 
@@ -122,10 +123,8 @@ def _scratch(cfg: ResilienceConfig) -> Path:
 
 
 def _requests(version_dir: Path, n: int = 200, length: int = 20) -> tuple[list[str], list[list[str]]]:
-    users = read_json_list(version_dir / F.USER_IDS)
+    users, indptr, indices = read_known_users(version_dir)
     items = read_json_list(version_dir / F.ITEM_IDS)
-    with np.load(version_dir / F.USER_HISTORY) as h:
-        indptr, indices = h["indptr"], h["indices"]
     rng = np.random.default_rng(0)
     rows = rng.choice(len(users), size=min(n, len(users)), replace=False)
     return ([users[u] for u in rows],
@@ -384,7 +383,7 @@ def _big_batch(repo: Path, cfg: ResilienceConfig, probe_users: list[str]) -> dic
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(_SLOW_DISK)
     items = read_json_list(repo / cfg.cheap_model / "1" / F.ITEM_IDS)
-    users = read_json_list(repo / cfg.cheap_model / "1" / F.USER_IDS)
+    users = read_known_users(repo / cfg.cheap_model / "1")[0]
     rng = np.random.default_rng(0)
     batch = pb.RecommendBatchRequest(requests=[
         pb.RecommendRequest(model=cfg.cheap_model, user_id=users[j % len(users)], top_k=20,

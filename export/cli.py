@@ -42,6 +42,7 @@ def summary(manifest: Manifest) -> dict[str, Any]:
         "encoders": {k: {"precision": v.precision, "graph_optimization": v.graph_optimization}
                      for k, v in manifest.encoders.items()},
         "quantization": manifest.quantization,
+        "known_users": manifest.known_users.to_dict() if manifest.known_users else None,
         "bytes": sum(f.bytes for f in manifest.files.values()),
     }
 
@@ -62,6 +63,13 @@ def write_export_report(version_dir: Path, cfg: ExportConfig) -> Path:
         md += f"\nint8 {enc}: {q['status']}, " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in q.items() if k not in ("status", "method"))
         md += "\n"
+    known = s["known_users"]
+    if known:
+        q = known.get("quality") or {}
+        md += f"\nKnown users: {s['num_users']}, vectors {known['vectors_dtype']}"
+        md += (f" (float16 {q['status']}: top-20 overlap {q.get('top20_overlap', float('nan')):.4f}"
+               + (f", {q['metric']} {q['fp32']:.4f} -> {q['fp16']:.4f}" if "metric" in q else "") + ")\n"
+               if q else "\n")
     return write_report(f"export-{s['name']}", {"config": to_dict(cfg), "version_dir": str(version_dir), **s}, md)
 
 

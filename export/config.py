@@ -30,6 +30,34 @@ class QuantizeConfig:
 
 
 @dataclass
+class UserVectorsConfig:
+    """Known users' vectors: how they are stored and how the exporter computes them.
+
+    fp16 halves the file a replica maps; it is measured like int8 quantization (top-20 overlap with fp32
+    on sampled known users, and the probe metric) and refused, keeping fp32, below these thresholds.
+    Vectors an encoder computes (CLLM4Rec) run through the exported fp32 graph in shards of `shard_size`
+    users under <repository>/<name>/.export-work/: a killed export re-run with the same checkpoint and
+    settings computes only the missing shards."""
+
+    dtype: Literal["fp32", "fp16"] = "fp32"
+    min_overlap: float = 0.95
+    max_metric_drop: float = 0.01
+    shard_size: int = 4096  # users per shard (the unit of resume)
+    batch_size: int = 32  # prompts per encoder run
+
+
+@dataclass
+class RayConfig:
+    """`--engine ray`: the known-user shards computed by Ray Data (export/ray_engine.py)."""
+
+    # "": start a local Ray instance for this export (and stop it after); "auto" or "ray://host:10001":
+    # join a running cluster, whose workers run the same llmrec install and can read the repository
+    address: str = ""
+    workers: int = 2  # actors, each with its own ONNX Runtime session of --threads threads
+    cpus_per_worker: float = 1.0  # Ray CPUs each actor reserves
+
+
+@dataclass
 class ParityConfig:
     """ONNX Runtime vs PyTorch (fp32): max abs error <= atol + rtol * max |output|, identical top-k."""
 
@@ -54,7 +82,12 @@ class ExportConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    user_vectors: UserVectorsConfig = field(default_factory=UserVectorsConfig)
     threads: int = 1  # torch / ORT threads while exporting
+    # who computes the known users' vectors through the exported graph: "local" (this process) or
+    # "ray" (Ray Data across a cluster; pip install 'llmrec[cluster]'); both write the same files
+    engine: Literal["local", "ray"] = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
     # Probe users whose encoder inputs and PyTorch fp32 outputs are stored with the version, so that a
     # server can check each inference engine (e.g. OpenVINO bf16) on real users before it serves.
@@ -62,4 +95,7 @@ class ExportConfig:
     # Fold the model's item journal (<repository>/<name>/items.journal: items added while serving) into
     # this version's catalogue, encoded by the new item tower; servers then replay only newer records.
     fold_journal: bool = False
+    # Where the servers keep the item journals (their --journal): "" = the file beside the versions, or
+    # redis://HOST:PORT/DB for a Redis stream per model.
+    journal: str = ""
     report: bool = True  # also write ./llmrec-results/export-<name>.json/.md

@@ -96,3 +96,45 @@ def evaluate(
     if reasons:
         out["reason"] = "; ".join(reasons) + ": kept fp32"
     return out
+
+
+def evaluate_fp16(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    sample: np.ndarray,
+    probe: QualityProbe | None,
+    min_overlap: float = 0.95,
+    max_metric_drop: float = 0.01,
+    k: int = 20,
+) -> dict[str, Any]:
+    """The manifest `known_users.quality` entry for float16 known-user vectors, measured like int8: the
+    top-k overlap with float32 on the `sample` users and, when the probe's users are known users
+    (`probe.users`), the probe metric with their observed items masked. Status "accepted" or "refused"."""
+    kk = min(k, item_vectors.shape[0])
+    a = np.asarray(user_vectors[sample], dtype=np.float32)
+    b = a.astype(np.float16).astype(np.float32)
+    t32, t16 = top_k(a @ item_vectors.T, kk), top_k(b @ item_vectors.T, kk)
+    shared = sum(len(np.intersect1d(x, y)) for x, y in zip(t32, t16, strict=True))
+    overlap = shared / (len(t32) * kk) if len(t32) else 1.0
+    out: dict[str, Any] = {"method": "float16 storage of known-user vectors", f"top{kk}_overlap": overlap,
+                           "rows": len(t32), "min_overlap": min_overlap}
+    reasons = []
+    if overlap < min_overlap:
+        reasons.append(f"top-{kk} overlap {overlap:.3f} < {min_overlap}")
+    if probe is not None and probe.users is not None and len(probe.users):
+        keep = [i for i, t in enumerate(probe.targets) if len(t)]
+        users = np.asarray(probe.users)[keep]
+        excl, tgts = [probe.exclude[i] for i in keep], [probe.targets[i] for i in keep]
+        p32 = np.asarray(user_vectors[users], dtype=np.float32)
+        p16 = p32.astype(np.float16).astype(np.float32)
+        m32 = float(per_user_metrics(p32 @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
+        m16 = float(per_user_metrics(p16 @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
+        drop = (m32 - m16) / m32 if m32 > 0 else (0.0 if m16 >= m32 else 1.0)
+        out.update({"metric": probe.metric, "fp32": m32, "fp16": m16, "relative_drop": drop,
+                    "probe_users": len(users), "max_metric_drop": max_metric_drop})
+        if drop > max_metric_drop:
+            reasons.append(f"{probe.metric} drops {drop:.1%} (fp32 {m32:.4f} -> fp16 {m16:.4f}) > {max_metric_drop:.1%}")
+    out["status"] = "refused" if reasons else "accepted"
+    if reasons:
+        out["reason"] = "; ".join(reasons) + ": kept float32"
+    return out

@@ -6,6 +6,8 @@ The server's tests can build a real (tiny) model repository with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,65 @@ class LastTokenLM(nn.Module):
         h = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         last = (attention_mask.sum(1) - 1).clamp(min=0)
         return h.gather(1, last.view(-1, 1, 1).expand(-1, 1, h.size(-1))).squeeze(1)
+
+
+class UserSlotLM(LastTokenLM):
+    """LastTokenLM whose user-slot token takes its embedding from the `user_embedding` input: CLLM4Rec's
+    format-2 user encoder, whose graph holds no user rows."""
+
+    def __init__(self, vocab_size: int, user_slot: int, dim: int = 32, seed: int = 0):
+        super().__init__(vocab_size, dim, seed)
+        self.user_slot = user_slot
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,  # type: ignore[override]
+                user_embedding: torch.Tensor) -> torch.Tensor:
+        emb = self.lm.embed_tokens(input_ids)
+        emb = torch.where((input_ids == self.user_slot).unsqueeze(-1), user_embedding.unsqueeze(1), emb)
+        h = self.lm(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        last = (attention_mask.sum(1) - 1).clamp(min=0)
+        return h.gather(1, last.view(-1, 1, 1).expand(-1, 1, h.size(-1))).squeeze(1)
+
+
+@dataclass
+class TinyPrompts:
+    """models.bundle.KnownUserInputs of the tiny CLLM4Rec bundle; `fail_after` raises after that many
+    batches (a simulated kill, for the shard-resume tests)."""
+
+    histories: list[np.ndarray]
+    rows: np.ndarray
+    words: int
+    slot: int
+    fail_after: int | None = None
+    calls: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.histories)
+
+    def key(self) -> str:
+        return f"tiny-{self.count}-{self.words}"
+
+    def prompt(self, u: int) -> list[int]:
+        return [self.slot, 5, 6] + [self.words + int(j) for j in self.histories[u]] + [7, self.slot, 8]
+
+    def batch(self, users: list[int]) -> tuple[torch.Tensor, ...]:
+        seqs = [self.prompt(u) for u in users]
+        width = max(map(len, seqs))
+        ids = torch.zeros(len(users), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        return ids, mask, torch.from_numpy(self.rows[users])
+
+    def batches(self, users: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        for s in range(0, len(users), batch_size):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.calls += 1
+            part = [int(u) for u in users[s : s + batch_size]]
+            yield np.arange(s, s + len(part)), dict(zip(("input_ids", "attention_mask", "user_embedding"),
+                                                        (t.numpy() for t in self.batch(part)), strict=True))
 
 
 class TinySASRec(nn.Module):
@@ -111,8 +172,9 @@ def _run(module: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> np.ndarr
 
 
 def tiny_bundle(kind: str, workdir: Path, num_items: int = 60, num_users: int = 25, seed: int = 0,
-                user_tower: str | None = None) -> ServingBundle:
-    """A consistent tiny bundle: item/user vectors are what the encoders compute, with a probe."""
+                user_tower: str | None = None, lazy_users: bool = False) -> ServingBundle:
+    """A consistent tiny bundle: item/user vectors are what the encoders compute, with a probe.
+    `lazy_users` (cllm4rec): no user_vectors; the exporter computes them from `known_user_inputs`."""
     rng = np.random.default_rng(seed)
     histories = [np.sort(rng.choice(num_items, size=int(rng.integers(2, 8)), replace=False)) for _ in range(num_users)]
     targets = [rng.choice(np.setdiff1d(np.arange(num_items), h), size=2, replace=False) for h in histories]
@@ -120,40 +182,36 @@ def tiny_bundle(kind: str, workdir: Path, num_items: int = 60, num_users: int = 
     user_ids = [f"u{u}" for u in range(num_users)]
     titles = [f"Item {j}" if j % 7 else "" for j in range(num_items)]
     if kind == "cllm4rec":
-        words = 30
-        vocab = words + num_users + num_items + 1  # words, user tokens, item tokens, anonymous user
-        module = LastTokenLM(vocab, dim=32, seed=seed).eval()
-        item_vectors = module.lm.embed_tokens.weight.detach().numpy()[words + num_users: words + num_users + num_items]
-        item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        # the graph's token space: words, item tokens, the user slot (the anonymous token); no user rows
+        words, dim = 30, 32
+        slot = words + num_items
+        vocab = slot + 1
+        module = UserSlotLM(vocab, slot, dim=dim, seed=seed).eval()
+        table = module.lm.embed_tokens.weight.detach().numpy()
+        item_vectors = np.ascontiguousarray(table[words: words + num_items], dtype=np.float32)
+        user_rows = np.concatenate([rng.normal(0, 0.02, (num_users, dim)), table[slot:slot + 1]]).astype(np.float32)
+        prompts = TinyPrompts(histories, user_rows, words, slot)
+        user_batches = [prompts.batch(list(range(s, min(s + 8, num_users)))) for s in range(0, num_users, 8)]
+        user_vectors = None if lazy_users else _run(module, user_batches)
 
-        def prompt(u: int) -> list[int]:
-            return [words + u, 5, 6] + [words + num_users + int(j) for j in histories[u]] + [7, words + u, 8]
+        def anonymous(ids: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.repeat(user_rows[-1:], len(ids), axis=0))
 
-        def batch(rows: list[int]) -> tuple[torch.Tensor, ...]:
-            seqs = [prompt(u) for u in rows]
-            width = max(map(len, seqs))
-            ids = torch.zeros(len(rows), width, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            return ids, mask
-
-        user_batches = [batch(list(range(s, min(s + 8, num_users)))) for s in range(0, num_users, 8)]
-        user_vectors = _run(module, user_batches)
-        samples = [batch([0]), batch([1, 2, 3]), _right_padded(rng, [3, 9, 5, 12], 1, vocab),
-                   _right_padded(rng, [20], 1, vocab), _right_padded(rng, [1, 4], 1, vocab)]
+        random_cases = [_right_padded(rng, lengths, 1, vocab) for lengths in ([3, 9, 5, 12], [20], [1, 4])]
+        samples = [prompts.batch([0]), prompts.batch([1, 2, 3]),
+                   *[(ids, mask, anonymous(ids)) for ids, mask in random_cases]]
         encoders = {"user_encoder": EncoderExport(
-            module, ["input_ids", "attention_mask"], "user_vector",
+            module, ["input_ids", "attention_mask", "user_embedding"], "user_vector",
             {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-             "user_vector": {0: "batch"}}, samples)}
-        config = {"vocab_size": vocab, "user_token_offset": words, "item_token_offset": words + num_users,
-                  "anonymous_user_token": vocab - 1, "pad_token_id": 0, "max_history": 16,
+             "user_embedding": {0: "batch"}, "user_vector": {0: "batch"}}, samples)}
+        config = {"vocab_size": vocab, "user_token_offset": words, "item_token_offset": words,
+                  "anonymous_user_token": slot, "pad_token_id": 0, "max_history": 16,
                   "template": [{"user": True}, {"ids": [5, 6]}, {"history": True, "separator_ids": []},
-                               {"ids": [7]}, {"user": True}, {"ids": [8]}], "padding_side": "right"}
-        probe = QualityProbe(user_batches, histories, targets, "recall@20")
-        return ServingBundle("cllm4rec", "lm", "id", 32, item_ids, item_vectors, titles, user_ids, user_vectors,
-                             histories, encoders, config, {}, probe)
+                               {"ids": [7]}, {"user": True}, {"ids": [8]}], "padding_side": "right",
+                  "user_rows": F.USER_ROWS, "user_input": "user_embedding"}
+        probe = QualityProbe(user_batches, histories, targets, "recall@20", users=np.arange(num_users))
+        return ServingBundle("cllm4rec", "lm", "id", dim, item_ids, item_vectors, titles, user_ids, user_vectors,
+                             histories, encoders, config, {}, probe, known_user_inputs=prompts, user_rows=user_rows)
     if kind != "tcf":
         raise ValueError(f"unknown kind {kind!r}; accepted: cllm4rec, tcf")
     user_tower = user_tower or "sasrec"

@@ -3,13 +3,20 @@
 Order matters: the expensive and fallible steps (ONNX export, parity) run first; every file is
 written into a staging folder; the manifest is written last; the folder is verified and renamed to
 the next free version number. Any exception removes the staging folder, so a failed export leaves
-the repository exactly as it was.
+the repository exactly as it was, except for the known-user shards (export/user_vectors.py), kept
+under <repository>/<name>/.export-work/ so that a re-run resumes them; a published version removes them.
+
+Known users are written as format 2 (docs/model-repository.md, "Known users"): .npy files the server
+memory-maps, and a CLLM4Rec version's user rows as a data file beside a graph that holds none.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import shutil
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,7 @@ import torch
 from common import logs
 from export.config import ExportConfig
 from export.index import build_index, recall_vs_exact, sample_rows, save_index
-from export.journal_fold import fold_journal
+from export.journal_fold import fold_journal, journal_source
 from export.onnx_graphs import (
     check_graph,
     consolidate_external_data,
@@ -31,11 +38,12 @@ from export.onnx_graphs import (
 from export.parity import ParityError, check_parity, torch_outputs
 from export.provenance import checkpoint_sha256, package_versions, utc_now_iso
 from export.quantize import evaluate as evaluate_quantization
-from export.quantize import quantize_graph
+from export.quantize import evaluate_fp16, quantize_graph
+from export.user_vectors import BatchFn, OrtBatchFn, ShardStore, compute_shards
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
 from models.onnx_trace import export_graph
 from repository import files as F
-from repository.arrays import write_json, write_user_history
+from repository.arrays import write_json, write_user_history_csr, write_user_ids
 from repository.errors import VersionError
 from repository.kinds import KINDS, accepted
 from repository.manifest import (
@@ -44,6 +52,7 @@ from repository.manifest import (
     Capabilities,
     EncoderSpec,
     IndexSection,
+    KnownUsers,
     Manifest,
     TcfSection,
 )
@@ -74,15 +83,27 @@ def validate_bundle(b: ServingBundle) -> None:
     if b.item_tower not in spec.item_towers:
         raise BundleError(f"bundle.item_tower = {b.item_tower!r}; accepted for {b.kind}/{b.user_tower}: "
                           f"{', '.join(spec.item_towers)}")
-    iv, uv = np.asarray(b.item_vectors), np.asarray(b.user_vectors)
+    iv = np.asarray(b.item_vectors)
+    uv = np.asarray(b.user_vectors) if b.user_vectors is not None else None
     n_items, n_users = len(b.item_ids), len(b.user_ids)
     if iv.shape != (n_items, b.dim) or n_items == 0:
         raise BundleError(f"item_vectors has shape {iv.shape}; expected ({n_items} item ids, dim {b.dim}), non-empty")
-    if uv.shape != (n_users, b.dim):
+    if uv is None:
+        inputs = b.known_user_inputs
+        if inputs is None or "user_encoder" not in b.encoders:
+            raise BundleError("user_vectors is None: the bundle needs known_user_inputs and a user_encoder to compute them")
+        if inputs.count != n_users:
+            raise BundleError(f"known_user_inputs has {inputs.count} users for {n_users} user ids")
+    elif uv.shape != (n_users, b.dim):
         raise BundleError(f"user_vectors has shape {uv.shape}; expected ({n_users} user ids, dim {b.dim})")
     for what, arr in (("item_vectors", iv), ("user_vectors", uv)):
-        if not np.isfinite(arr).all():
+        if arr is not None and not np.isfinite(arr).all():
             raise BundleError(f"{what} contains NaN or inf")
+    section = b.model_config.get("user_rows") if b.kind == "cllm4rec" and isinstance(b.model_config, dict) else None
+    if section is not None and (b.user_rows is None or np.asarray(b.user_rows).shape[0] != n_users + 1):
+        shape = None if b.user_rows is None else np.asarray(b.user_rows).shape
+        raise BundleError(f"model_config names {section} but user_rows has shape {shape}; expected "
+                          f"({n_users} users + 1 anonymous, hidden)")
     if len(b.item_titles) != n_items:
         raise BundleError(f"{len(b.item_titles)} item titles for {n_items} items")
     if len(b.user_histories) != n_users:
@@ -131,8 +152,9 @@ def _place_graph(src: Path, dst: Path) -> list[str]:
 
 def export_encoder(
     name: str, enc: EncoderExport, bundle: ServingBundle, out_dir: Path, work: Path, cfg: ExportConfig
-) -> tuple[EncoderSpec, dict[str, Any], dict[str, Any] | None, list[str]]:
-    """(encoder entry, parity entry, quantization entry or None, files written) for one encoder."""
+) -> tuple[EncoderSpec, dict[str, Any], dict[str, Any] | None, list[str], Path]:
+    """(encoder entry, parity entry, quantization entry or None, files written, the parity-checked fp32
+    graph in `work`) for one encoder."""
     refs = torch_outputs(enc)
     plain = export_graph(enc, work / f"{name}.plain.onnx", opset=cfg.graph.opset)
     consolidate_external_data(plain)
@@ -183,7 +205,76 @@ def export_encoder(
     files.append(ref_file.name)
     log.info("encoder exported", encoder=name, max_abs_err=par["max_abs_err"], cases=par["cases"],
              optimization=level, precision=entry.precision)
-    return entry, par, quant, files
+    return entry, par, quant, files, chosen
+
+
+# computes the given shards of a store with a batch function, returns how many it computed
+ShardEngine = Callable[[ShardStore, Iterable[int], BatchFn], int]
+
+
+def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg: ExportConfig,
+                       checkpoint_id: str | None, engine: ShardEngine = compute_shards) -> ShardStore:
+    """The known users' vectors through the parity-checked fp32 graph, in resumable shards computed by
+    `engine` (the single-process one by default)."""
+    inputs = bundle.known_user_inputs
+    assert inputs is not None
+    enc = bundle.encoders["user_encoder"]
+    parts = {"checkpoint": checkpoint_id or F.sha256_file(graph), "graph": cfg.graph.__dict__,
+             "inputs": inputs.key(), "batch_size": cfg.user_vectors.batch_size, "kind": bundle.kind,
+             "rows": _array_hash(bundle.user_rows)}
+    store = ShardStore.open(model_dir, parts, inputs.count, int(bundle.dim), cfg.user_vectors.shard_size)
+    log.info("known-user vectors", users=inputs.count, shards=store.num_shards, pending=len(store.pending()),
+             folder=str(store.folder))
+    fn = OrtBatchFn(graph, inputs, enc.output_name, cfg.user_vectors.batch_size, cfg.threads)
+    engine(store, range(store.num_shards), fn)
+    return store
+
+
+def shard_engine(cfg: ExportConfig) -> ShardEngine:
+    if cfg.engine == "ray":
+        from export.ray_engine import ray_compute_shards
+
+        return functools.partial(ray_compute_shards, cfg=cfg.ray)
+    return compute_shards
+
+
+def _array_hash(arr: np.ndarray | None) -> str | None:
+    return None if arr is None else hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()[:16]
+
+
+def write_known_users(tmp: Path, bundle: ServingBundle, user_vectors: np.ndarray | None,
+                      item_vectors: np.ndarray, cfg: ExportConfig) -> tuple[list[str], KnownUsers]:
+    """Format-2 known-user files (float16 vectors only when their measured cost is within the gate).
+    `user_vectors` None: the float32 USER_VECTORS file is already in `tmp` (assembled from shards)."""
+    out = tmp / F.USER_VECTORS
+    if user_vectors is not None:
+        np.save(out, np.ascontiguousarray(user_vectors, dtype=np.float32))
+    vectors = np.load(out, mmap_mode="r")
+    section = KnownUsers()
+    uc = cfg.user_vectors
+    if uc.dtype == "fp16" and len(vectors):
+        sample = sample_rows(len(vectors), cfg.recall.users, cfg.seed)
+        quality = evaluate_fp16(vectors, item_vectors, sample, bundle.probe, uc.min_overlap, uc.max_metric_drop)
+        if quality["status"] == "accepted":
+            half = np.lib.format.open_memmap(tmp / "user_vectors.fp16.npy", mode="w+", dtype=np.float16,
+                                             shape=vectors.shape)
+            for s in range(0, len(vectors), 1 << 16):
+                half[s:s + (1 << 16)] = vectors[s:s + (1 << 16)]
+            half.flush()
+            del half, vectors
+            (tmp / "user_vectors.fp16.npy").replace(out)
+            section.vectors_dtype = "float16"
+        else:
+            log.warning("float16 user vectors refused, keeping float32", reason=quality["reason"])
+            warnings.warn(f"user_vectors: float16 refused ({quality['reason']})", stacklevel=2)
+        section.quality = quality
+    names = [F.USER_VECTORS]
+    names += write_user_ids(tmp, [str(u) for u in bundle.user_ids])
+    names += write_user_history_csr(tmp, bundle.user_histories)
+    if bundle.user_rows is not None:
+        np.save(tmp / F.USER_ROWS, np.ascontiguousarray(bundle.user_rows, dtype=np.float32))
+        names.append(F.USER_ROWS)
+    return names, section
 
 
 def reference_data(enc: EncoderExport, refs: list[np.ndarray], probe: QualityProbe | None,
@@ -213,14 +304,21 @@ def export_bundle(
     name: str,
     cfg: ExportConfig | None = None,
     source_checkpoint: Path | None = None,
+    engine: ShardEngine | None = None,
 ) -> Path:
-    """Writes a new version of `<repository>/<name>` and returns its folder."""
+    """Writes a new version of `<repository>/<name>` and returns its folder; `engine` computes the
+    known-user shards (export/user_vectors.py), by default the one `cfg.engine` names."""
     cfg = cfg or ExportConfig()
+    engine = engine or shard_engine(cfg)
     validate_name(name)
     validate_bundle(bundle)
     model_dir = Path(repository) / name
     item_vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
-    user_vectors = np.ascontiguousarray(bundle.user_vectors, dtype=np.float32)
+    source: dict[str, Any] = {"checkpoint": str(source_checkpoint) if source_checkpoint else None,
+                              "exported_at": utc_now_iso()}
+    if source_checkpoint:
+        source["checkpoint_sha256"], source["checkpoint_files"] = checkpoint_sha256(Path(source_checkpoint))
+    store: ShardStore | None = None
     with staging_folder(model_dir) as tmp:
         work = tmp / "_work"
         work.mkdir()
@@ -228,12 +326,20 @@ def export_bundle(
         encoders, parity, quantization = {}, {}, {}
         for enc_name in ENCODER_NAMES:
             if enc_name in bundle.encoders:
-                entry, par, quant, written = export_encoder(enc_name, bundle.encoders[enc_name], bundle, tmp, work, cfg)
+                entry, par, quant, written, fp32_graph = export_encoder(enc_name, bundle.encoders[enc_name], bundle,
+                                                                        tmp, work, cfg)
                 encoders[enc_name], parity[enc_name] = entry, par
                 if quant is not None:
                     quantization[enc_name] = quant
                 files += written
+                if enc_name == "user_encoder" and bundle.user_vectors is None:
+                    store = known_user_vectors(bundle, fp32_graph, model_dir, cfg, source.get("checkpoint_sha256"),
+                                               engine)
         shutil.rmtree(work)
+        if store is not None:
+            user_vectors: np.ndarray = store.assemble(tmp / F.USER_VECTORS)
+        else:
+            user_vectors = np.ascontiguousarray(bundle.user_vectors, dtype=np.float32)
 
         item_ids = [str(i) for i in bundle.item_ids]
         item_titles = [t or "" for t in bundle.item_titles]
@@ -243,7 +349,7 @@ def export_bundle(
             tcf = TcfSection.from_dict(bundle.model_config, "tcf section") if bundle.kind == "tcf" else None
             id_file = tcf.id_part if tcf else None
             item_ids, item_vectors, item_titles, journal_entry = fold_journal(
-                model_dir / F.JOURNAL, tmp / F.ITEM_ENCODER if has_text else None,
+                journal_source(cfg.journal, model_dir), tmp / F.ITEM_ENCODER if has_text else None,
                 bundle.assets.get(F.TOKENIZER), tcf, encoders.get("item_encoder"), item_ids,
                 item_vectors, item_titles, np.load(bundle.assets[id_file]) if id_file else None)
             log.info("item journal folded", file=journal_entry.file, folded_through=journal_entry.folded_through,
@@ -256,9 +362,11 @@ def export_bundle(
         save_index(index, tmp / F.ITEMS_INDEX)
         index_entry = IndexSection(params.type, used, [str(w.message) for w in caught] or None)
         if params.type != "flat":
-            queries, source = (user_vectors, "user_vectors") if len(user_vectors) else (item_vectors, "item_vectors")
-            q = queries[sample_rows(len(queries), cfg.recall.users, cfg.seed)]
-            index_entry.recall_vs_exact = {**recall_vs_exact(index, item_vectors, q, cfg.recall.k), "queries": source}
+            queries, used_queries = ((user_vectors, "user_vectors") if len(user_vectors)
+                                     else (item_vectors, "item_vectors"))
+            q = np.asarray(queries[sample_rows(len(queries), cfg.recall.users, cfg.seed)], dtype=np.float32)
+            index_entry.recall_vs_exact = {**recall_vs_exact(index, item_vectors, q, cfg.recall.k),
+                                           "queries": used_queries}
             log.info("index recall", **index_entry.recall_vs_exact)
             recall = index_entry.recall_vs_exact["recall"]
             if recall is not None and recall < cfg.recall.min_recall:
@@ -269,20 +377,17 @@ def export_bundle(
                 )
 
         np.save(tmp / F.ITEM_VECTORS, item_vectors)
-        np.save(tmp / F.USER_VECTORS, user_vectors)
         write_json(tmp / F.ITEM_IDS, item_ids)
         write_json(tmp / F.ITEM_TITLES, item_titles)
-        write_json(tmp / F.USER_IDS, [str(u) for u in bundle.user_ids])
-        write_user_history(tmp / F.USER_HISTORY, bundle.user_histories)
-        files += [F.ITEMS_INDEX, F.ITEM_VECTORS, F.USER_VECTORS, F.ITEM_IDS, F.ITEM_TITLES, F.USER_IDS, F.USER_HISTORY]
+        user_files, known = write_known_users(tmp, bundle, None if store is not None else user_vectors,
+                                              np.asarray(bundle.item_vectors, dtype=np.float32), cfg)
+        del user_vectors
+        files += [F.ITEMS_INDEX, F.ITEM_VECTORS, F.ITEM_IDS, F.ITEM_TITLES, *user_files]
         for asset, path in bundle.assets.items():
             shutil.copyfile(path, tmp / asset)
             files.append(asset)
 
-        source: dict[str, Any] = {"checkpoint": str(source_checkpoint) if source_checkpoint else None,
-                                  "exported_at": utc_now_iso()}
-        if source_checkpoint:
-            source["checkpoint_sha256"], source["checkpoint_files"] = checkpoint_sha256(Path(source_checkpoint))
+        source["exported_at"] = utc_now_iso()
         section_cls = SECTIONS.get(bundle.kind)
         manifest = Manifest(
             name=name, kind=bundle.kind, user_tower=bundle.user_tower, item_tower=bundle.item_tower,
@@ -299,10 +404,14 @@ def export_bundle(
                      if section_cls is not None else None),
             parity=parity, quantization=quantization or None, source=source,
             package_versions=package_versions(), opset=cfg.graph.opset,
-            journal=journal_entry,
+            journal=journal_entry, known_users=known,
         )
         if section_cls is None:  # a kind without a typed section: its model_config is written as it is
             manifest.extra[bundle.kind] = bundle.model_config
         version_dir = publish(tmp, model_dir, manifest)
+    if store is not None:
+        store.remove()  # published: the shards have served their purpose
+        if not any((model_dir / F.EXPORT_WORK).iterdir()):
+            (model_dir / F.EXPORT_WORK).rmdir()
     log.info("version written", path=str(version_dir), version=manifest.version)
     return version_dir

@@ -22,10 +22,12 @@ from llmrec import __version__
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "cllm4rec"): ("models.cllm4rec.cli:train_main", "train CLLM4Rec (ID tokens on a frozen causal LM)"),
     ("train", "tcf"): ("models.tcf.cli:train_main", "train TCF (text item tower + SASRec/DSSM user tower)"),
+    ("train", "student"): ("models.student.cli:train_main", "distil a SASRec-sized student from a CLLM4Rec checkpoint"),
     ("eval", "baselines"): ("models.baselines.cli:eval_main",
                             "evaluate most-popular / BPR / ALS / EASE on both protocols"),
     ("eval", "cllm4rec"): ("models.cllm4rec.cli:eval_main", "evaluate a CLLM4Rec checkpoint on the test split"),
     ("eval", "tcf"): ("models.tcf.cli:eval_main", "evaluate a TCF checkpoint on the test split"),
+    ("eval", "student"): ("models.student.cli:eval_main", "students vs their teacher, without it, and the baselines"),
     ("data", "synth"): ("models.data.synth:main", "write synthetic interaction logs + item texts (scale tests)"),
     ("export",): ("export.cli:main", "checkpoint -> new version in a model repository (ONNX + FAISS)"),
     ("serve",): ("server.cli:main", "serve a model repository over gRPC"),
@@ -34,6 +36,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("upsert",): ("llmrec.client_cli:upsert_main", "add or replace items by text from a CSV/JSONL file (admin)"),
     ("delete",): ("llmrec.client_cli:delete_main", "stop recommending items, on every replica (admin)"),
     ("reload",): ("llmrec.client_cli:reload_main", "make a running server rescan its repository now (admin)"),
+    ("journal", "compact"): ("llmrec.client_cli:journal_compact_main",
+                             "rewrite a model's item journal as its effective state (replicas rebuild to the same)"),
     ("bench",): ("benchmarks.cli:main", "latency / throughput / quality / scale benchmarks"),
     ("demo",): ("llmrec.demo:main", "the README's main job: data -> train -> export -> serve -> answers"),
 }

@@ -1,5 +1,5 @@
 """Client commands against a running server: `llmrec recommend`, and the admin side `llmrec models`,
-`llmrec upsert`, `llmrec delete`, `llmrec reload`.
+`llmrec upsert`, `llmrec delete`, `llmrec reload`; and `llmrec journal compact` on a model's item journal.
 
 Admin calls need the server's token: `--admin-token` or RECSYS_ADMIN_TOKEN (kept out of `ps` that
 way). Every failure is one line on stderr with the gRPC status and exit code 1; bad usage exits 2.
@@ -32,10 +32,14 @@ class Server:
     timeout: float = 30.0
     admin_token: str = ""
     """admin token for upsert/delete/reload (default: RECSYS_ADMIN_TOKEN)"""
+    min_journal_seq: int = 0
+    """consistency token: answer only from a replica that has applied this item-journal sequence number (the
+    "journal seq" that llmrec upsert/delete print); within one command every call passes on the newest"""
 
     def client(self) -> RecommenderClient:
         token = self.admin_token or os.environ.get("RECSYS_ADMIN_TOKEN") or None
-        return RecommenderClient(self.target, admin_token=token, tls_ca=self.tls_ca, timeout=self.timeout)
+        return RecommenderClient(self.target, admin_token=token, tls_ca=self.tls_ca, timeout=self.timeout,
+                                 min_journal_seq=self.min_journal_seq)
 
 
 @dataclass
@@ -90,6 +94,15 @@ class ReloadArgs:
     server: Server
 
 
+@dataclass
+class CompactArgs:
+    model: str
+    repository: Path | None = None
+    """the model repository (the file journal is <repository>/<model>/items.journal); not needed with --journal"""
+    journal: str = ""
+    """the servers' --journal: "" for the file, or redis://HOST:PORT/DB for a Redis stream"""
+
+
 def _fail(command: str, exc: grpc.RpcError) -> int:
     print(f"llmrec {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
     return 1
@@ -111,11 +124,12 @@ def recommend_main(argv: list[str]) -> int:
             return _fail("recommend", exc)
     if args.json:
         print(json.dumps({"model": rec.model, "version": rec.version, "request_id": rec.request_id,
+                          "journal_seq": rec.journal_seq,
                           "known_user": rec.known_user, "unknown_item_ids": rec.unknown_item_ids,
                           "items": [{"item_id": i, "score": s, "title": t}
                                     for (i, s), t in zip(rec.items, rec.titles, strict=True)]}))
         return 0
-    print(f"# {rec.model} v{rec.version}" + (f"  (unknown items dropped: {', '.join(rec.unknown_item_ids)})"
+    print(f"# {rec.model} v{rec.version}" + (f" (journal seq {rec.journal_seq})" if rec.journal_seq else "") + (f"  (unknown items dropped: {', '.join(rec.unknown_item_ids)})"
                                              if rec.unknown_item_ids else ""))
     width = max([len(i) for i, _ in rec.items] + [7])
     print(f"{'rank':>4}  {'item_id':<{width}}  {'score':>9}  title")
@@ -219,7 +233,7 @@ def delete_main(argv: list[str]) -> int:
     if isinstance(done, int):
         return done
     print(f"{args.model}: {sum(r.deleted for r in done)} deleted, {sum(r.already_deleted for r in done)} already "
-          f"deleted; {done[-1].num_items} items recommendable")
+          f"deleted; {done[-1].num_items} items recommendable (journal seq {done[-1].journal_seq})")
     return 0
 
 
@@ -235,3 +249,34 @@ def reload_main(argv: list[str]) -> int:
                          ("serving", r.serving)):
         print(f"{what}: {', '.join(values) if values else '-'}")
     return 1 if r.refused else 0
+
+
+def journal_compact_main(argv: list[str]) -> int:
+    args = tyro.cli(CompactArgs, args=argv, prog="llmrec journal compact",
+                    description="Rewrite a model's item journal as its effective state (per item its last upsert, "
+                    "and its delete if deleted since), sequence numbers kept, under a new identity: running "
+                    "replicas rebuild to the same catalogue (docs/model-repository.md).")
+    from repository import journal
+
+    try:
+        if args.journal:
+            from repository.journal_redis import open_log
+
+            log: journal.ChangeLog = open_log(args.journal, args.model)
+            where = log.key  # type: ignore[attr-defined]
+        else:
+            if args.repository is None:
+                print("llmrec journal compact: --repository (the file journal) or --journal redis://... required",
+                      file=sys.stderr)
+                return 2
+            path = args.repository / args.model / journal.JOURNAL
+            if not path.is_file():
+                print(f"llmrec journal compact: {path}: no such file", file=sys.stderr)
+                return 2
+            log, where = journal.FileLog(path), str(path)
+        before, after = log.compact()
+    except (OSError, ValueError) as exc:
+        print(f"llmrec journal compact: {exc}", file=sys.stderr)
+        return 1
+    print(f"{where}: {before} records -> {after}")
+    return 0

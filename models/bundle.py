@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch
 BUNDLE_LOADERS = {
     "cllm4rec": "models.cllm4rec.bundle",
     "tcf": "models.tcf.bundle",
+    "student": "models.student.bundle",
 }
 
 
@@ -49,6 +51,25 @@ class QualityProbe:
     exclude: list[np.ndarray]  # per probed user: item rows to mask (their observed items)
     targets: list[np.ndarray]  # per probed user: its validation item rows (never test: the gate must not see it)
     metric: str  # e.g. "recall@20" or "hr@10"
+    # the probed users' known-user rows, when they are known users whose served vector is what the encoder
+    # computes from these inputs: the exporter then measures float16 known-user vectors on them too
+    users: np.ndarray | None = None
+
+
+class KnownUserInputs(Protocol):
+    """Known users' user-encoder inputs, built a batch at a time and never all at once: the exporter runs
+    them through the exported fp32 graph in resumable shards (export/user_vectors.py), so the vectors
+    served for a known user are the graph's own output for that user's prompt."""
+
+    count: int  # known users (rows 0..count-1, the order of ServingBundle.user_ids)
+
+    def key(self) -> str:
+        """What the inputs depend on besides the checkpoint and the graph (part of the shard-cache key)."""
+        ...
+
+    def batches(self, users: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(positions in `users`, feeds by graph input name) per batch of at most `batch_size` users."""
+        ...
 
 
 @dataclass
@@ -61,12 +82,18 @@ class ServingBundle:
     item_vectors: np.ndarray  # float32 [num_items, dim]
     item_titles: list[str]
     user_ids: list[str]
-    user_vectors: np.ndarray  # float32 [num_users, dim], the vector each known user is served with
+    # float32 [num_users, dim], the vector each known user is served with; None: computed by the exporter
+    # from `known_user_inputs` through the exported graph
+    user_vectors: np.ndarray | None
     user_histories: list[np.ndarray]  # per known user: item rows they have seen (excluded from their recommendations)
     encoders: dict[str, EncoderExport]  # "user_encoder" and/or "item_encoder"
     model_config: dict[str, Any]  # kind-specific manifest section (repository.manifest.SECTIONS: "cllm4rec", "tcf")
     assets: dict[str, Path] = field(default_factory=dict)  # extra files copied as-is, e.g. tokenizer.json
     probe: QualityProbe | None = None
+    known_user_inputs: KnownUserInputs | None = None
+    # CLLM4Rec: float32 [num_users + 1, hidden], each known user's collaborative row then the anonymous
+    # row, fed to the user encoder beside the prompt (a data file, never inside the graph)
+    user_rows: np.ndarray | None = None
 
 
 def checkpoint_kind(checkpoint_dir: Path) -> str:

@@ -27,7 +27,7 @@ def _one_request(enc: EncoderExport, length: int) -> dict[str, np.ndarray]:
     sample = max(enc.sample_inputs, key=lambda case: case[0].shape[1])
     feeds = {}
     for name, t in zip(enc.input_names, sample, strict=True):
-        t = t[:1, :length]
+        t = t[:1, :length] if 1 in enc.dynamic_axes.get(name, {}) else t[:1]  # e.g. user_embedding [B, H]
         feeds[name] = (torch.ones_like(t) if "mask" in name else t).numpy()
     return feeds
 

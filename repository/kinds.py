@@ -23,6 +23,7 @@ KINDS: dict[tuple[str, str], ModelKind] = {
     ("cllm4rec", "lm"): ModelKind(("id",), history=True),  # CLLM4Rec: the LM over the rec prompt
     ("tcf", "sasrec"): ModelKind(("id", "text", "hybrid"), history=True),  # TCF: SASRec over item vectors
     ("tcf", "dssm"): ModelKind(("id", "text", "hybrid"), history=False),  # TCF: a user table, known users only
+    ("student", "sasrec"): ModelKind(("id",), history=True),  # CLLM4Rec distilled: SASRec over item rows
 }
 
 

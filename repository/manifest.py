@@ -19,7 +19,8 @@ from repository.errors import VersionError
 from repository.files import MANIFEST
 from repository.kinds import check_kind
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: known users as memory-mapped .npy files (`known_users` section)
+READABLE_FORMATS = (1, 2)  # 1: user_ids.json + user_history.npz, still read (whole, as before)
 METRIC = "inner_product"
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
 ENCODER_NAMES = ("user_encoder", "item_encoder")
@@ -165,10 +166,15 @@ class PromptSection:
     template: list[dict[str, Any]]  # parts concatenated in order: {"user"}, {"ids"}, {"history", "separator_ids"}
     pad_token_id: int = 0
     padding_side: str = "right"
+    # Format 2: the graph holds no user rows. The user slot of the prompt carries the anonymous token and
+    # the graph input `user_input` [batch, hidden] replaces its embedding with the user's row from the
+    # file `user_rows` (last row: the anonymous user). Both null: a model without user tokens.
+    user_rows: str | None = None
+    user_input: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     KNOWN = ("vocab_size", "user_token_offset", "item_token_offset", "anonymous_user_token", "pad_token_id",
-             "max_history", "template", "padding_side")
+             "max_history", "template", "padding_side", "user_rows", "user_input")
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> PromptSection:
@@ -178,11 +184,15 @@ class PromptSection:
         template = _field(d, "template", list, where)
         for i, part in enumerate(template):
             _object(part, f"{where}.template[{i}]")
+        rows, user_input = (_field(d, k, (str, type(None)), where, None) for k in ("user_rows", "user_input"))
+        if (rows is None) != (user_input is None):
+            raise VersionError(f"{where}: 'user_rows' and 'user_input' go together (got {rows!r}, {user_input!r})")
         return cls(**ints, template=template, pad_token_id=_field(d, "pad_token_id", int, where, 0),
-                   padding_side=_field(d, "padding_side", str, where, "right"), extra=_rest(d, cls.KNOWN))
+                   padding_side=_field(d, "padding_side", str, where, "right"), user_rows=rows,
+                   user_input=user_input, extra=_rest(d, cls.KNOWN))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in self.KNOWN}, **self.extra}
+        return {**_drop_none({k: getattr(self, k) for k in self.KNOWN}, "user_rows", "user_input"), **self.extra}
 
 
 @dataclass
@@ -210,21 +220,79 @@ class TcfSection:
 
 
 @dataclass
+class StudentSection:
+    """The `student` section: the history window of a distilled student's SASRec user encoder."""
+
+    max_seq_len: int  # the encoder reads a history's most recent max_seq_len item rows, left-padded
+    pad_row: int = 0  # item row written at padded positions (masked)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the teacher it was distilled from
+
+    KNOWN = ("max_seq_len", "pad_row")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> StudentSection:
+        d = _object(d, where)
+        seq = _field(d, "max_seq_len", int, where)
+        if seq < 1:
+            raise VersionError(f"{where}: 'max_seq_len' must be >= 1, got {seq}")
+        return cls(seq, _field(d, "pad_row", int, where, 0), _rest(d, cls.KNOWN))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_seq_len": self.max_seq_len, "pad_row": self.pad_row, **self.extra}
+
+
+@dataclass
 class JournalFold:
     """The item journal records already in this version's catalogue (`llmrec export --fold-journal`)."""
 
     file: str
     folded_through: int
     folded_upserts: int
+    # items deleted as of folded_through: their rows are in the catalogue (histories may name them) but never
+    # recommended; None in versions folded before folds carried them (servers then re-apply every deletion)
+    hidden: list[str] | None = None
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> JournalFold:
         d = _object(d, where)
+        hidden = _field(d, "hidden", (list, type(None)), where, None)
+        if hidden is not None and not all(isinstance(x, str) for x in hidden):
+            raise VersionError(f"{where}: hidden must be a list of item id strings")
         return cls(_field(d, "file", str, where), _field(d, "folded_through", int, where),
-                   _field(d, "folded_upserts", int, where, 0))
+                   _field(d, "folded_upserts", int, where, 0), hidden)
 
 
-SECTIONS: dict[str, type[PromptSection] | type[TcfSection]] = {"cllm4rec": PromptSection, "tcf": TcfSection}
+VECTOR_DTYPES = ("float32", "float16")  # numpy dtype names of user_vectors.npy
+
+
+@dataclass
+class KnownUsers:
+    """The `known_users` section (format 2): which files hold the known users and how the vectors are
+    stored. `quality` is the measured cost of float16 vectors (top-k overlap and probe metric vs float32)."""
+
+    vectors_dtype: str = "float32"
+    layout: str = "npy-mmap"
+    quality: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    KNOWN = ("vectors_dtype", "layout", "quality")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> KnownUsers:
+        d = _object(d, where)
+        dtype, layout = _field(d, "vectors_dtype", str, where, "float32"), _field(d, "layout", str, where, "npy-mmap")
+        if dtype not in VECTOR_DTYPES:
+            raise VersionError(f"{where}: vectors_dtype {dtype!r}; accepted: {', '.join(VECTOR_DTYPES)}")
+        if layout != "npy-mmap":
+            raise VersionError(f"{where}: layout {layout!r}; accepted: npy-mmap")
+        return cls(dtype, layout, _field(d, "quality", (dict, type(None)), where, None), _rest(d, cls.KNOWN))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_drop_none({k: getattr(self, k) for k in self.KNOWN}, "quality"), **self.extra}
+
+
+SECTIONS: dict[str, type[PromptSection] | type[TcfSection] | type[StudentSection]] = {
+    "cllm4rec": PromptSection, "tcf": TcfSection, "student": StudentSection}
 
 
 @dataclass
@@ -240,7 +308,7 @@ class Manifest:
     files: dict[str, FileEntry]
     index: IndexSection
     encoders: dict[str, EncoderSpec]
-    section: PromptSection | TcfSection | None = None  # kind-specific, written under the kind's name
+    section: PromptSection | TcfSection | StudentSection | None = None  # kind-specific, written under the kind's name
     version: int | None = None  # set when the version is published
     metric: str = METRIC
     format_version: int = FORMAT_VERSION
@@ -250,6 +318,7 @@ class Manifest:
     package_versions: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None
     journal: JournalFold | None = None
+    known_users: KnownUsers | None = None  # format 2; None: format 1 files (user_ids.json, user_history.npz)
     serving: dict[str, Any] | None = None  # optional hints, e.g. {"engine": "openvino-cpu:bf16"}
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -276,9 +345,9 @@ class Manifest:
         missing = [k for k in REQUIRED_KEYS if k not in d]
         if missing:
             raise VersionError(f"{where}: missing key(s) {', '.join(missing)}")
-        if d["format_version"] != FORMAT_VERSION:
+        if d["format_version"] not in READABLE_FORMATS or isinstance(d["format_version"], bool):
             raise VersionError(f"{where}: format_version {d['format_version']!r} is not supported; "
-                               f"accepted: {FORMAT_VERSION}")
+                               f"accepted: {', '.join(map(str, READABLE_FORMATS))}")
         kind, user_tower = _field(d, "kind", str, where), _field(d, "user_tower", str, where)
         item_tower = _field(d, "item_tower", str, where)
         check_kind(kind, user_tower, item_tower, where)
@@ -292,7 +361,7 @@ class Manifest:
                    if section_cls is not None and d.get(kind) is not None else None)
         journal = d.get("journal")
         known = (*REQUIRED_KEYS, *((kind,) if section_cls is not None else ()), "parity", "quantization", "source", "package_versions", "opset", "journal",
-                 "serving")
+                 "serving", "known_users")
         m = cls(
             name=_field(d, "name", str, where), kind=kind, user_tower=user_tower, item_tower=item_tower,
             dim=_field(d, "dim", int, where), num_items=_field(d, "num_items", int, where),
@@ -303,13 +372,15 @@ class Manifest:
             encoders={n: EncoderSpec.from_dict(e, f"{where}: encoders.{n}")
                       for n, e in _field(d, "encoders", dict, where).items()},
             section=section, version=_field(d, "version", (int, type(None)), where),
-            metric=METRIC, format_version=FORMAT_VERSION,
+            metric=METRIC, format_version=d["format_version"],
             parity=_field(d, "parity", dict, where, {}),
             quantization=_field(d, "quantization", (dict, type(None)), where, None),
             source=_field(d, "source", dict, where, {}),
             package_versions=_field(d, "package_versions", dict, where, {}),
             opset=_field(d, "opset", (int, type(None)), where, None),
             journal=JournalFold.from_dict(journal, f"{where}: journal") if journal is not None else None,
+            known_users=(KnownUsers.from_dict(d.get("known_users") or {}, f"{where}: known_users")
+                         if d["format_version"] >= 2 else None),
             serving=_field(d, "serving", (dict, type(None)), where, None),
             extra=_rest(d, known),
         )
@@ -348,6 +419,10 @@ class Manifest:
         if self.journal is not None:
             out["journal"] = {"file": self.journal.file, "folded_through": self.journal.folded_through,
                               "folded_upserts": self.journal.folded_upserts}
+            if self.journal.hidden is not None:
+                out["journal"]["hidden"] = self.journal.hidden
+        if self.known_users is not None:
+            out["known_users"] = self.known_users.to_dict()
         if self.serving is not None:
             out["serving"] = self.serving
         return {**out, **self.extra}

@@ -15,7 +15,7 @@ echo "[setup] creating $VENV and installing dependencies (first run takes a few 
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first and alone: torch==2.13.0 resolves to the local CPU wheel here, never a CUDA build.
 "$VENV/bin/python" -m pip install -q torch==2.13.0
-"$VENV/bin/python" -m pip install -q -e ".[train,dev,openvino]"
+"$VENV/bin/python" -m pip install -q -e ".[train,dev,openvino,cluster]"
 if [[ "${LLMREC_GPU:-0}" == "1" ]]; then
   # onnxruntime-gpu and faiss-gpu-cu12 ship the same modules as the CPU builds: install the GPU set
   # with its CUDA dependencies, drop the CPU builds, then restore the files they shared.

@@ -8,13 +8,14 @@ cost grows with the request and with the disk, and neither may touch the event l
 from __future__ import annotations
 
 import hmac
+import time
 
 import grpc
 import numpy as np
 
 from common import logs
 from recsys.v1 import recommender_pb2 as pb
-from repository.journal import ItemChange, JournalRecord
+from repository.journal import ItemChange, JournalRecord, JournalUnavailable
 from server import errors
 from server import request_rules as rules
 from server.config import ServeConfig
@@ -25,6 +26,18 @@ from server.registry import Registry
 from server.reload import Reloader
 
 log = logs.get("server.admin")
+WRITE_MARGIN = 0.05  # seconds an fsync and the answer may take after the deadline check
+
+
+def _unwritable(mv: ModelVersion, exc: OSError) -> errors.ServingError:
+    return errors.precondition(f"cannot write the item journal of {mv.name} ({exc}); catalogue changes need a "
+                               "writable journal: the file beside the versions, or the --journal Redis stream "
+                               "(nothing was changed)")
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None or remaining > 1e6 else time.monotonic() + remaining
 
 
 class AdminRpcs:
@@ -54,17 +67,19 @@ class AdminRpcs:
     async def upsert_items(self, request: pb.UpsertItemsRequest,
                            context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
         self.check_auth(context)
-        return await self.pool.run(lambda: self._upsert(request))
+        deadline = _deadline(context)
+        return await self.pool.run(lambda: self._upsert(request, deadline))
 
-    def _upsert(self, request: pb.UpsertItemsRequest) -> pb.UpsertItemsResponse:
+    def _upsert(self, request: pb.UpsertItemsRequest, deadline: float | None = None) -> pb.UpsertItemsResponse:
         items = list(request.items)
         rules.check_upsert(items, self.cfg)
         rules.check_model(request.model, self.cfg)
         with self.registry.use(request.model, request.version) as mv:
+            self.journals.at_least(mv, request.min_journal_seq, self.cfg.reload.consistency_wait_seconds, deadline)
             vectors = mv.encode_texts([it.text for it in items])  # before journalling: a failure changes nothing
             new, (added, replaced, _) = self._journal_change(
                 mv, [ItemChange("upsert", it.item_id, it.text, it.title) for it in items],
-                dict(zip((it.item_id for it in items), vectors, strict=True)))
+                dict(zip((it.item_id for it in items), vectors, strict=True)), deadline)
             log.info("items upserted", model=mv.name, version=mv.version, added=added, replaced=replaced,
                      seq=new[-1].seq)
             return pb.UpsertItemsResponse(model=mv.name, version=mv.version, added=added, replaced=replaced,
@@ -74,29 +89,50 @@ class AdminRpcs:
     async def delete_items(self, request: pb.DeleteItemsRequest,
                            context: grpc.aio.ServicerContext) -> pb.DeleteItemsResponse:
         self.check_auth(context)
-        return await self.pool.run(lambda: self._delete(request))
+        deadline = _deadline(context)
+        return await self.pool.run(lambda: self._delete(request, deadline))
 
-    def _delete(self, request: pb.DeleteItemsRequest) -> pb.DeleteItemsResponse:
+    def _delete(self, request: pb.DeleteItemsRequest, deadline: float | None = None) -> pb.DeleteItemsResponse:
         ids = list(request.item_ids)
         rules.check_item_ids("DeleteItems", ids, self.cfg)
         rules.check_model(request.model, self.cfg)
         with self.registry.use(request.model, request.version) as mv:
-            already = rules.check_delete(ids, mv.catalogue, mv.name, mv.version, self.cfg)
-            new, (_, _, deleted) = self._journal_change(mv, [ItemChange("delete", x) for x in ids])
-            log.info("items deleted", model=mv.name, version=mv.version, deleted=deleted, seq=new[-1].seq)
+            self.journals.at_least(mv, request.min_journal_seq, self.cfg.reload.consistency_wait_seconds, deadline)
+            # What other replicas appended first: an item added there a moment ago exists here too.
+            try:
+                seq = self.journals.catch_up(mv.name, mv)
+            except JournalUnavailable as exc:  # e.g. Redis unreachable: nothing was changed, retryable
+                raise errors.unavailable(f"cannot read the item journal of {mv.name} ({exc}); nothing was "
+                                         "changed; retry") from None
+            except OSError as exc:
+                raise _unwritable(mv, exc) from None
+            cat = mv.catalogue
+            already = rules.check_delete(ids, cat, mv.name, mv.version, self.cfg)
+            todo = [x for x in ids if x not in cat.deleted]  # a repeated delete adds no record
+            deleted = 0
+            if todo:
+                new, (_, _, deleted) = self._journal_change(mv, [ItemChange("delete", x) for x in todo], None,
+                                                            deadline)
+                seq = new[-1].seq
+            log.info("items deleted", model=mv.name, version=mv.version, deleted=deleted, seq=seq)
             return pb.DeleteItemsResponse(model=mv.name, version=mv.version, deleted=len(ids) - already,
                                           already_deleted=already, num_items=mv.catalogue.num_items,
-                                          journal_seq=new[-1].seq)
+                                          journal_seq=seq)
 
     def _journal_change(self, mv: ModelVersion, changes: list[ItemChange],
-                        vectors: dict[str, np.ndarray] | None = None
+                        vectors: dict[str, np.ndarray] | None = None, deadline: float | None = None
                         ) -> tuple[list[JournalRecord], tuple[int, int, int]]:
+        def in_time() -> None:
+            # Under the journal's lock, just before the write: a call whose client was already told
+            # DEADLINE_EXCEEDED must not be journalled later, out of order with changes acknowledged since.
+            if deadline is not None and time.monotonic() > deadline - WRITE_MARGIN:
+                raise errors.deadline(f"{mv.name}: deadline exceeded before the change was journalled "
+                                      "(nothing was changed)")
+
         try:
-            return self.journals.change(mv, changes, vectors)
+            return self.journals.change(mv, changes, vectors, in_time)
         except OSError as exc:
-            raise errors.precondition(
-                f"cannot write the item journal of {mv.name} ({exc}); catalogue changes need a writable model "
-                "repository (nothing was changed)") from None
+            raise _unwritable(mv, exc) from None
         except JournalApplyError as exc:
             raise errors.internal(
                 f"{exc}. The change is durable and this replica retries it at its next journal poll; "

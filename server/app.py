@@ -53,7 +53,8 @@ class RecommenderServer:
                                    "--batch-threads or --batch-queue-size")
         self.admin_pool = BoundedPool("admin", cfg.pools.admin_threads, cfg.pools.admin_queue_size,
                                       "--admin-threads or --admin-queue-size")
-        self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.reload.journal_poll_seconds)
+        self.journals = ItemJournals(cfg.repository, self.registry.loaded, self.metrics, cfg.reload.journal_poll_seconds,
+                                     cfg.reload.journal)
         self.reloader = Reloader(cfg, self.registry, self.journals, self.metrics, self.refresh_health)
         self.watchdog = Watchdog(self.registry.loaded, self.metrics, self.refresh_health, cfg.watchdog.interval_seconds,
                                  cfg.watchdog.stall_seconds, draining=self.registry.draining,

@@ -198,12 +198,19 @@ class ReloadConfig:
     """rescan the repository this often (0 = only on ReloadModels)"""
     journal_poll_seconds: float = 1.0
     """read item changes other replicas appended to the item journals this often (0 = never)"""
+    journal: str = ""
+    """where the item journals live: "" = a file beside each model's versions (flock on a shared volume);
+    redis://HOST:PORT/DB[?prefix=llmrec&wait=N] = a Redis stream per model (run Redis with appendfsync always)"""
+    consistency_wait_seconds: float = 2.0
+    """longest a request carrying min_journal_seq waits for this replica to read that far (then UNAVAILABLE)"""
     pins: tuple[str, ...] = ()
     """extra versions to keep loaded, as name:version (e.g. ml100k-tcf:2)"""
     warmup_users: int = 3
 
     def problems(self) -> list[str]:
-        out = _at_least(self, 0, "poll_seconds", "journal_poll_seconds")
+        out = _at_least(self, 0, "poll_seconds", "journal_poll_seconds", "consistency_wait_seconds")
+        if self.journal and not self.journal.startswith(("redis://", "rediss://", "unix://")):
+            out.append(f"journal {self.journal!r}: give \"\" (the file beside the versions) or redis://HOST:PORT/DB")
         for pin in self.pins:
             name, _, ver = pin.rpartition(":")
             if not name or not is_version_name(ver):

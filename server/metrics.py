@@ -17,9 +17,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from repository.journal import Cursor
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Why a replica rebuilt from its journal, as a bounded label. `compacted`: the journal has a new identity,
+# as compaction gives it (so does replacing it with another journal), the planned case. `truncated`: it now
+# ends before what was read (cut, removed, restored from an older backup, a Redis that lost its data).
+# `rewritten`: it goes as far, but not with the records that were read (restored, then written to; edited).
+# The last two mean acknowledged changes may be lost.
+REBUILD_REASONS = ("compacted", "truncated", "rewritten")
+
+
+def rebuild_reason(read: Cursor, now: Cursor) -> str:
+    """The label for a rebuild, from how far the replica had read and what the journal holds now (the log
+    line keeps the backend's own explanation: a compacted file also shrank, so that text cannot decide)."""
+    if now.identity and now.identity != read.identity:
+        return "compacted"
+    return "truncated" if now.last_seq < read.last_seq else "rewritten"
 
 
 class Metrics:
@@ -65,6 +81,10 @@ class Metrics:
                                        ["model"], registry=r)
         self.journal_apply_failures = Counter("recsys_journal_apply_failures", "journal records that could not be "
                                               "applied to a loaded version (retried)", ["model"], registry=r)
+        self.journal_rebuilds = Counter("recsys_journal_rebuilds", "times the item journal stopped continuing what "
+                                        "this replica had read, so every loaded version of the model was rebuilt "
+                                        "from its export and the whole journal; reason: " + ", ".join(REBUILD_REASONS),
+                                        ["model", "reason"], registry=r)
         self._http: WSGIServer | None = None
 
     def init_model(self, name: str) -> None:
@@ -74,6 +94,8 @@ class Metrics:
             self.worker_restarts.labels(model=name, reason=reason)
         for counter in (self.upserted, self.deleted, self.journal_corrupt, self.journal_apply_failures):
             counter.labels(model=name)
+        for reason in REBUILD_REASONS:
+            self.journal_rebuilds.labels(model=name, reason=reason)
 
     def is_serving(self) -> bool:
         """The overall health as last set on the `recsys_model_serving{model=""}` gauge."""

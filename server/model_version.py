@@ -24,7 +24,7 @@ import numpy as np
 from common import logs
 from repository import files as F
 from repository.errors import VersionError
-from repository.journal import JournalRecord, effective
+from repository.journal import ItemState
 from repository.kinds import KINDS
 from repository.reader import VersionFiles
 from repository.reference import encoder_reference
@@ -67,8 +67,9 @@ class ModelVersion:
         self.index_type = m.index.type
         self.pinned = pinned
         self.loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # known users stay memory-mapped (repository.reader): the lookup is not a dict of every user
         self.user_ids = files.user_ids
-        self.user_rows = {u: i for i, u in enumerate(files.user_ids)}
+        self.user_rows = files.user_ids
         self.user_vectors = files.user_vectors
         self._hist_indptr = files.history_indptr
         self._hist_indices = files.history_indices
@@ -88,6 +89,7 @@ class ModelVersion:
         self.batcher: DynamicBatcher | None = None
         self.encoder_instances = 0  # user-encoder batches run at once (ListModels); 0 without a history encoder
         self.index_backend = ""
+        self.identity: tuple = ()  # the folder as loaded (server/reload.py reloads one replaced in place)
 
     @classmethod
     def load(cls, name: str, files: VersionFiles, cfg: ServeConfig, metrics: Any = None, pinned: bool = False,
@@ -200,7 +202,8 @@ class ModelVersion:
 
     # ---- known users ----
     def user_vector(self, row: int) -> np.ndarray:
-        return self.user_vectors[row]
+        """float32 even when the version stores float16 vectors (a copy of one row, off the memory map)."""
+        return np.asarray(self.user_vectors[row], dtype=np.float32)
 
     def user_seen(self, row: int) -> np.ndarray:
         return self._hist_indices[self._hist_indptr[row]:self._hist_indptr[row + 1]]
@@ -227,35 +230,33 @@ class ModelVersion:
         return vectors
 
     # ---- catalogue changes from the item journal ----
-    def apply_journal(self, records: Sequence[JournalRecord],
-                      vectors: dict[str, np.ndarray] | None = None) -> tuple[int, int, int]:
-        """Applies journal records (in sequence order) to the catalogue; returns (added, replaced,
-        deleted). `vectors` may hold already-encoded vectors of some upserted items."""
-        if not records:
-            return 0, 0, 0
-        state = effective(records)
-        deletes = [r.item_id for r in state.values() if r.op == "delete"]
-        upserts = [r for r in state.values() if r.op == "upsert" and r.seq > self.folded_through]
+    def apply_journal(self, items: Sequence[ItemState], through: int, vectors: dict[str, np.ndarray] | None = None,
+                      fresh: bool = False) -> tuple[int, int, int]:
+        """Brings each item to its journal state (server/item_journal.py chooses which) and records `through` as
+        applied; returns (added, replaced, deleted). `fresh`: rebuild from the exported catalogue. `vectors`
+        may hold already-encoded vectors of some upserted items. Deleted items get their vector too: histories
+        may still name them."""
+        floor = self.folded_through if fresh else max(self.applied_seq, self.folded_through)
+        upserts = [s for s in items if s.upsert_seq > floor and s.text]
         if upserts and self.item_encoder is None:
             log.warning("journalled upserts skipped: this version has no text item encoder", model=self.name,
                         version=self.version, items=len(upserts))
             upserts = []
-        known = dict(vectors or {})
-        todo = [r for r in upserts if r.item_id not in known]
+        known = {s.item_id: vectors[s.item_id] for s in upserts if vectors and s.item_id in vectors}
+        todo = [s for s in upserts if s.item_id not in known]
         t0 = time.perf_counter()
         if todo:
-            known.update(zip((r.item_id for r in todo), self.encode_texts([r.text for r in todo]), strict=True))
+            known.update(zip((s.item_id for s in todo), self.encode_texts([s.text for s in todo]), strict=True))
         if self._id_part is not None:
-            for r in upserts:
-                row = self._catalogue.base.rows.get(r.item_id)
+            for s in upserts:
+                row = self._catalogue.base.rows.get(s.item_id)
                 if row is not None and row < len(self._id_part):
-                    known[r.item_id] = known[r.item_id] + self._id_part[row]
+                    known[s.item_id] = known[s.item_id] + self._id_part[row]
         with self._change_lock:
-            before = self._catalogue
-            cat, added, replaced = before.changed([(r.item_id, known[r.item_id], r.title) for r in upserts], deletes)
+            before = Catalogue(self._catalogue.base) if fresh else self._catalogue
+            cat, added, replaced, deleted = before.applied(items, known)
             self._catalogue = cat
-            self.applied_seq = max(self.applied_seq, records[-1].seq)
-        deleted = len(cat.deleted - before.deleted)
+            self.applied_seq = max(through, self.folded_through) if fresh else max(self.applied_seq, through)
         if self._metrics is not None:
             if upserts:
                 self._metrics.upserted.labels(model=self.name).inc(len(upserts))

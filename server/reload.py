@@ -9,6 +9,7 @@ loaded beside the newest.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Reloader:
         self.machine = machine or detect()
         self._lock = threading.Lock()
         self._refused: dict[tuple[str, int], tuple] = {}  # -> fingerprint of the folder when refused
+        self._identities: dict[tuple[str, int], tuple] = {}  # -> _identity of the loaded folder
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -82,6 +84,7 @@ class Reloader:
         fingerprint = _fingerprint(path)
         if not fingerprint or self._refused.get((name, version)) == fingerprint:
             return None
+        identity = _identity(path)
         try:
             files = load_files(path)
             mv = ModelVersion.load(name, files, self.cfg, self.metrics, pinned=pinned, machine=self.machine)
@@ -95,6 +98,7 @@ class Reloader:
             self._refuse(name, version, fingerprint, reason, result)
             return None
         self._refused.pop((name, version), None)
+        mv.identity = identity  # as read before loading: a replacement during the load is seen at the next scan
         return mv
 
     def reload_now(self, retry_refused: bool = False) -> ReloadResult:
@@ -112,16 +116,19 @@ class Reloader:
             have = loaded.get(name, {})
             default = None
             for v in sorted(versions, reverse=True):
-                if v in have:
+                if v in have and not self._replaced(have[v]):
                     default = v
                     break
                 mv = self._try_load(name, v, v in pins.get(name, set()), result)
                 if mv is not None and self._install(mv, True, result):
                     default = v
                     break
+                if v in have:  # replaced in place but the new content was refused: the loaded one keeps serving
+                    default = v
+                    break
             keep = {default} if default is not None else set()
             for v in sorted(pins.get(name, set()) & set(versions)):
-                if v not in have and v != default:
+                if (v not in have or self._replaced(have[v])) and v != default:
                     mv = self._try_load(name, v, True, result)
                     if mv is not None:
                         self._install(mv, False, result)
@@ -148,6 +155,11 @@ class Reloader:
         self.on_health("")
         return result
 
+    def _replaced(self, mv: ModelVersion) -> bool:
+        """Whether mv's folder now holds another version under the same number (replaced in place)."""
+        now = _identity(mv.path)
+        return bool(now) and now != self._identities.get((mv.name, mv.version), now)
+
     def _install(self, mv: ModelVersion, make_default: bool, result: ReloadResult) -> bool:
         """Swaps mv in once it holds every journalled item change; refuses it if it cannot."""
         self.metrics.init_model(mv.name)
@@ -158,6 +170,7 @@ class Reloader:
             mv.retire()
             self._refuse(mv.name, mv.version, _fingerprint(mv.path), f"item journal replay failed: {exc}", result)
             return False
+        self._identities[(mv.name, mv.version)] = mv.identity
         self._set_loaded(mv.name, mv.version, True, mv)
         self.metrics.reloads.labels(model=mv.name, result="success").inc()
         log.info("version loaded", model=mv.name, version=mv.version, kind=mv.kind, items=mv.catalogue.num_items,
@@ -185,6 +198,17 @@ class Reloader:
             if labels["model"] == name and labels["version"] == str(version):
                 self.metrics.engine_info.remove(*(labels[k] for k in ("model", "version", "component", "engine",
                                                                        "precision")))
+
+
+def _identity(path: Path) -> tuple:
+    """What a loaded version folder is: its inode, its manifest's inode and mtime, and the manifest's hash (which
+    names every file's hash). A folder replaced in place under the same number differs; () if unreadable."""
+    try:
+        manifest = path / MANIFEST
+        st = manifest.stat()
+        return path.stat().st_ino, st.st_ino, st.st_mtime_ns, hashlib.sha256(manifest.read_bytes()).hexdigest()
+    except OSError:
+        return ()
 
 
 def _fingerprint(path: Path) -> tuple:

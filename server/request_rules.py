@@ -148,7 +148,7 @@ def plan(req: pb.RecommendRequest, mv: Servable, cfg: ServeConfig) -> Plan:
     if not req.include_history:
         excluded.update(rows)
         if user_row is not None:
-            excluded.update(int(r) for r in mv.user_seen(user_row))
+            excluded.update(cat.current_rows(mv.user_seen(user_row)))  # an edited item has a new row
     if rows and mv.can_history and mv.batcher is not None:
         path: Literal["encoder", "user_vector"] = "encoder"
     elif user_row is not None:

@@ -243,6 +243,9 @@ class RecommenderService:
                     try:
                         rules.check_model(r.model, self.cfg)
                         mv = held.enter_context(self.registry.use(r.model, r.version))
+                        if r.min_journal_seq:  # read-your-writes: before the plan, which takes the catalogue
+                            self.admin.journals.at_least(mv, r.min_journal_seq,
+                                                         self.cfg.reload.consistency_wait_seconds, deadline)
                         job = _Job(r, mv, rules.plan(r, mv, self.cfg))
                         started.jobs.append(job)
                         if job.plan.path == "encoder":
@@ -278,7 +281,8 @@ class RecommenderService:
             cat = p.catalogue
             job.response = pb.RecommendResponse(
                 items=[pb.ScoredItem(item_id=cat.item_id(r), score=s, title=cat.title(r)) for r, s in hits],
-                model=mv.name, version=mv.version, unknown_item_ids=p.unknown, known_user=p.known_user)
+                model=mv.name, version=mv.version, unknown_item_ids=p.unknown, known_user=p.known_user,
+                journal_seq=mv.applied_seq)
         for job in jobs:  # only once every request of the call succeeded
             self._log_request(job)
 

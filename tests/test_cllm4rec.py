@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from common.config import parse
 from models.cllm4rec import cli
 from models.cllm4rec.backbone import BackboneConfig, load_backbone
-from models.cllm4rec.bundle import FoldedUserEncoder, load_bundle
+from models.cllm4rec.bundle import FoldedUserEncoder, GraphSpace, load_bundle, user_rows
 from models.cllm4rec.checkpoint import load_checkpoint
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template, collab_example, collate, content_example, movie_prefix
@@ -237,16 +237,22 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[CLLM4RecTask, P
     enc = bundle.encoders["user_encoder"]
     # the item bias rides as a 33rd dimension: constant 1 on the user side, the bias on the item side
     assert bundle.dim == 33 and bundle.item_vectors.shape == (task.data.num_items, 33)
-    np.testing.assert_array_equal(bundle.user_vectors[:, -1], 1.0)
     np.testing.assert_allclose(bundle.item_vectors[:, -1], model.item_bias.detach().numpy())
     assert np.abs(bundle.item_vectors[:, -1]).max() > 0  # the bias trained
-    for ids, mask in enc.sample_inputs:
-        with torch.no_grad():
-            torch.testing.assert_close(enc.module(ids, mask), model.user_vectors(ids, mask), atol=1e-5, rtol=1e-5)
     assert {s[0].shape[0] for s in enc.sample_inputs} >= {1, 4}
+    # known users' vectors are computed at export from their prompts (graph token space + user row)
+    assert bundle.user_vectors is None and bundle.known_user_inputs is not None
+    assert enc.input_names == ["input_ids", "attention_mask", "user_embedding"]
     users = np.arange(task.data.num_users)
+    vectors = np.zeros((len(users), bundle.dim), np.float32)
+    with torch.no_grad():
+        for idx, feeds in bundle.known_user_inputs.batches(users, 8):
+            vectors[idx] = enc.module(*(torch.from_numpy(feeds[n]) for n in enc.input_names)).numpy()
+    np.testing.assert_array_equal(vectors[:, -1], 1.0)
     expected = task.scorer(users, task.split.train)
-    np.testing.assert_allclose(bundle.user_vectors @ bundle.item_vectors.T, expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(vectors @ bundle.item_vectors.T, expected, atol=1e-4, rtol=1e-4)
+    # no user's row is in the graph's table: vocabulary, items and the anonymous row only
+    assert bundle.user_rows is not None and bundle.user_rows.shape == (task.data.num_users + 1, 32)
     mc = bundle.model_config
     assert mc["vocab_size"] == enc.module.embed.weight.shape[0] and mc["anonymous_user_token"] == mc["vocab_size"] - 1
     assert bundle.probe is not None and len(bundle.probe.targets) == len(bundle.probe.exclude)
@@ -262,9 +268,9 @@ def test_bundle_matches_model_and_exports_to_onnx(trained: tuple[CLLM4RecTask, P
     torch.onnx.export(enc.module, enc.sample_inputs[-1], str(path), input_names=enc.input_names,
                       output_names=[enc.output_name], dynamic_axes=enc.dynamic_axes, opset_version=17, dynamo=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for ids, mask in enc.sample_inputs:
-        got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        np.testing.assert_allclose(got, enc.module(ids, mask).detach().numpy(), atol=1e-4)
+    for case in enc.sample_inputs:
+        got = sess.run(None, {n: t.numpy() for n, t in zip(enc.input_names, case, strict=True)})[0]
+        np.testing.assert_allclose(got, enc.module(*case).detach().numpy(), atol=1e-4)
 
 
 def test_title_init_and_calibrated_temperature(tiny: dict) -> None:
@@ -312,8 +318,10 @@ def test_folded_encoder_routes_like_the_model(tiny: dict) -> None:
     model, tok, tmpl = build(tiny)
     prompts = PromptBuilder(tmpl, tok.vocab, 8, tok.pad_token_id)
     batch = collate([prompts.rec(0, np.array([1, 2])), prompts.rec(None, np.array([3, 4, 5, 6]))], tok.pad_token_id)
+    space = GraphSpace(tok.vocab, user_rows(model))  # the graph holds no user row: it comes as an input
     with torch.no_grad():
-        torch.testing.assert_close(FoldedUserEncoder(model)(**batch), model.user_vectors(**batch))
+        torch.testing.assert_close(FoldedUserEncoder(model)(*space.convert(batch["input_ids"], batch["attention_mask"])),
+                                   model.user_vectors(**batch))
     assert History.build(load_ml100k(tiny["data"])).ordered(0, np.array([])).size == 0
 
 
@@ -371,7 +379,8 @@ def test_mean_pooling_skips_padding_and_the_first_token(tiny: dict) -> None:
         torch.testing.assert_close(together[0], h[0, 1:].mean(0), atol=1e-5, rtol=1e-5)
         last, _, _ = build(tiny)
         assert not torch.allclose(last.user_vectors(**alone), model.user_vectors(**alone))
-        torch.testing.assert_close(FoldedUserEncoder(model)(**batch), together)
+        graph_inputs = GraphSpace(tok.vocab, user_rows(model)).convert(batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close(FoldedUserEncoder(model)(*graph_inputs), together)
     with pytest.raises(ValueError, match="pooling"):
         CLLM4Rec.pool(h, alone["attention_mask"], "max")
 

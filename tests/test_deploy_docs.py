@@ -79,3 +79,19 @@ def test_export_example_commands_parse() -> None:
             parsers[key](words[1 + len(key) :])
         except SystemExit as exc:  # tyro's answer to an unknown or malformed flag
             pytest.fail(f"`{' '.join(words)}` does not parse (exit {exc.code})")
+
+
+def test_journal_compact_example_parses() -> None:
+    """The compaction command docs/deployment.md gives for the Redis journal is accepted by its parser."""
+    import shlex
+
+    import tyro
+
+    from llmrec.client_cli import CompactArgs
+
+    lines = [ln for ln in DOC.read_text().splitlines() if "llmrec journal compact --" in ln and "sh -c" in ln]
+    assert lines, "no `kubectl exec ... llmrec journal compact` example in docs/deployment.md"
+    for line in lines:
+        inner = shlex.split(line.split("sh -c", 1)[1])[0].replace("$RECSYS_JOURNAL", "redis://:pw@llmrec-redis:6379/0")
+        args = tyro.cli(CompactArgs, args=shlex.split(inner)[3:])
+        assert args.journal.startswith("redis://") and args.model

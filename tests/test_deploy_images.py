@@ -62,3 +62,19 @@ def test_gpu_pins_are_the_gpu_extra() -> None:
     for path in (GPU, ROOT / "scripts" / "setup.sh"):
         found = pins.search(path.read_text())
         assert found and list(found.groups()) == extra, f"{path.name} installs other GPU builds than pyproject's gpu extra"
+
+
+def _extras(stage: list[tuple[str, str]]) -> set[str]:
+    """The extras of this project that a stage's `pip install ".[a,b]"` names."""
+    found = [m for ins, args in stage if ins == "RUN" for m in re.findall(r'pip install (?:-e )?"?\.\[([\w,-]+)\]', args)]
+    return {x for m in found for x in m.split(",")}
+
+
+@pytest.mark.parametrize("dockerfile", [CPU, GPU], ids=["cpu", "gpu"])
+def test_serve_images_can_keep_the_journal_in_redis(dockerfile) -> None:
+    """`llmrec serve --journal redis://...` imports the redis client: the serving images install the extra
+    that pins it (the same pin as the dev set the conformance suite runs)."""
+    assert "redis" in _extras(dockerfile_stages(dockerfile)["serve-venv"])
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [p for p in deps["redis"] if p.startswith("redis==")] == [p for p in deps["dev"] if p.startswith("redis==")]
+    assert "redis" in _extras(dockerfile_stages(CPU)["train"]), "export --fold-journal --journal redis:// in the train image"

@@ -1,7 +1,8 @@
-"""The serve image's install step, proven without Docker: the paths the Dockerfile COPYs, installed with
-`pip install .` (no extras) into a clean virtualenv, serve a model repository that the real exporter
-wrote. torch must not be importable there, health must say SERVING (asked by the image's HEALTHCHECK
-probe), one Recommend must answer, and SIGTERM must exit 0.
+"""The serve image's install step, proven without Docker: the paths the Dockerfile COPYs, installed as its
+serve-venv stage installs them (`pip install ".[redis]"`) into a clean virtualenv, serve a model repository
+that the real exporter wrote. torch must not be importable there (the redis client of `--journal redis://`
+must), health must say SERVING (asked by the image's HEALTHCHECK probe), one Recommend must answer, and
+SIGTERM must exit 0.
 
 Slow the first time on a machine (pip resolves the serving set, ~1-2 min); pip's cache keeps later runs
 short."""
@@ -9,6 +10,7 @@ short."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,14 @@ def _clean_env() -> dict[str, str]:
     return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def _install_target() -> str:
+    """What the Dockerfile's serve-venv stage passes to `pip install` (".", or "." with extras)."""
+    run = " ".join(args for ins, args in dockerfile_stages(ROOT / "Dockerfile")["serve-venv"] if ins == "RUN")
+    found = re.search(r'pip install "?(\.(?:\[[\w,-]+\])?)"?', run)
+    assert found, f"no `pip install .` in the serve-venv stage: {run}"
+    return found.group(1)
+
+
 @pytest.fixture(scope="module")
 def serve_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bin/ of a fresh virtualenv holding what the serve image installs."""
@@ -44,7 +54,7 @@ def serve_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(src, app / rel)
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
     bin_dir = tmp / "venv" / "bin"
-    out = subprocess.run([str(bin_dir / "pip"), "install", "-q", "."], cwd=app, env=_clean_env(),
+    out = subprocess.run([str(bin_dir / "pip"), "install", "-q", _install_target()], cwd=app, env=_clean_env(),
                          capture_output=True, text=True, timeout=840)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return bin_dir
@@ -66,7 +76,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_serving_set_has_no_torch(serve_venv: Path, tmp_path: Path) -> None:
-    script = "import server, sys; print(server.__file__); import torch"
+    script = "import server, redis, sys; print(server.__file__); import torch"
     out = subprocess.run([str(serve_venv / "python"), "-c", script], cwd=tmp_path, env=_clean_env(),
                          capture_output=True, text=True, timeout=60)
     assert "ModuleNotFoundError: No module named 'torch'" in out.stderr, out.stderr

@@ -120,7 +120,7 @@ def test_graph_missing_a_declared_input_is_refused(tmp_path):
     ids = torch.randint(1, 50, (2, 5))
     bundle = tiny_bundle("cllm4rec", tmp_path)
     enc = bundle.encoders["user_encoder"]
-    bundle.encoders["user_encoder"] = EncoderExport(IgnoresMask(), enc.input_names, enc.output_name,
+    bundle.encoders["user_encoder"] = EncoderExport(IgnoresMask(), ["input_ids", "attention_mask"], enc.output_name,
                                                     enc.dynamic_axes, [(ids, torch.ones_like(ids))])
     with pytest.raises(ValueError, match="does forward\\(\\) ignore an input"):
         W.export_bundle(bundle, tmp_path / "repo", "m", FAST)
@@ -140,7 +140,7 @@ def test_graph_onnx_runtime_cannot_load_is_refused_clearly(tmp_path):
     ids = [torch.randint(1, 50, (b, n)) for b, n in ((1, 3), (3, 6))]
     bundle = tiny_bundle("cllm4rec", tmp_path)
     enc = bundle.encoders["user_encoder"]
-    bundle.encoders["user_encoder"] = EncoderExport(BoolEye(), enc.input_names, enc.output_name,
+    bundle.encoders["user_encoder"] = EncoderExport(BoolEye(), ["input_ids", "attention_mask"], enc.output_name,
                                                     enc.dynamic_axes, [(i, torch.ones_like(i)) for i in ids])
     with pytest.raises(ParityError, match=r"ONNX Runtime \(CPU EP\) cannot load .*EyeLike"):
         W.export_bundle(bundle, tmp_path / "repo", "m", FAST)

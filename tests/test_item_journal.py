@@ -25,7 +25,8 @@ def test_append_read_and_effective_state(tmp_path: Path) -> None:
     others, new2 = _append(path, [("delete", "a", "", "")])  # a writer that read nothing yet
     assert [r.item_id for r in others.records] == ["a", "b"] and new2[0].seq == 3
     state, last = journal.read_state(path)
-    assert last == 3 and list(state) == ["b", "a"] and state["a"].op == "delete" and state["b"].text == "text b"
+    assert last == 3 and list(state) == ["b", "a"] and state["a"].deleted and state["a"].text == "text a"
+    assert state["a"].title == "A" and state["b"].text == "text b"
 
 
 def test_torn_tail_is_ignored_and_truncated_by_the_next_writer(tmp_path: Path) -> None:
@@ -46,7 +47,8 @@ def test_corrupt_record_is_skipped_and_reported(tmp_path: Path) -> None:
     path = tmp_path / journal.JOURNAL
     _append(path, [("upsert", "a", "x", ""), ("upsert", "b", "y", ""), ("upsert", "c", "z", "")])
     lines = path.read_bytes().split(b"\n")
-    lines[1] = lines[1].replace(b'"y"', b'"Y"')  # checksum no longer matches
+    i = next(j for j, line in enumerate(lines) if b'"y"' in line)
+    lines[i] = lines[i].replace(b'"y"', b'"Y"')  # checksum no longer matches
     path.write_bytes(b"\n".join(lines))
     res = journal.read_from(path)
     assert [r.item_id for r in res.records] == ["a", "c"]
@@ -131,3 +133,15 @@ def test_catalogue_search_returns_everything_when_k_exceeds_the_live_items() -> 
     cat2, _, _ = cat.changed(deletes=["i0", "i1"])
     hits = cat2.search(np.ones(8, np.float32), 10, set())
     assert sorted(cat2.item_id(r) for r, _ in hits) == ["i2", "i3", "i4"]
+
+
+def test_a_journal_written_before_headers_is_read_and_continued(tmp_path: Path) -> None:
+    path = tmp_path / journal.JOURNAL
+    path.write_bytes(journal.JournalRecord(1, "upsert", "a", "x").line() + journal.JournalRecord(2, "delete", "a").line())
+    res = journal.read_new(path)
+    assert [r.seq for r in res.records] == [1, 2] and res.cursor.identity == "" and not res.corrupt
+    others, new = journal.append(path, res.cursor, [("upsert", "b", "y", "")])
+    assert new[0].seq == 3 and not others.rewound and not others.records
+    assert journal.compact(path) == (3, 3)  # a's upsert and delete, b's upsert; now with a header
+    res = journal.read_new(path)
+    assert res.cursor.identity and [r.seq for r in res.records] == [1, 2, 3]

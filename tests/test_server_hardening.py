@@ -206,10 +206,10 @@ def test_upsert_the_answering_version_fails_to_apply_is_not_ok(env) -> None:
     with srv.registry.use("tiny-tcf") as mv:
         original = mv.apply_journal
 
-        def broken(records, vectors=None):
+        def broken(records, through, vectors=None, fresh=False):
             if records:
                 raise RuntimeError("apply failed")
-            return original(records, vectors)
+            return original(records, through, vectors, fresh)
 
         mv.apply_journal = broken
         try:

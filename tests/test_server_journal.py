@@ -58,13 +58,14 @@ def test_changes_survive_a_restart_and_reach_new_versions(tmp_path: Path) -> Non
         assert (r.added, r.replaced, r.journal_seq) == (1, 1, 2)
         d = c.delete_items("m", ["t3"])
         assert (d.deleted, d.already_deleted, d.journal_seq) == (1, 0, 3)
-        assert c.delete_items("m", ["t3"]).already_deleted == 1  # idempotent
+        again = c.delete_items("m", ["t3"])  # idempotent, and adds no record (R5)
+        assert (again.already_deleted, again.journal_seq) == (1, 3)
         code = _code(c.delete_items, "m", ["t3", "nope"])
         assert code[0] == grpc.StatusCode.NOT_FOUND and "nothing was deleted" in code[1]
     with running_server(tmp_path, admin_token=TOKEN) as (srv, c):  # a restart replays the journal
         assert _knows(c, "m", "fresh") and "t3" not in _all_ids(c, "m")
         info = c.list_models().models[0].versions[0]
-        assert (info.num_items, info.deleted_items, info.journal_seq) == (40, 1, 4)
+        assert (info.num_items, info.deleted_items, info.journal_seq) == (40, 1, 3)
         v2 = write_tcf(tmp_path, name="m", version=2, seed=9)  # another item tower
         assert "m:2" in c.reload().loaded
         with srv.registry.use("m") as mv:
@@ -105,7 +106,7 @@ def test_upsert_needs_a_writable_repository_and_deletes_work_on_id_models(tmp_pa
         (tmp_path / "c" / journal.JOURNAL).unlink()
         (tmp_path / "c" / journal.JOURNAL).mkdir()  # unwritable even for root (a read-only mount in production)
         code, msg = _code(c.delete_items, "c", ["i5"])
-        assert code == grpc.StatusCode.FAILED_PRECONDITION and "writable model repository" in msg
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "writable journal" in msg
 
 
 def test_refused_version_is_retried_when_its_files_change(tmp_path: Path) -> None:

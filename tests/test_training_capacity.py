@@ -13,7 +13,7 @@ from common.config import parse
 from models import tiny
 from models.cllm4rec import cli
 from models.cllm4rec.backbone import BackboneConfig, load_backbone
-from models.cllm4rec.bundle import FoldedUserEncoder
+from models.cllm4rec.bundle import FoldedUserEncoder, GraphSpace, user_rows
 from models.cllm4rec.checkpoint import load_checkpoint
 from models.cllm4rec.model import CLLM4Rec
 from models.cllm4rec.prompts import collate
@@ -56,7 +56,8 @@ def test_lora_changes_the_output_and_merges_to_the_same_vectors(assets) -> None:
     with torch.no_grad():
         adapted, plain = model.user_vectors(**batch), frozen.user_vectors(**batch)
         assert (adapted - plain).abs().max() > 1e-3  # LoRA changes the output
-        merged = FoldedUserEncoder(model)(**batch)  # what `llmrec export` traces: adapters merged
+        space = GraphSpace(model.vocab, user_rows(model))  # the prompts as the exported graph reads them
+        merged = FoldedUserEncoder(model)(*space.convert(batch["input_ids"], batch["attention_mask"]))
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
     plain_lm = merged_copy(model.backbone)
     assert not any("lora" in n for n, _ in plain_lm.named_parameters())

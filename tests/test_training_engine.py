@@ -136,12 +136,27 @@ def test_help_texts_are_each_flags_own(capsys) -> None:
     assert out.count("reached valid HR@10 0.075") == 1  # --recipe.mlp-lr's comment, on it alone
 
 
-def test_bf16_autocast_trains_both_models_on_cpu(tmp_path: Path, assets) -> None:
+def test_bf16_autocast_trains_both_models_on_cpu(tmp_path: Path, assets, monkeypatch) -> None:
+    seen: list[bool] = []  # autocast state inside each validation: off, as when `llmrec eval` scores the test part
+    init = Loop.__init__
+
+    def spy(self: Loop, task: Any, *args: Any, **kwargs: Any) -> None:
+        validate = task.validate
+
+        def checked(place: Any) -> dict[str, float]:
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return validate(place)
+
+        task.validate = checked
+        init(self, task, *args, **kwargs)
+
+    monkeypatch.setattr(Loop, "__init__", spy)
     for kind in ("cllm4rec", "tcf"):
         log = cli_of(kind).train(config(kind, assets, tmp_path / kind, "--train.epochs", "1", "--precision", "bf16"))
         assert log["precision"] == "bf16" and all(e["loss"] == e["loss"] for e in log["epochs"])  # no NaN
         weights = load_file(str(tmp_path / kind / "weights.safetensors"))
         assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    assert seen and not any(seen)
 
 
 def test_progress_bars_stay_quiet_off_a_terminal(tmp_path: Path, assets, capfd) -> None:

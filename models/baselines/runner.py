@@ -8,6 +8,13 @@ Every baseline sees at test time exactly what the models see: the user's train +
 (random split: both parts; leave-one-out: the whole sequence before the test item). ALS folds
 them in and EASE reads them as input; BPR, whose user factors exist only for the rows it was
 fitted on, is refitted on train + valid with the chosen setting before the test part is scored.
+
+At 100k users / 20k items the search is what costs (44 fits per protocol, each scored on every
+validation user: the fits take most of it, the full rankings the rest), so it is bounded:
+grid points are scored on a fixed, seeded sample of the validation users (`Tuning.users`; the chosen
+setting is then scored on every valid and test user), the model fitted at the best point is kept
+instead of fitted again, the config's own setting is tried first, and a model's search stops after
+`Tuning.budget_min` (the points it did not reach are counted in the report, never silently dropped).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from models.baselines.popularity import MostPopular, PopularityConfig
 from models.data.dataset import InteractionData
 from models.data.splits import Split
 from models.metrics import PROTOCOL_METRICS, evaluate, evaluate_per_user
+from models.training.validation import sample_users
 
 log = logs.get(__name__)
 
@@ -61,6 +69,16 @@ class BaselineGrids:
 
 
 @dataclass
+class Tuning:
+    """How far the validation search may go (on ML-100K neither limit is reached: its 943 users are all
+    scored, and no model's search takes a minute: benchmarks/results/quality_baselines_ml100k.json)."""
+
+    users: int = 5000  # validation users the grid points are scored on (a fixed sample); 0: all of them
+    seed: int = 0  # of that sample
+    budget_min: float = 3.0  # per model: no new grid point after this many minutes of search; 0: no limit
+
+
+@dataclass
 class BaselineResult:
     name: str
     params: dict[str, Any]
@@ -72,19 +90,23 @@ class BaselineResult:
     grid: list[dict[str, Any]] = field(default_factory=list)  # params + validation metric per point
     # test metric per evaluated user (split.eval_users("test") order), for paired comparisons
     test_per_user: dict[str, np.ndarray] = field(default_factory=dict)
+    grid_size: int = 0  # points in the grid; more than len(grid) when the search budget cut it
+    tune_users: int = 0  # validation users each grid point was scored on
 
 
 def expand(base: Any, grid: Any | None) -> list[Any]:
-    """Every config of the grid's cross product, starting from `base` (empty tuples keep base)."""
+    """Every config of the grid's cross product, starting from `base` (empty tuples keep base); `base`
+    itself first when it is a grid point, so a search cut short has always tried it."""
     if grid is None:
         return [base]
     axes = {f.name: getattr(grid, f.name) for f in dataclasses.fields(grid) if getattr(grid, f.name)}
     if not axes:
         return [base]
-    return [
+    points = [
         dataclasses.replace(base, **dict(zip(axes, values, strict=True)))
         for values in itertools.product(*axes.values())
     ]
+    return sorted(points, key=lambda p: p != base)  # stable: the rest keep the grid's order
 
 
 def history_split(split: Split, part: str) -> Split:
@@ -121,35 +143,51 @@ def run_baseline(
     grid: Any | None = None,
     select: str | None = None,
     test_mask: list[np.ndarray] | None = None,
+    tuning: Tuning | None = None,
 ) -> BaselineResult:
-    """Tunes `name` on split's valid part over `grid` (by `select`, default metrics[0]), then
-    evaluates the chosen setting on valid and test. `test_mask`: per user, items masked at test time
-    beyond the history (models.metrics.evaluate_per_user), e.g. held-out items the user watched."""
+    """Tunes `name` on split's valid part over `grid` (by `select`, default metrics[0]; on `tuning`'s
+    user sample, within its budget), then evaluates the chosen setting on every valid and test user.
+    `test_mask`: per user, items masked at test time beyond the history (models.metrics.evaluate_per_user),
+    e.g. held-out items the user watched."""
     select = select or metrics[0]
+    tuning = tuning or Tuning()
     base = cfg if cfg is not None else BASELINES[name][1]()
     candidates = expand(base, grid)
+    tune_users = sample_users(split.eval_users("valid"), tuning.users, tuning.seed)
     points: list[dict[str, Any]] = []
     tune_start = time.perf_counter()
-    best_cfg, best_score = base, -np.inf
+    best_cfg, best_score, best_model, best_fit_s = base, -np.inf, None, 0.0
     if len(candidates) > 1:
-        for cand in candidates:
-            score = evaluate(fit(name, split, cand), split, "valid", [select])[select]
-            points.append({**dataclasses.asdict(cand), select: score})
-            log.info("tune", model=name, params=dataclasses.asdict(cand), **{select: round(score, 4)})
+        for i, cand in enumerate(candidates):
+            elapsed = time.perf_counter() - tune_start
+            if i > 0 and tuning.budget_min > 0 and elapsed > 60 * tuning.budget_min:  # the first point always runs
+                log.warning("search budget spent: grid cut", model=name, tried=i, of=len(candidates),
+                            budget_min=tuning.budget_min)
+                break
+            t0 = time.perf_counter()
+            model = fit(name, split, cand)
+            fit_s = time.perf_counter() - t0
+            score = evaluate(model, split, "valid", [select], users=tune_users)[select]
+            points.append({**dataclasses.asdict(cand), select: score, "fit_seconds": round(fit_s, 3)})
+            log.info("tune", model=name, point=f"{i + 1}/{len(candidates)}", params=dataclasses.asdict(cand),
+                     **{select: round(score, 4)}, fit_s=round(fit_s, 2), users=len(tune_users))
             if score > best_score:
-                best_cfg, best_score = cand, score
+                best_cfg, best_score, best_model, best_fit_s = cand, score, model, fit_s
+            del model
     tune_seconds = time.perf_counter() - tune_start if len(candidates) > 1 else 0.0
     start = time.perf_counter()
-    scorer = fit(name, split, best_cfg)
+    scorer = best_model if best_model is not None else fit(name, split, best_cfg)
     test_scorer = fit_for(name, split, "test", best_cfg, fitted=scorer)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = time.perf_counter() - start + best_fit_s
+    log.info("fitted", model=name, params=dataclasses.asdict(best_cfg), fit_s=round(fit_seconds, 2))
     start = time.perf_counter()
     valid = evaluate(scorer, split, "valid", metrics)
     users, per_user = evaluate_per_user(test_scorer, split, "test", metrics, mask=test_mask)
     test = {m: float(v.mean()) for m, v in per_user.items()} | {"users": float(len(users))}
     eval_seconds = time.perf_counter() - start
     return BaselineResult(
-        name, dataclasses.asdict(best_cfg), valid, test, fit_seconds, tune_seconds, eval_seconds, points, per_user
+        name, dataclasses.asdict(best_cfg), valid, test, fit_seconds, tune_seconds, eval_seconds, points, per_user,
+        grid_size=len(candidates) if len(candidates) > 1 else 0, tune_users=len(tune_users) if len(candidates) > 1 else 0,
     )
 
 
@@ -161,18 +199,26 @@ def run_baselines_detailed(
     grids: BaselineGrids | None = None,
     tune: bool = True,
     test_mask: list[np.ndarray] | None = None,
+    tuning: Tuning | None = None,
+    on_result: Callable[[BaselineResult], None] | None = None,
 ) -> list[BaselineResult]:
+    """Every model of `names` on `split`; `on_result` gets each result as soon as it is there (a report
+    written from it keeps the models done when a later one is killed)."""
     metrics = list(metrics or PROTOCOL_METRICS[split.protocol])
     configs = configs or BaselineConfigs()
     grids = grids or BaselineGrids()
     results = []
-    for name in names:
+    for n, name in enumerate(names):
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; accepted: {', '.join(BASELINES)}")
         cfg = getattr(configs, name, None)
         grid = getattr(grids, name, None) if tune else None
-        results.append(run_baseline(name, split, metrics, cfg, grid, test_mask=test_mask))
+        log.info("baseline start", model=name, protocol=split.protocol, model_number=f"{n + 1}/{len(names)}",
+                 grid_points=len(expand(cfg if cfg is not None else BASELINES[name][1](), grid)))
+        results.append(run_baseline(name, split, metrics, cfg, grid, test_mask=test_mask, tuning=tuning))
         log.info("baseline", model=name, protocol=split.protocol, test=results[-1].test)
+        if on_result is not None:
+            on_result(results[-1])
     return results
 
 

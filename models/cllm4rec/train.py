@@ -129,6 +129,10 @@ class CLLM4RecTask:
              "weight_decay": self.train.lm_weight_decay},
         ]
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The ID tables when they get sparse gradients: under DDP the loop averages them, not DDP."""
+        return self.model.id_parameters() if self.recipe.sparse_ids else []
+
     def prepare(self) -> None:
         """Feature scale, temperature and item-bias prior from real prompts (see CLLM4Rec.calibrate)."""
         users = [u for u, t in enumerate(self.train_hist) if len(t)]

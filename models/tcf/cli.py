@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 import tyro
 
@@ -31,6 +32,7 @@ from common.errors import ConfigError
 from models.data.config import DataConfig
 from models.data.dataset import InteractionData
 from models.data.loaders import load_data
+from models.data.splits import Split
 from models.reports import dataset_title, explicit_command, invoking_command, report_file_name, write_report
 from models.tcf import report
 from models.tcf import text_encoder as te
@@ -71,6 +73,17 @@ class TrainCli(RunConfig):
     train: TrainConfig = field(default_factory=_train_defaults)
 
 
+def _warn_long_histories(split: Split, window: int) -> None:
+    """Training reads a long history whole (in windows), but scoring it (validation, eval, serving) reads
+    only its last `window` items: said once, with how many users it concerns, rather than left to surprise."""
+    lengths = np.array([len(t) + len(v) for t, v in zip(split.train, split.valid, strict=True)])
+    longer = int((lengths > window).sum())
+    if longer:
+        log.warning("histories longer than the user tower's window: trained on whole, but scored (validation, eval, "
+                    "serving) from their most recent items only (raise --model.max-seq-len to read more)",
+                    users=longer, of=len(lengths), longest=int(lengths.max()), window=window)
+
+
 def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
     """Data (prepared, split), pre-inferred item table and model, wired into the engine's task."""
     if cli.lm.lora_rank:
@@ -84,6 +97,7 @@ def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
         raise ConfigError(f"--model.item-tower {cli.model.item_tower} needs item text, but every item's text is its id: give an items "
                           "file (--data.items-path; see --help) or train the ID tower (--model.item-tower id)")
     prepared, split = prepared_split(data, cli.model.max_seq_len, cli.recipe.keep_last, cli.data.split_seed)
+    _warn_long_histories(split, cli.model.max_seq_len)
     held = held_out_items(split, cli.recipe.holdout_items, cli.recipe.holdout_seed)
     watched = held_seen(split, held)
     split = hold_out(split, held)
@@ -108,7 +122,9 @@ def train(cli: TrainCli, data: InteractionData | None = None) -> dict[str, Any]:
     """Trains (or resumes) one TCF model into `cli.out`; returns the training log."""
     task = build_task(cli, data)
     meta = {"model": "tcf", "schedule": cli.schedule, "lm": to_dict(cli.lm), "command": task.extra_config["command"],
-            "preinfer_s": task.extra_config["preinfer_s"]}
+            "preinfer_s": task.extra_config["preinfer_s"], "validation_users": task.extra_config["validation_users"],
+            # a whole epoch's steps, for a run cut by --train.max-steps-per-epoch or a time budget to extrapolate from
+            "steps_per_epoch": -(-task.units() // cli.train.batch_size)}
     return run(task, cli, cli.train, Path(cli.out), meta)
 
 

@@ -63,8 +63,13 @@ class Batch:
 
 
 def _own(query_users: np.ndarray, cand: np.ndarray, user_items: list[np.ndarray]) -> np.ndarray:
-    return np.stack([np.isin(cand, user_items[u]) for u in query_users]) if len(query_users) else \
-        np.zeros((0, len(cand)), dtype=bool)
+    """[R, C]: whether each candidate is one of the query's user's items. One membership test per distinct
+    user of the batch, not per query: a SASRec batch has up to 50 queries per user, and at 100k users the
+    per-query version was most of a training step's time (cProfile of the default schedule's steps)."""
+    if not len(query_users):
+        return np.zeros((0, len(cand)), dtype=bool)
+    users, inverse = np.unique(query_users, return_inverse=True)
+    return np.stack([np.isin(cand, user_items[u]) for u in users])[inverse]
 
 
 def _assemble(inp: np.ndarray, mask: np.ndarray, users: np.ndarray, query_users: np.ndarray, targets: np.ndarray,

@@ -90,9 +90,13 @@ def preparation(config: dict[str, Any], num_items: int) -> str:
     kept = ("each user's whole history kept (SASRec trains on windows of max_seq_len + 1 items covering it)"
             if keep == 0 else f"each user's last {s + 3 if keep < 0 else keep} interactions kept")
     name = (config.get("prepared") or {}).get("name", "the data")
+    sample = config.get("validation_users")  # absent in checkpoints written before validation was sampled
+    valid = "" if not sample or sample["sampled"] >= sample["of"] else \
+        (f"; the epoch chosen on {sample['sampled']} of the {sample['of']} validation users (a fixed sample, seed "
+         f"{sample['seed']}), the test part on every user")
     return (f"{name}, users with fewer than {data.get('min_user_interactions', 0)} interactions dropped, {kept}; "
             f"leave-one-out by time (valid = second-to-last item, test = last); {TIES}; full ranking over all "
-            f"{num_items} items, the user's train (+ valid) items masked{cold}")
+            f"{num_items} items, the user's train (+ valid) items masked{cold}{valid}")
 
 
 def rare_targets(split: Split, max_count: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from models.training.capacity import CapacityConfig
 from models.training.config import TrainConfig
 from models.training.distributed import Placement
 from models.training.loop import Stage
-from models.training.validation import evaluate_sharded
+from models.training.validation import evaluate_sharded, sample_users
 
 METRICS = ("hr@10", "ndcg@10")
 # a step's scores are [queries, items] (64 windows x 50 positions x 50k items: 640 MB in fp32)
@@ -48,6 +48,11 @@ class RecipeConfig:
     # out of training with all its interactions and stays a test target; 0 = off
     holdout_items: float = 0.0
     holdout_seed: int = 0
+    # validation (the epoch choice, early stopping) on a fixed sample of this many validation users drawn
+    # with valid_seed, so that at 100k users it stays a small share of an epoch; 0: every user. The test
+    # part is always complete. On ML-100K (943 users) the default sample is every user.
+    valid_users: int = 2000
+    valid_seed: int = 0
 
     def full_softmax(self, num_items: int) -> bool:
         return self.loss == "softmax" or (self.loss == "auto" and num_items <= FULL_SOFTMAX_MAX_ITEMS)
@@ -119,6 +124,10 @@ class TCFTask:
         self.pairs_u = np.concatenate([np.full(len(t), u) for u, t in enumerate(self.split.train)]).astype(np.int64)
         self.pairs_i = np.concatenate(self.split.train).astype(np.int64)
         self.windows = sasrec_windows(self.split.train, self.model.cfg.max_seq_len)
+        every = self.split.eval_users("valid")
+        self.valid_users = sample_users(every, self.recipe.valid_users, self.recipe.valid_seed)
+        self.extra_config["validation_users"] = {"sampled": len(self.valid_users), "of": len(every),
+                                                 "seed": self.recipe.valid_seed}
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.train.epochs)]
@@ -137,11 +146,14 @@ class TCFTask:
     def prepare(self) -> None:
         """Nothing to calibrate: the towers start from their own initialisation."""
 
+    def units(self) -> int:
+        """Training examples of an epoch: SASRec windows or DSSM interactions."""
+        return len(self.windows) if self.model.cfg.user_tower == "sasrec" else len(self.pairs_u)
+
     def epoch_batches(self, stage: Stage, epoch: int, rng: np.random.Generator) -> list[Callable[[], Batch]]:
         """Windows of each user's sequence (SASRec: every training item a target once) or interactions
         (DSSM), shuffled."""
-        n = len(self.windows) if self.model.cfg.user_tower == "sasrec" else len(self.pairs_u)
-        units = rng.permutation(n).astype(np.int64)
+        units = rng.permutation(self.units()).astype(np.int64)
         size = self.train.batch_size
         return [functools.partial(self._batch, units[s : s + size]) for s in range(0, len(units), size)]
 
@@ -149,13 +161,12 @@ class TCFTask:
         return net(batch)
 
     def validate(self, place: Placement) -> dict[str, float]:
-        """Validation HR@10 in fp32, the precision `llmrec eval tcf` scores the test part in: the engine
+        """Validation HR@10 on the sampled validation users, in fp32, the precision `llmrec eval tcf` scores the test part in: the engine
         runs validation inside the training autocast, and under bf16 the top-10 ties and near-ties
         fall differently, enough to swap variants that differ by a handful of users."""
         with torch.autocast(place.device.type, enabled=False):
             scorer = masking(make_scorer(self.model, self.held_out), self.held_seen)
-            out = evaluate_sharded(scorer, self.split, "valid", METRICS, self.split.eval_users("valid"), place,
-                                   batch_size=256)
+            out = evaluate_sharded(scorer, self.split, "valid", METRICS, self.valid_users, place, batch_size=256)
         return out | {"score": out["hr@10"]}
 
     def trained_state(self) -> dict[str, torch.Tensor]:

@@ -4,9 +4,11 @@ A model supplies a `Task`: its stages, its batches, its loss, its validation sco
 checkpoint writer. The loop does the rest, the same way for every model:
 - puts the model on the device, wraps it in DDP under torchrun (each rank takes its shard of
   every epoch's batches; gradients are averaged; validation sums are all-reduced, so every rank
-  takes the same early-stopping decision; only rank 0 writes);
+  takes the same early-stopping decision; only rank 0 writes); the task's sparse-gradient parameters
+  (`sparse_parameters`, optional) stay out of DDP and are averaged by Placement.mean_sparse_grads;
 - AdamW over the task's parameter groups, a per-step LR schedule (constant or cosine, with
-  linear warm-up), gradient clipping, autocast (bf16, or fp16 with a GradScaler);
+  linear warm-up), gradient clipping, autocast for the steps (bf16, or fp16 with a GradScaler);
+  validation always in fp32, the precision `llmrec eval` scores the test part in;
 - early stopping on the task's validation score, keeping the best epoch's tensors, and a time
   budget checked after every step: an epoch that runs past it stops there (one epoch on a large data
   set can take hours, so a budget checked only between epochs could not stop the first one); that
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -92,6 +95,10 @@ class Task(Protocol):
         """Writes the checkpoint of the module as it is now (see models.training.checkpoint)."""
         ...
 
+    # Optional: `sparse_parameters() -> list[nn.Parameter]`, the parameters whose gradients are sparse
+    # (read with F.embedding(sparse=True)). Under DDP the loop keeps them out of DDP's all-reduce and
+    # averages them itself; a task without the method has none.
+
 
 def show_progress(requested: bool) -> bool:
     """Progress bars only when asked for and a person is watching (stdout is a terminal): in logs
@@ -134,6 +141,7 @@ class Loop:
         self.meta = meta or {}
         self.module = task.module.to(place.device)
         self.net: nn.Module = self.module  # wrapped in DDP by fit(), once the task has prepared it
+        self.sparse_params: list[nn.Parameter] = []  # under DDP: averaged over ranks by the loop, not DDP
         self.progress = Progress()
         self.rng = np.random.default_rng(cfg.seed)
         self.best_tensors: dict[str, torch.Tensor] | None = None
@@ -211,6 +219,7 @@ class Loop:
             loss = self.task.loss(self.net, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.place.mean_sparse_grads(self.sparse_params)
         if self.cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             if any(q.grad is not None and q.grad.is_sparse for g in self.optimizer.param_groups for q in g["params"]):
@@ -323,8 +332,9 @@ class Loop:
             improved = not stage.validate
             if stage.validate:
                 t1 = time.time()
-                with autocast(self.place.device, self.amp):
-                    entry["valid"] = self.task.validate(self.place)
+                # outside the training autocast: `llmrec eval` scores the test part in fp32, and under bf16
+                # the top-K ties fall differently, enough to change the chosen epoch or variant
+                entry["valid"] = self.task.validate(self.place)
                 self._add_time("validation", time.time() - t1)
                 improved = entry["valid"]["score"] > p.best_score
                 if improved:
@@ -345,14 +355,33 @@ class Loop:
                 break
         self._resumed = None  # what was saved belongs to this stage; the next one starts fresh
 
+    def _wrap_ddp(self) -> nn.Module:
+        """DDP over the dense parameters; the task's sparse-gradient ones are left out of it (its buckets
+        cannot hold sparse gradients) and start equal on every rank as DDP's own do (rank 0's)."""
+        ids = {id(q) for q in getattr(self.task, "sparse_parameters", list)()}
+        named = [(n, q) for n, q in self.module.named_parameters() if id(q) in ids]  # one order on every rank
+        if len(named) != len(ids):
+            raise ValueError("the task's sparse_parameters() must be parameters of its module")
+        # DDP spells a parameter's name two ways: as named_parameters() does ("collab_embeddings") when it
+        # picks its parameters, and as f"{module}.{param}" (".collab_embeddings" at the root) when it
+        # builds its reducer; both must be ignored
+        spelt = [f"{m}.{n}" for m, sub in self.module.named_modules() for n, q in sub.named_parameters(recurse=False)
+                 if id(q) in ids]
+        ignored = sorted({*spelt, *(n.removeprefix(".") for n in spelt)})
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.module, ignored)
+        self.sparse_params = [q for _, q in named]
+        for q in self.sparse_params:
+            dist.broadcast(q.data, 0)
+        devices = [self.place.device.index] if self.place.device.type == "cuda" else None
+        return DistributedDataParallel(self.module, device_ids=devices, find_unused_parameters=True,
+                                       broadcast_buffers=False)
+
     def fit(self) -> dict[str, Any]:
         """Runs (or resumes) every stage; leaves the best epoch's tensors in the module and on disk."""
         if not self._restore():
             self.task.prepare()
         if self.place.world > 1:
-            ids = [self.place.device.index] if self.place.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True,
-                                               broadcast_buffers=False)
+            self.net = self._wrap_ddp()
         stages = self.task.stages()
         p = self.progress
         while p.stage < len(stages) and not p.stopped:

@@ -21,6 +21,7 @@ import numpy as np
 
 from repository.manifest import Manifest
 from server.adapters.cllm4rec_lm import Cllm4recPrompt
+from server.adapters.student_sasrec import StudentSequence
 from server.adapters.tcf_dssm import KnownUsersOnly
 from server.adapters.tcf_sasrec import SasrecSequence
 
@@ -38,7 +39,7 @@ class RequestAdapter(Protocol):
 
 
 ADAPTERS: dict[tuple[str, str], type[RequestAdapter]] = {
-    (a.kind, a.user_tower): a for a in (Cllm4recPrompt, SasrecSequence, KnownUsersOnly)
+    (a.kind, a.user_tower): a for a in (Cllm4recPrompt, SasrecSequence, KnownUsersOnly, StudentSequence)
 }
 
 

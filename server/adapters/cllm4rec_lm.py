@@ -1,6 +1,11 @@
 """CLLM4Rec: the rec prompt is built from token ids per the manifest template (no tokenizer needed),
 right-padded; the graph reads the mask to take the last real token's hidden state (or the mean over
-the real tokens, for a model trained with mean pooling), so padding never changes a user vector."""
+the real tokens, for a model trained with mean pooling), so padding never changes a user vector.
+
+Format 2 graphs hold no user rows: the prompt's user slot carries the anonymous token and the graph input
+named by `cllm4rec.user_input` replaces its embedding with the user's row, read here from the
+memory-mapped `cllm4rec.user_rows` file (its last row is the anonymous user's). Format 1 graphs had
+every user's row baked in and take the user's token id instead."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from repository.arrays import load_array
 from repository.errors import VersionError
 from repository.manifest import Manifest
 
@@ -18,9 +24,19 @@ from repository.manifest import Manifest
 PAD_TO_MULTIPLE = 16
 
 
+class Prompt(list[int]):
+    """A prompt's token ids, plus the row of the user-rows file fed beside them (format 2; -1: the
+    anonymous row)."""
+
+    def __init__(self, ids: list[int], user_row: int = -1) -> None:
+        super().__init__(ids)
+        self.user_row = user_row
+
+
 class Cllm4recPrompt:
     kind = "cllm4rec"
     user_tower = "lm"
+    _rows: np.ndarray | None = None  # format 2: the memory-mapped user rows (set from the manifest)
 
     def __init__(self, path: Path, manifest: Manifest) -> None:
         c = manifest.cllm4rec
@@ -28,12 +44,13 @@ class Cllm4recPrompt:
             raise VersionError(f"{path}: manifest has no 'cllm4rec' section, needed for history requests")
         self._c = c
         self._pad = c.pad_token_id
+        self._rows = load_array(path / c.user_rows) if c.user_rows else None  # memory-mapped
 
     def payload(self, user_row: int | None, history_rows: Sequence[int],
-                item_vectors: Callable[[Sequence[int]], np.ndarray]) -> list[int]:
+                item_vectors: Callable[[Sequence[int]], np.ndarray]) -> Prompt:
         c = self._c
         # a model trained without user tokens (--model.no-user-tokens: no user rows between the offsets)
-        # reads every user as its history, known or not
+        # reads every user as its history, known or not; format 2 puts the row beside the anonymous token
         known = user_row is not None and c.item_token_offset > c.user_token_offset
         user_tok = c.user_token_offset + user_row if known else c.anonymous_user_token
         offset = c.item_token_offset
@@ -50,9 +67,9 @@ class Cllm4recPrompt:
                     ids.append(offset + int(row))
             else:
                 ids.extend(int(x) for x in part.get("ids", []))
-        return ids
+        return Prompt(ids, user_row if user_row is not None and self._rows is not None else -1)
 
-    def length(self, payload: list[int]) -> int:
+    def length(self, payload: Prompt) -> int:
         return len(payload)
 
     def feeds(self, payloads: Sequence[list[int]], input_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -63,4 +80,8 @@ class Cllm4recPrompt:
         for i, p in enumerate(payloads):  # right padding: the graph finds the real tokens by the mask
             ids[i, :len(p)] = p
             mask[i, :len(p)] = 1
-        return {input_names[0]: ids, input_names[1]: mask}
+        feeds = {input_names[0]: ids, input_names[1]: mask}
+        if self._rows is not None:
+            rows = np.array([getattr(p, "user_row", -1) for p in payloads], dtype=np.int64)  # -1: the last (anonymous) row
+            feeds[self._c.user_input or input_names[2]] = np.asarray(self._rows[rows], dtype=np.float32)
+        return feeds

@@ -31,6 +31,7 @@ from common import logs
 from common.errors import ConfigError, DataError, DataFileNotFound
 from models.data.config import DataConfig
 from models.data.dataset import IdMap, InteractionData
+from models.data.formats.memory import check_loadable
 
 log = logs.get(__name__)
 
@@ -118,6 +119,7 @@ def lines(path: Path) -> Iterator[str]:
     UTF-8 is reported with its number (a text stream decodes in blocks and cannot say which line);
     a leading byte-order mark, which spreadsheet exports write, is dropped."""
     check_file(path)
+    check_loadable(path)
     with path.open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     with gzip.open(path, "rb") if gzipped else path.open("rb") as f:

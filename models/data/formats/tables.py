@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import DataError
+from models.data.formats.memory import check_loadable
 from models.data.formats.shared import check_file, lines
 
 # Extension -> field separator of the text tables (each may also end in .gz).
@@ -33,6 +34,7 @@ def _read_parquet(path: Path) -> tuple[list[str], Rows]:
     import pyarrow.parquet as pq
 
     check_file(path)
+    check_loadable(path)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:

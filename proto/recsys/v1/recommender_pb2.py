@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xcc\x01\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x17\n\x0f\x65xclude_history\x18\x07 \x01(\x08\x12\x1b\n\x13\x61llow_unknown_items\x18\x08 \x01(\x08\x12\x17\n\x0finclude_history\x18\t \x01(\x08\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"\x87\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x18\n\x10unknown_item_ids\x18\x04 \x03(\t\x12\x12\n\nknown_user\x18\x05 \x01(\x08\"F\n\x15RecommendBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"I\n\x16RecommendBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse\"\x13\n\x11ListModelsRequest\"F\n\x0c\x43\x61pabilities\x12\x0f\n\x07user_id\x18\x01 \x01(\x08\x12\x0f\n\x07history\x18\x02 \x01(\x08\x12\x14\n\x0cupsert_items\x18\x03 \x01(\x08\"\x9a\x03\n\x10ModelVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nuser_tower\x18\x03 \x01(\t\x12\x12\n\nitem_tower\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x11\n\tnum_items\x18\x06 \x01(\x03\x12\x11\n\tnum_users\x18\x07 \x01(\x03\x12\x12\n\nindex_type\x18\x08 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\t \x01(\x0b\x32\x17.recsys.v1.Capabilities\x12\x11\n\tloaded_at\x18\n \x01(\t\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x0e\n\x06pinned\x18\x0c \x01(\x08\x12\x13\n\x0bjournal_seq\x18\r \x01(\x03\x12\x15\n\rdeleted_items\x18\x0e \x01(\x03\x12\x0f\n\x07serving\x18\x0f \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x10 \x01(\t\x12\x13\n\x0bitem_engine\x18\x11 \x01(\t\x12\x15\n\rindex_backend\x18\x12 \x01(\t\x12\x19\n\x11\x65ncoder_instances\x18\x13 \x01(\x05\"a\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\x03\x12-\n\x08versions\x18\x03 \x03(\x0b\x32\x1b.recsys.v1.ModelVersionInfo\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.recsys.v1.ModelInfo\"8\n\x08ItemText\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\"X\n\x12UpsertItemsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05items\x18\x03 \x03(\x0b\x32\x13.recsys.v1.ItemText\"~\n\x13UpsertItemsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x05\x12\x10\n\x08replaced\x18\x04 \x01(\x05\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12\x13\n\x0bjournal_seq\x18\x06 \x01(\x03\"F\n\x12\x44\x65leteItemsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08item_ids\x18\x03 \x03(\t\"\x87\x01\n\x13\x44\x65leteItemsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x05\x12\x17\n\x0f\x61lready_deleted\x18\x04 \x01(\x05\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12\x13\n\x0bjournal_seq\x18\x06 \x01(\x03\"\x15\n\x13ReloadModelsRequest\"Z\n\x14ReloadModelsResponse\x12\x0e\n\x06loaded\x18\x01 \x03(\t\x12\x10\n\x08unloaded\x18\x02 \x03(\t\x12\x0f\n\x07refused\x18\x03 \x03(\t\x12\x0f\n\x07serving\x18\x04 \x03(\t2\xe4\x03\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0eRecommendBatch\x12 .recsys.v1.RecommendBatchRequest\x1a!.recsys.v1.RecommendBatchResponse\x12I\n\nListModels\x12\x1c.recsys.v1.ListModelsRequest\x1a\x1d.recsys.v1.ListModelsResponse\x12L\n\x0bUpsertItems\x12\x1d.recsys.v1.UpsertItemsRequest\x1a\x1e.recsys.v1.UpsertItemsResponse\x12L\n\x0b\x44\x65leteItems\x12\x1d.recsys.v1.DeleteItemsRequest\x1a\x1e.recsys.v1.DeleteItemsResponse\x12O\n\x0cReloadModels\x12\x1e.recsys.v1.ReloadModelsRequest\x1a\x1f.recsys.v1.ReloadModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xe5\x01\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x17\n\x0f\x65xclude_history\x18\x07 \x01(\x08\x12\x1b\n\x13\x61llow_unknown_items\x18\x08 \x01(\x08\x12\x17\n\x0finclude_history\x18\t \x01(\x08\x12\x17\n\x0fmin_journal_seq\x18\n \x01(\x03\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"\x9c\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x18\n\x10unknown_item_ids\x18\x04 \x03(\t\x12\x12\n\nknown_user\x18\x05 \x01(\x08\x12\x13\n\x0bjournal_seq\x18\x06 \x01(\x03\"F\n\x15RecommendBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"I\n\x16RecommendBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse\"\x13\n\x11ListModelsRequest\"F\n\x0c\x43\x61pabilities\x12\x0f\n\x07user_id\x18\x01 \x01(\x08\x12\x0f\n\x07history\x18\x02 \x01(\x08\x12\x14\n\x0cupsert_items\x18\x03 \x01(\x08\"\x9a\x03\n\x10ModelVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nuser_tower\x18\x03 \x01(\t\x12\x12\n\nitem_tower\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x11\n\tnum_items\x18\x06 \x01(\x03\x12\x11\n\tnum_users\x18\x07 \x01(\x03\x12\x12\n\nindex_type\x18\x08 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\t \x01(\x0b\x32\x17.recsys.v1.Capabilities\x12\x11\n\tloaded_at\x18\n \x01(\t\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x0e\n\x06pinned\x18\x0c \x01(\x08\x12\x13\n\x0bjournal_seq\x18\r \x01(\x03\x12\x15\n\rdeleted_items\x18\x0e \x01(\x03\x12\x0f\n\x07serving\x18\x0f \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x10 \x01(\t\x12\x13\n\x0bitem_engine\x18\x11 \x01(\t\x12\x15\n\rindex_backend\x18\x12 \x01(\t\x12\x19\n\x11\x65ncoder_instances\x18\x13 \x01(\x05\"a\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\x03\x12-\n\x08versions\x18\x03 \x03(\x0b\x32\x1b.recsys.v1.ModelVersionInfo\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.recsys.v1.ModelInfo\"8\n\x08ItemText\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\"q\n\x12UpsertItemsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05items\x18\x03 \x03(\x0b\x32\x13.recsys.v1.ItemText\x12\x17\n\x0fmin_journal_seq\x18\x04 \x01(\x03\"~\n\x13UpsertItemsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x05\x12\x10\n\x08replaced\x18\x04 \x01(\x05\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12\x13\n\x0bjournal_seq\x18\x06 \x01(\x03\"_\n\x12\x44\x65leteItemsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\x17\n\x0fmin_journal_seq\x18\x04 \x01(\x03\"\x87\x01\n\x13\x44\x65leteItemsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x05\x12\x17\n\x0f\x61lready_deleted\x18\x04 \x01(\x05\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12\x13\n\x0bjournal_seq\x18\x06 \x01(\x03\"\x15\n\x13ReloadModelsRequest\"Z\n\x14ReloadModelsResponse\x12\x0e\n\x06loaded\x18\x01 \x03(\t\x12\x10\n\x08unloaded\x18\x02 \x03(\t\x12\x0f\n\x07refused\x18\x03 \x03(\t\x12\x0f\n\x07serving\x18\x04 \x03(\t2\xe4\x03\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0eRecommendBatch\x12 .recsys.v1.RecommendBatchRequest\x1a!.recsys.v1.RecommendBatchResponse\x12I\n\nListModels\x12\x1c.recsys.v1.ListModelsRequest\x1a\x1d.recsys.v1.ListModelsResponse\x12L\n\x0bUpsertItems\x12\x1d.recsys.v1.UpsertItemsRequest\x1a\x1e.recsys.v1.UpsertItemsResponse\x12L\n\x0b\x44\x65leteItems\x12\x1d.recsys.v1.DeleteItemsRequest\x1a\x1e.recsys.v1.DeleteItemsResponse\x12O\n\x0cReloadModels\x12\x1e.recsys.v1.ReloadModelsRequest\x1a\x1f.recsys.v1.ReloadModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,39 +32,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.recommender_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=43
-  _globals['_RECOMMENDREQUEST']._serialized_end=247
-  _globals['_SCOREDITEM']._serialized_start=249
-  _globals['_SCOREDITEM']._serialized_end=308
-  _globals['_RECOMMENDRESPONSE']._serialized_start=311
-  _globals['_RECOMMENDRESPONSE']._serialized_end=446
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=448
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=518
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=520
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=593
-  _globals['_LISTMODELSREQUEST']._serialized_start=595
-  _globals['_LISTMODELSREQUEST']._serialized_end=614
-  _globals['_CAPABILITIES']._serialized_start=616
-  _globals['_CAPABILITIES']._serialized_end=686
-  _globals['_MODELVERSIONINFO']._serialized_start=689
-  _globals['_MODELVERSIONINFO']._serialized_end=1099
-  _globals['_MODELINFO']._serialized_start=1101
-  _globals['_MODELINFO']._serialized_end=1198
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1200
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1258
-  _globals['_ITEMTEXT']._serialized_start=1260
-  _globals['_ITEMTEXT']._serialized_end=1316
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1318
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1406
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1408
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1534
-  _globals['_DELETEITEMSREQUEST']._serialized_start=1536
-  _globals['_DELETEITEMSREQUEST']._serialized_end=1606
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=1609
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=1744
-  _globals['_RELOADMODELSREQUEST']._serialized_start=1746
-  _globals['_RELOADMODELSREQUEST']._serialized_end=1767
-  _globals['_RELOADMODELSRESPONSE']._serialized_start=1769
-  _globals['_RELOADMODELSRESPONSE']._serialized_end=1859
-  _globals['_RECOMMENDER']._serialized_start=1862
-  _globals['_RECOMMENDER']._serialized_end=2346
+  _globals['_RECOMMENDREQUEST']._serialized_end=272
+  _globals['_SCOREDITEM']._serialized_start=274
+  _globals['_SCOREDITEM']._serialized_end=333
+  _globals['_RECOMMENDRESPONSE']._serialized_start=336
+  _globals['_RECOMMENDRESPONSE']._serialized_end=492
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=494
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=564
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=566
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=639
+  _globals['_LISTMODELSREQUEST']._serialized_start=641
+  _globals['_LISTMODELSREQUEST']._serialized_end=660
+  _globals['_CAPABILITIES']._serialized_start=662
+  _globals['_CAPABILITIES']._serialized_end=732
+  _globals['_MODELVERSIONINFO']._serialized_start=735
+  _globals['_MODELVERSIONINFO']._serialized_end=1145
+  _globals['_MODELINFO']._serialized_start=1147
+  _globals['_MODELINFO']._serialized_end=1244
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1246
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1304
+  _globals['_ITEMTEXT']._serialized_start=1306
+  _globals['_ITEMTEXT']._serialized_end=1362
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1364
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1477
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1479
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1605
+  _globals['_DELETEITEMSREQUEST']._serialized_start=1607
+  _globals['_DELETEITEMSREQUEST']._serialized_end=1702
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=1705
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=1840
+  _globals['_RELOADMODELSREQUEST']._serialized_start=1842
+  _globals['_RELOADMODELSREQUEST']._serialized_end=1863
+  _globals['_RELOADMODELSRESPONSE']._serialized_start=1865
+  _globals['_RELOADMODELSRESPONSE']._serialized_end=1955
+  _globals['_RECOMMENDER']._serialized_start=1958
+  _globals['_RECOMMENDER']._serialized_end=2442
 # @@protoc_insertion_point(module_scope)

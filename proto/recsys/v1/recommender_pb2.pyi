@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "version", "user_id", "history", "top_k", "exclude_item_ids", "exclude_history", "allow_unknown_items", "include_history")
+    __slots__ = ("model", "version", "user_id", "history", "top_k", "exclude_item_ids", "exclude_history", "allow_unknown_items", "include_history", "min_journal_seq")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNKNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     user_id: str
@@ -26,7 +27,8 @@ class RecommendRequest(_message.Message):
     exclude_history: bool
     allow_unknown_items: bool
     include_history: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., user_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_history: _Optional[bool] = ..., allow_unknown_items: _Optional[bool] = ..., include_history: _Optional[bool] = ...) -> None: ...
+    min_journal_seq: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., user_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_history: _Optional[bool] = ..., allow_unknown_items: _Optional[bool] = ..., include_history: _Optional[bool] = ..., min_journal_seq: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score", "title")
@@ -39,18 +41,20 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model", "version", "unknown_item_ids", "known_user")
+    __slots__ = ("items", "model", "version", "unknown_item_ids", "known_user", "journal_seq")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_USER_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model: str
     version: int
     unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
     known_user: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., known_user: _Optional[bool] = ...) -> None: ...
+    journal_seq: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., known_user: _Optional[bool] = ..., journal_seq: _Optional[int] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -147,14 +151,16 @@ class ItemText(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("model", "version", "items")
+    __slots__ = ("model", "version", "items", "min_journal_seq")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     items: _containers.RepeatedCompositeFieldContainer[ItemText]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[ItemText, _Mapping]]] = ...) -> None: ...
+    min_journal_seq: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[ItemText, _Mapping]]] = ..., min_journal_seq: _Optional[int] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("model", "version", "added", "replaced", "num_items", "journal_seq")
@@ -173,14 +179,16 @@ class UpsertItemsResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., added: _Optional[int] = ..., replaced: _Optional[int] = ..., num_items: _Optional[int] = ..., journal_seq: _Optional[int] = ...) -> None: ...
 
 class DeleteItemsRequest(_message.Message):
-    __slots__ = ("model", "version", "item_ids")
+    __slots__ = ("model", "version", "item_ids", "min_journal_seq")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    min_journal_seq: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., item_ids: _Optional[_Iterable[str]] = ..., min_journal_seq: _Optional[int] = ...) -> None: ...
 
 class DeleteItemsResponse(_message.Message):
     __slots__ = ("model", "version", "deleted", "already_deleted", "num_items", "journal_seq")

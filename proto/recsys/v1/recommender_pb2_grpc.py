@@ -99,7 +99,8 @@ class RecommenderServicer:
         """Admin (needs `authorization: Bearer <token>`): add or replace items by text (TCF models with a
         text item tower). The change is written to the model's item journal in the repository (fsynced)
         before the answer, applied to every loaded version of the model, replayed into new versions,
-        and read by every replica on the same repository within its journal poll interval.
+        and read by every replica on the same repository within its journal poll interval, or at once by a
+        replica asked with min_journal_seq >= the journal_seq answered here (read-your-writes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

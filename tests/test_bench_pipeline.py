@@ -1,0 +1,66 @@
+"""`llmrec bench pipeline` on a tiny synthetic size with tiny random models: every step runs as a child
+process of the real CLI and is measured; a failing step is reported with its message and what depends
+on it as skipped; the report and plot are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.pipeline import PipelineConfig, growth, markdown, parse_size, run_pipeline
+from common.errors import ConfigError
+
+
+def test_sizes_parse_and_refuse_bad_ones() -> None:
+    assert parse_size("10k").synth == (10_000, 5_000, 311_000)
+    assert parse_size("ml100k").synth is None
+    assert parse_size("synth:50:20:400").synth == (50, 20, 400)
+    with pytest.raises(ConfigError, match="bad size"):
+        parse_size("synth:50:20")
+
+
+def test_growth_compares_only_steps_that_ran_at_both_sizes() -> None:
+    a = {"size": "a", "steps": {"x": {"status": "ok", "wall_s": 2.0, "cpu_s": 1.0, "peak_rss_mb": 100.0,
+                                      "output_mb": 1.0},
+                                "y": {"status": "failed"}}}
+    b = {"size": "b", "steps": {"x": {"status": "ok", "wall_s": 6.0, "cpu_s": 4.0, "peak_rss_mb": 150.0,
+                                      "output_mb": 10.0},
+                                "y": {"status": "ok", "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mb": 1.0,
+                                      "output_mb": 1.0}}}
+    assert growth([a, b]) == [{"step": "x", "from": "a", "to": "b", "wall_s": 3.0, "cpu_s": 4.0,
+                               "peak_rss_mb": 1.5, "output_mb": 10.0}]
+
+
+def test_a_failed_step_is_reported_with_its_message_and_what_needs_it_is_skipped(tmp_path: Path) -> None:
+    cfg = PipelineConfig(sizes=("synth:10:30:600",), steps=("synth", "baselines"), work=tmp_path)
+    steps = run_pipeline(cfg)["sizes"][0]["steps"]
+    assert steps["synth"]["status"] == "failed"
+    assert "--interactions 600 is above" in steps["synth"]["message"]  # the CLI's one-line error
+    assert steps["baselines"]["status"] == "skipped"
+    md = markdown({**run_pipeline(cfg), "command": "test"})
+    assert "synth | failed" in md and "baselines | skipped" in md
+
+
+def test_pipeline_runs_every_step_on_a_tiny_size(tmp_path: Path, tcf_assets: tuple[Path, Path]) -> None:
+    encoder, _ = tcf_assets
+    tcf_args = (f"--text.encoder {encoder} --model.dim 16 --model.max-seq-len 8 --text.max-length 12 "
+                "--train.batch-size 16 --precision fp32")
+    cfg = PipelineConfig(sizes=("synth:200:60:2000",),
+                         steps=("synth", "baselines", "train_tcf", "export_tcf", "serve_tcf"),
+                         work=tmp_path / "work", tcf_epochs=1, tcf_budget_min=0, requests=20, tcf_args=tcf_args)
+    updates: list[int] = []
+    result = run_pipeline(cfg, lambda r: updates.append(len(r["sizes"][0]["steps"])))
+    steps = result["sizes"][0]["steps"]
+    assert result["complete"]
+    assert updates and updates[-1] == len(cfg.steps)  # the report could be rewritten after every step
+    for name in cfg.steps:
+        assert steps[name]["status"] == "ok", steps[name]
+        assert steps[name]["cpu_s"] > 0 and steps[name]["peak_rss_mb"] > 0
+    assert steps["synth"]["output_mb"] > 0 and steps["export_tcf"]["output_mb"] > 0
+    served = steps["serve_tcf"]["detail"]
+    assert served["requests"] == 20 and served["errors"] == 0
+    assert steps["train_tcf"]["detail"]["steps_per_epoch"] >= 1
+    assert "serve_tcf | ok" in markdown({**result, "command": "test"})
+    json.dumps(result)  # the report is plain JSON
