@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from common.config import parse
+from common.errors import ConfigError
 from models.cllm4rec import cli as teacher_cli
 from models.cllm4rec.checkpoint import load_checkpoint as load_teacher
 from models.student import cli
@@ -215,6 +216,14 @@ def test_eval_report_has_the_teacher_the_student_without_it_and_the_overlap(asse
     assert 0.0 <= overlap["mean"] <= 1.0 and overlap["k"] == 5 and "overlap_with_teacher" not in rows["ease"]
     assert rows["student"]["runs"][0]["user_encoder"]["length"] == 6
     assert "top-5 overlap with the teacher" in (tmp_path / "quality_student_ml100k.md").read_text()
+    # a renamed teacher row stays the reference; a reference naming no row is refused, not left blank
+    short = ["--checkpoint", str(student), "--label", "student", "--results-dir", str(tmp_path / "r2"),
+             "--no-baselines", "--no-serving-cost", "--overlap-k", "5", "--second-reference", ""]
+    assert cli.eval_main([*short, "--teacher-label", "the LM"]) == 0
+    again = json.loads((tmp_path / "r2" / "quality_student_ml100k.json").read_text())
+    assert again["reference"] == "the LM" and "recall@20" in again["variants"][0]["vs_reference"]
+    with pytest.raises(ConfigError, match="--reference 'nope' names no row"):
+        cli.eval_main([*short, "--reference", "nope"])
     monkeypatch.setenv("LLMREC_WORK_DIR", str(tmp_path / "work"))
     # the two-seed student row is rerun from its first seed's recorded command and lands where the report says
     assert cli.eval_main(["--verify", str(tmp_path / "quality_student_ml100k.json")]) == 0

@@ -66,7 +66,7 @@ class EvalCli(DeviceConfig):
     label: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     teacher: Path | None = None  # None: the teacher the first checkpoint was distilled from
     teacher_label: str = "teacher (CLLM4Rec)"
-    reference: str = "teacher (CLLM4Rec)"  # the row every other row is compared with, per user
+    reference: str = ""  # the row every other row is compared with, per user ("": the teacher's row)
     second_reference: str = "ease"  # a second paired-Δ column (empty: none)
     overlap_k: int = 20  # teacher/student top-K overlap per test user
     batch_size: int = 32  # teacher prompts per forward pass

@@ -118,9 +118,12 @@ def build(folders: list[Path], labels: list[str], teacher: Path | None, cli: Any
     all_runs = [*runs, t_run, *(baseline_runs(split, metrics) if cli.baselines else [])]
     variants = group(all_runs)
     names = {v.label for v in variants}
-    ref = cli.reference if cli.reference in names else None
+    ref = cli.reference or cli.teacher_label
+    for flag, label in (("--reference", ref), ("--second-reference", cli.second_reference)):
+        if label and label not in names:  # a paired column silently missing is worse than a refusal
+            raise ConfigError(f"{flag} {label!r} names no row; rows: {', '.join(sorted(names))}")
     summary = summarise(variants, metrics, ref)
-    second = cli.second_reference if cli.second_reference in names and cli.second_reference != ref else None
+    second = cli.second_reference if cli.second_reference and cli.second_reference != ref else None
     if second:
         for row, other in zip(summary, summarise(variants, metrics, second), strict=True):
             row["vs_second_reference"] = other["vs_reference"]
