@@ -87,15 +87,8 @@ def evaluate(
     if overlap < min_overlap:
         reasons.append(f"top-{kk} overlap {overlap:.3f} < {min_overlap}")
     if probe is not None:
-        drop = (m32 - m8) / m32 if m32 > 0 else (0.0 if m8 >= m32 else 1.0)
-        out.update({"metric": probe.metric, "fp32": m32, "int8": m8, "relative_drop": drop,
-                    "max_metric_drop": max_metric_drop})
-        if drop > max_metric_drop:
-            reasons.append(f"{probe.metric} drops {drop:.1%} (fp32 {m32:.4f} -> int8 {m8:.4f}) > {max_metric_drop:.1%}")
-    out["status"] = "refused" if reasons else "accepted"
-    if reasons:
-        out["reason"] = "; ".join(reasons) + ": kept fp32"
-    return out
+        _metric_drop(out, reasons, probe.metric, m32, m8, "int8", max_metric_drop)
+    return _verdict(out, reasons, "fp32")
 
 
 def evaluate_fp16(
@@ -129,12 +122,23 @@ def evaluate_fp16(
         p16 = p32.astype(np.float16).astype(np.float32)
         m32 = float(per_user_metrics(p32 @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
         m16 = float(per_user_metrics(p16 @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
-        drop = (m32 - m16) / m32 if m32 > 0 else (0.0 if m16 >= m32 else 1.0)
-        out.update({"metric": probe.metric, "fp32": m32, "fp16": m16, "relative_drop": drop,
-                    "probe_users": len(users), "max_metric_drop": max_metric_drop})
-        if drop > max_metric_drop:
-            reasons.append(f"{probe.metric} drops {drop:.1%} (fp32 {m32:.4f} -> fp16 {m16:.4f}) > {max_metric_drop:.1%}")
+        out["probe_users"] = len(users)
+        _metric_drop(out, reasons, probe.metric, m32, m16, "fp16", max_metric_drop)
+    return _verdict(out, reasons, "float32")
+
+
+def _metric_drop(out: dict[str, Any], reasons: list[str], metric: str, m32: float, low: float, name: str,
+                 max_metric_drop: float) -> None:
+    """The probe metric at a lower precision vs fp32: recorded in `out`, a reason to refuse when it drops
+    more than `max_metric_drop` (relative)."""
+    drop = (m32 - low) / m32 if m32 > 0 else (0.0 if low >= m32 else 1.0)
+    out.update({"metric": metric, "fp32": m32, name: low, "relative_drop": drop, "max_metric_drop": max_metric_drop})
+    if drop > max_metric_drop:
+        reasons.append(f"{metric} drops {drop:.1%} (fp32 {m32:.4f} -> {name} {low:.4f}) > {max_metric_drop:.1%}")
+
+
+def _verdict(out: dict[str, Any], reasons: list[str], kept: str) -> dict[str, Any]:
     out["status"] = "refused" if reasons else "accepted"
     if reasons:
-        out["reason"] = "; ".join(reasons) + ": kept float32"
+        out["reason"] = "; ".join(reasons) + f": kept {kept}"
     return out
