@@ -101,3 +101,11 @@ def markdown(result: dict[str, Any]) -> str:
     return (f"Verified `{result['label']}` of {result['report']}: reran `{result['command']}`; test {result['metric']} "
             f"{result['got']:.4f} vs the row's {result['expected_mean']:.4f} (seed sd {result['seed_sd']:.4f}): "
             f"{verdict} {result['tolerance'] / max(result['seed_sd'], 1e-12):.0f} seed SDs.")
+
+
+def main(report: Path, metric: str, work: Path, train: Callable[[list[str]], Path],
+         evaluate: Callable[[Path], float], sds: float = 2.0) -> int:
+    """`llmrec eval <kind> --verify REPORT`: prints the verdict; exit 0 within the tolerance, 1 outside."""
+    result = verify(report, metric, work, train, evaluate, sds)
+    print(markdown(result))
+    return 0 if result["within"] else 1

@@ -169,10 +169,8 @@ def verify_main(cli: EvalCli) -> int:
         return float(run_.per_user["recall@20"].mean())
 
     assert cli.verify is not None
-    result = verify.verify(cli.verify, "recall@20", work_dir() / "verify" / "cllm4rec", train_argv, test_metric,
-                           cli.verify_sds)
-    print(verify.markdown(result))
-    return 0 if result["within"] else 1
+    return verify.main(cli.verify, "recall@20", work_dir() / "verify" / "cllm4rec", train_argv, test_metric,
+                       cli.verify_sds)
 
 
 def eval_main(argv: list[str]) -> int:

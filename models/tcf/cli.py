@@ -172,10 +172,8 @@ def verify_main(cfg: EvalConfig) -> int:
         return float(c.run.per_user["hr@10"].mean())
 
     assert cfg.verify is not None
-    result = verify.verify(cfg.verify, "hr@10", assets.work_dir() / "verify" / "tcf", train_argv, test_metric,
-                           cfg.verify_sds)
-    print(verify.markdown(result))
-    return 0 if result["within"] else 1
+    return verify.main(cfg.verify, "hr@10", assets.work_dir() / "verify" / "tcf", train_argv, test_metric,
+                       cfg.verify_sds)
 
 
 def eval_main(argv: list[str]) -> int:
