@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
               "it first (llmrec export --repository ...) or pass --repository", file=sys.stderr)
         return 2
     logs.setup(json_lines=cfg.log_json or None)
+    sys.setswitchinterval(cfg.pools.gil_switch_ms / 1000.0)  # process-wide, hence here and not in the server object
     from server.app import RecommenderServer  # after logging is configured
 
     try:

@@ -89,9 +89,17 @@ class PoolsConfig:
     UpsertItems never delays reads"""
     admin_queue_size: int = 16
     """admin calls waiting for an admin thread; beyond it: RESOURCE_EXHAUSTED"""
+    batch_yield_ms: float = 2.0
+    """longest a RecommendBatch thread steps aside, before each request of the batch, while single requests are
+    in flight (0 = never): single requests first, batches in the gaps"""
+    gil_switch_ms: float = 5.0
+    """how long a Python thread may hold the interpreter lock while another waits (sys.setswitchinterval,
+    set by `llmrec serve` for its process): lower lets a cheap request's short steps cut in between a large
+    batch's Python work sooner, at some cost to the batch's throughput (benchmarks/results/serving_resilience_*)"""
 
     def problems(self) -> list[str]:
         return (_at_least(self, 1, "threads", "batch_threads", "admin_threads")
+                + _at_least(self, 0.05, "gil_switch_ms") + _at_least(self, 0, "batch_yield_ms")
                 + _at_least(self, 0, "read_queue_size", "batch_queue_size", "admin_queue_size"))
 
 
@@ -203,12 +211,16 @@ class ReloadConfig:
     redis://HOST:PORT/DB[?prefix=llmrec&wait=N] = a Redis stream per model (run Redis with appendfsync always)"""
     consistency_wait_seconds: float = 2.0
     """longest a request carrying min_journal_seq waits for this replica to read that far (then UNAVAILABLE)"""
+    retry_max_seconds: float = 300.0
+    """a version refused because its item journal was unreachable is retried by later scans, waiting one poll
+    interval, then twice as long each time, up to this"""
     pins: tuple[str, ...] = ()
     """extra versions to keep loaded, as name:version (e.g. ml100k-tcf:2)"""
     warmup_users: int = 3
 
     def problems(self) -> list[str]:
         out = _at_least(self, 0, "poll_seconds", "journal_poll_seconds", "consistency_wait_seconds")
+        out += _at_least(self, 1, "retry_max_seconds")
         if self.journal and not self.journal.startswith(("redis://", "rediss://", "unix://")):
             out.append(f"journal {self.journal!r}: give \"\" (the file beside the versions) or redis://HOST:PORT/DB")
         for pin in self.pins:

@@ -85,3 +85,40 @@ class BoundedPool:
 def _abandon(fut: Future, on_abandon: Callable[[Any], Any]) -> None:
     if not fut.cancelled() and fut.exception() is None:
         on_abandon(fut.result())
+
+
+class ReadPriority:
+    """Single requests first, batches in the gaps.
+
+    Why: every Python step holds the interpreter lock, and a RecommendBatch is hundreds of such steps (id
+    lookups, rules, response building) back to back; a single request arriving meanwhile waits for the lock
+    at each of its own steps, up to the switch interval each time. A batch is bulk work whose caller reads
+    throughput, a single request is latency, so between two requests of a batch its thread steps aside while
+    any single request is in flight, for at most `max_wait_ms` per step: batches always progress, at worst
+    `max_wait_ms` x their size slower under a steady stream of single requests. 0 turns it off.
+    """
+
+    def __init__(self, max_wait_ms: float) -> None:
+        self.max_wait = max_wait_ms / 1000.0
+        self._active = 0
+        self._cond = threading.Condition()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def begin(self) -> None:
+        with self._cond:
+            self._active += 1
+
+    def end(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if not self._active:
+                self._cond.notify_all()
+
+    def step_aside(self) -> None:
+        """Returns at once with no single request in flight, else when none is or after max_wait."""
+        if self._active and self.max_wait > 0:  # an unlocked read: a stale answer costs one step, no more
+            with self._cond:
+                self._cond.wait_for(lambda: not self._active, timeout=self.max_wait)

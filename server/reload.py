@@ -2,8 +2,10 @@
 complete version off the request path, bring it up to date with the model's item journal, then swap
 it in. A version that fails (hash, ONNX, warm-up) is refused, logged and counted while the old
 version keeps serving; it is tried again when any of its files changes (a copy that was still in
-progress when it was first seen), and on every ReloadModels. Pinned versions (name:version) stay
-loaded beside the newest.
+progress when it was first seen), and on every ReloadModels. A version refused only because its item
+journal could not be reached (a Redis outage: nothing wrong with the version) is retried by later scans
+with exponential back-off, so an outage delays a rollout instead of stopping it until someone calls
+ReloadModels. Pinned versions (name:version) stay loaded beside the newest.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 from common import logs
 from repository.errors import VersionError
 from repository.files import MANIFEST
+from repository.journal import JournalUnavailable
 from repository.reader import load_files
 from repository.versions import scan
 from server.config import ServeConfig
@@ -51,6 +55,9 @@ class Reloader:
         self._lock = threading.Lock()
         self._refused: dict[tuple[str, int], tuple] = {}  # -> fingerprint of the folder when refused
         self._identities: dict[tuple[str, int], tuple] = {}  # -> _identity of the loaded folder
+        # versions refused for a transient reason (journal unreachable): (next try, seconds of back-off)
+        self._retry: dict[tuple[str, int], tuple[float, float]] = {}
+        self.clock: Callable[[], float] = time.monotonic
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,6 +91,9 @@ class Reloader:
         fingerprint = _fingerprint(path)
         if not fingerprint or self._refused.get((name, version)) == fingerprint:
             return None
+        retry = self._retry.get((name, version))
+        if retry is not None and self.clock() < retry[0]:
+            return None
         identity = _identity(path)
         try:
             files = load_files(path)
@@ -105,6 +115,7 @@ class Reloader:
         with self._lock:
             if retry_refused:
                 self._refused.clear()
+                self._retry.clear()
             return self._scan()
 
     def _scan(self) -> ReloadResult:
@@ -166,10 +177,15 @@ class Reloader:
         try:
             with self.journals.up_to_date(mv):
                 self.registry.install(mv, make_default=make_default)
+        except JournalUnavailable as exc:  # nothing wrong with the version: try again later, backing off
+            mv.retire()
+            self._refuse_for_now(mv.name, mv.version, f"item journal unreachable: {exc}", result)
+            return False
         except Exception as exc:
             mv.retire()
             self._refuse(mv.name, mv.version, _fingerprint(mv.path), f"item journal replay failed: {exc}", result)
             return False
+        self._retry.pop((mv.name, mv.version), None)
         self._identities[(mv.name, mv.version)] = mv.identity
         self._set_loaded(mv.name, mv.version, True, mv)
         self.metrics.reloads.labels(model=mv.name, result="success").inc()
@@ -184,6 +200,17 @@ class Reloader:
         log.error("version refused", model=name, version=version, reason=reason)
         self.metrics.reloads.labels(model=name, result="failure").inc()
         result.refused.append(f"{name}:{version}: {reason}")
+
+    def _refuse_for_now(self, name: str, version: int, reason: str, result: ReloadResult) -> None:
+        """Refuses a version until a later scan: the first retry after one poll interval (at least 1 s),
+        each further one after twice the last wait, at most `reload.retry_max_seconds`."""
+        key = (name, version)
+        floor = max(1.0, self.cfg.reload.poll_seconds)
+        wait = min(self.cfg.reload.retry_max_seconds, self._retry[key][1] * 2 if key in self._retry else floor)
+        self._retry[key] = (self.clock() + wait, wait)
+        log.error("version refused for now", model=name, version=version, reason=reason, retry_in_s=round(wait, 1))
+        self.metrics.reloads.labels(model=name, result="failure").inc()
+        result.refused.append(f"{name}:{version}: {reason} (retried in {wait:.0f} s)")
 
     def _set_loaded(self, name: str, version: int, on: bool, mv: ModelVersion | None = None) -> None:
         if on:

@@ -39,10 +39,11 @@ from recsys.v1 import recommender_pb2 as pb
 from server import errors
 from server import request_rules as rules
 from server.admin import AdminRpcs
+from server.batch_parse import parse_batch
 from server.config import ServeConfig
 from server.metrics import Metrics
 from server.model_version import ModelVersion
-from server.offload import BoundedPool
+from server.offload import BoundedPool, ReadPriority
 from server.registry import Registry
 from server.request_log import RequestLog
 from server.request_rules import Plan
@@ -66,6 +67,13 @@ class _Job:
     future: Future | None = None  # the user-encoder job (encoder path)
     vector: np.ndarray | None = None
     response: pb.RecommendResponse | None = None
+
+
+@dataclass
+class _Batch:
+    """A parsed RecommendBatchRequest: its requests, parsed one by one (server.batch_parse)."""
+
+    requests: list[pb.RecommendRequest]
 
 
 @dataclass
@@ -133,8 +141,10 @@ class ReceivedCounter(grpc.aio.ServerInterceptor):
 
 class RecommenderService:
     def __init__(self, cfg: ServeConfig, registry: Registry, metrics: Metrics, reads: BoundedPool,
-                 batches: BoundedPool, admin: AdminRpcs, request_log: RequestLog | None = None) -> None:
+                 batches: BoundedPool, admin: AdminRpcs, request_log: RequestLog | None = None,
+                 priority: ReadPriority | None = None) -> None:
         self.cfg = cfg
+        self.priority = priority or ReadPriority(cfg.pools.batch_yield_ms)  # batches step aside for single requests
         self.request_log = request_log
         self.registry = registry
         self.metrics = metrics
@@ -168,17 +178,20 @@ class RecommenderService:
             return ""
         return model if model in self.registry.loaded() else "unknown"
 
-    async def _parse(self, raw: bytes, req_type: type[Message], pool: BoundedPool) -> Message:
-        def parse() -> Message:
-            req = req_type()
+    async def _parse(self, raw: bytes, req_type: type[Message], pool: BoundedPool) -> Any:
+        def parse(between: Callable[[], None] = lambda: None) -> Any:
             try:
+                if req_type is pb.RecommendBatchRequest:  # request by request, stepping aside in between
+                    return _Batch(parse_batch(raw, between))
+                req = req_type()
                 req.ParseFromString(raw)
+                return req
             except DecodeError as exc:
                 raise errors.invalid(f"the request is not a valid {req_type.DESCRIPTOR.full_name} message ({exc}); "
                                      "strings must be UTF-8") from None
-            return req
 
-        return parse() if len(raw) <= INLINE_PARSE_BYTES else await pool.run(parse)
+        # a small message on the loop (never stepping aside there: single requests need the loop to finish)
+        return parse() if len(raw) <= INLINE_PARSE_BYTES else await pool.run(lambda: parse(self.priority.step_aside))
 
     async def _call(self, method: str, raw: bytes, req_type: type[Message], context: grpc.aio.ServicerContext,
                     fn: Callable[[Any, Any], Awaitable[Message]]) -> Message:
@@ -197,6 +210,9 @@ class RecommenderService:
                 self.metrics.requests.labels(method=method, model=label, code=code.name).inc()
                 self.metrics.latency.labels(method=method, model=label).observe(time.perf_counter() - t0)
 
+        single = method in ("Recommend", "ListModels")
+        if single:
+            self.priority.begin()
         try:
             req: Any = await self._parse(raw, req_type, self.batches if method == "RecommendBatch" else self.reads)
             model = getattr(req, "model", "") or (req.requests[0].model if method == "RecommendBatch"
@@ -229,6 +245,8 @@ class RecommenderService:
                          f"the server log has the traceback under request_id {rid}", rid)
         finally:
             count()
+            if single:
+                self.priority.end()
         raise AssertionError("unreachable: abort raises")
 
     # ---- Recommend / RecommendBatch: first hop (read pool) ----
@@ -240,6 +258,8 @@ class RecommenderService:
         with contextlib.ExitStack() as held:  # released here on failure; handed to the caller on success
             try:
                 for i, r in enumerate(reqs):
+                    if batch:
+                        self.priority.step_aside()
                     try:
                         rules.check_model(r.model, self.cfg)
                         mv = held.enter_context(self.registry.use(r.model, r.version))
@@ -272,6 +292,8 @@ class RecommenderService:
         for i, job in enumerate(jobs):
             if job.response is not None:
                 continue
+            if batch:
+                self.priority.step_aside()
             mv, p = job.mv, job.plan
             if deadline is not None and time.monotonic() > deadline:
                 raise _prefixed(batch, i, errors.deadline(f"deadline exceeded before searching {mv.name}"))
@@ -336,9 +358,8 @@ class RecommenderService:
     async def _recommend(self, req: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         return (await self._serve([req], context, batch=False))[0]
 
-    async def _recommend_batch(self, request: pb.RecommendBatchRequest,
-                               context: grpc.aio.ServicerContext) -> pb.RecommendBatchResponse:
-        reqs = list(request.requests)
+    async def _recommend_batch(self, request: _Batch, context: grpc.aio.ServicerContext) -> pb.RecommendBatchResponse:
+        reqs = request.requests
         rules.check_batch(reqs, self.cfg)
         return pb.RecommendBatchResponse(responses=await self._serve(reqs, context, batch=True))
 

@@ -208,3 +208,35 @@ def test_an_unreachable_redis_journal_is_a_retryable_answer_and_a_one_line_compa
     assert journal_compact_main(["--model", "m", "--journal", url]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("llmrec journal compact: cannot compact") and "\n" not in err, err
+
+
+def test_a_version_refused_during_a_redis_outage_is_retried_by_later_scans_with_back_off(tmp_path: Path) -> None:
+    """A new version cannot be brought up to date while Redis is down, so it is refused; nothing is wrong
+    with its files, so a later scan (not only ReloadModels) loads it once Redis is back, with the change
+    acknowledged before the outage. Between tries the scans back off: one poll interval, then twice that."""
+    from redis_server import redis_server
+
+    write_tcf(tmp_path, name="m")
+    now = [1000.0]
+    with redis_server(tmp_path / "redis") as redis, running_server(tmp_path, admin_token=TOKEN, journal_poll_seconds=0.0,
+                                                                   journal=redis.url) as (srv, c):
+        srv.reloader.clock = lambda: now[0]
+        srv.cfg.reload.poll_seconds = 10.0  # the scans below stand in for the poller's
+        c.upsert_items("m", [("a", "w1", "")])
+        redis.kill9()
+        write_tcf(tmp_path, name="m", version=2, seed=2)
+        first = srv.reloader.reload_now()
+        assert first.serving == ["m:1"] and len(first.refused) == 1, first
+        assert "item journal unreachable" in first.refused[0] and "retried in 10 s" in first.refused[0], first
+        assert c.recommend("m", history=["a"], top_k=2).items  # the old version keeps serving
+        assert srv.reloader.reload_now().refused == []  # backing off: not tried again yet
+        now[0] += 11
+        second = srv.reloader.reload_now()
+        assert len(second.refused) == 1 and "retried in 20 s" in second.refused[0], second  # doubled
+        redis.start()
+        assert srv.reloader.reload_now().serving == ["m:1"]  # still backing off
+        now[0] += 21
+        third = srv.reloader.reload_now()
+        assert third.loaded == ["m:2"] and third.serving == ["m:2"], third
+        answer = c.recommend("m", history=["a"], top_k=2)  # "a" exists in v2 only through the journal replay
+        assert answer.items and answer.version == 2, answer
