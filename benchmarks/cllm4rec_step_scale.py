@@ -17,6 +17,13 @@ Reported per size and variant: median seconds per step, the ratio large/small, t
 trained tensors plus optimizer state, and an epoch estimate (steps of a real epoch x the median step:
 an upper bound, since real batches are mostly shorter than the longest prompts timed here). The
 process's peak RSS is one figure for the whole run (every model of both sizes lives in it).
+
+And the floor: the FLOPs of one step (torch's FlopCounterMode over forward and backward: the matrix
+products and attention, not the memory-bound rest), against the same core's matrix-product peak timed in
+the same process at the same precision. An epoch cannot take less than its FLOPs (the step's, scaled from
+the longest prompt to the data's mean prompt length) at that peak, whatever the code around it does: when
+the floor is above a target, only fewer FLOPs (a shallower LM, shorter prompts, fewer prompts per epoch)
+or a faster unit (AMX bf16, a GPU) can meet it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from common import logs
 from common.assets import work_dir
@@ -41,7 +49,7 @@ from models.cllm4rec import cli as cllm_cli
 from models.cllm4rec.model import CLLM4Rec
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import CLLM4RecTask
+from models.cllm4rec.train import CLLM4RecTask, with_content_table
 from models.data import synth
 from models.data.config import DataConfig
 from models.data.dataset import InteractionData
@@ -90,6 +98,9 @@ class Case:
     loop: Loop
     batches: list[Any]
     epoch_steps: int
+    longest_tokens: int = 0  # the prompt length every timed batch has
+    mean_tokens: float = 0.0  # the data's mean rec-prompt length
+    step_flops: int = 0
     times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     next_batch: int = 0
@@ -126,7 +137,7 @@ def make_case(cfg: StepScaleConfig, size: str, variant: str, data: InteractionDa
     torch.manual_seed(cfg.seed)
     backbone, hf_tok = bb.load_backbone(cfg.backbone, lm)
     tok = IdTokenizer(hf_tok, data.num_users, data.num_items, run.model.user_tokens)
-    model = CLLM4Rec(run.model, backbone, tok.vocab)
+    model = CLLM4Rec(with_content_table(run.model, run.recipe), backbone, tok.vocab)
     task = CLLM4RecTask(model, tok, Template.build(tok), data, split, run.recipe, run.train, {}, lm, {})
     place = init_distributed("cpu")
     loop = Loop(task, run.train, out, place, autocast_dtype(place.device, run.precision))
@@ -150,7 +161,27 @@ def make_case(cfg: StepScaleConfig, size: str, variant: str, data: InteractionDa
 
     batches = [builder(g, int(s)) for g, s in zip(groups, seeds, strict=True)]
     epoch_steps = -(-len(rows) // cfg.batch_size)
-    return Case(size, variant, task, loop, batches, epoch_steps)
+    return Case(size, variant, task, loop, batches, epoch_steps, longest, float(np.mean([len(r) for r in rows])))
+
+
+def count_flops(case: Case) -> int:
+    """FLOPs of one more real step (forward, backward, optimizer), as torch's FlopCounterMode counts them."""
+    with FlopCounterMode(display=False) as counter:
+        case.step()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(threads: int, dtype: torch.dtype, n: int = 1024, reps: int = 8) -> float:
+    """FLOP/s of this core (these threads) on square fp32 or autocast matrix products: the best of a few."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
 
 def state_bytes(case: Case) -> int:
@@ -173,6 +204,7 @@ def run(cfg: StepScaleConfig) -> dict[str, Any]:
                 case = make_case(cfg, size, variant, data, split, Path(tmp) / f"{size}-{variant}")
                 for _ in range(cfg.warmup):
                     case.step()
+                case.step_flops = count_flops(case)
                 cases.append(case)
                 log.info("case ready", size=size, variant=variant)
         for r in range(cfg.rounds):
@@ -185,6 +217,9 @@ def run(cfg: StepScaleConfig) -> dict[str, Any]:
                     log.info("timed", round=r, size=case.size, variant=variant,
                              median_s=round(statistics.median(case.times), 3))
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    place = init_distributed("cpu")
+    dtype = autocast_dtype(place.device, cfg.precision) or torch.float32
+    peak = matmul_peak(cfg.threads, dtype)
     rows = []
     for case in cases:
         med = statistics.median(case.times)
@@ -192,13 +227,19 @@ def run(cfg: StepScaleConfig) -> dict[str, Any]:
                      "steps_timed": len(case.times), "step_s": [round(t, 4) for t in case.times],
                      "state_bytes": state_bytes(case), "epoch_steps": case.epoch_steps,
                      "epoch_h_upper": round(med * case.epoch_steps / 3600, 2),
+                     "step_gflop": round(case.step_flops / 1e9, 1),
+                     "fraction_of_peak": round(case.step_flops / med / peak, 3),
+                     "longest_tokens": case.longest_tokens, "mean_tokens": round(case.mean_tokens, 1),
+                     # an epoch's FLOPs at the peak: the timed step's FLOPs scaled to the mean prompt length
+                     "epoch_h_floor": round(case.epoch_steps * case.step_flops * case.mean_tokens
+                                            / case.longest_tokens / peak / 3600, 2),
                      "losses_finite": bool(np.isfinite(case.losses).all())})
     ref = cfg.sizes[0]
     for row in rows:
         base = next(r for r in rows if r["size"] == ref and r["variant"] == row["variant"])
         row["ratio_vs_first_size"] = round(row["median_step_s"] / base["median_step_s"], 2)
-    place = init_distributed("cpu")
     return {"config": to_dict(cfg), "sizes": sizes, "rows": rows, "peak_rss_bytes": int(peak_rss),
+            "matmul_peak_gflops": round(peak / 1e9, 1),
             "cpu": cpu_model(), "precision": precision_name(autocast_dtype(place.device, cfg.precision)),
             "synthetic_data": True, "command": invoking_command()}
 
@@ -215,14 +256,22 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{payload['precision']}, CPU {payload['cpu']}. Sizes alternate step by step within one process "
         f"({cfg['rounds']} rounds x {cfg['steps']} steps per size and variant, after {cfg['warmup']} warm-up). "
         "Epoch h: the steps of one real epoch (users with a history / batch) x the median step; an upper bound, "
-        "since every timed batch is at the longest prompt.",
+        "since every timed batch is at the longest prompt. GFLOP/step: torch's FlopCounterMode over one step "
+        "(matrix products and attention, forward and backward). Of peak: those FLOPs per median step over this "
+        f"core's matrix-product peak timed in the same process ({payload.get('matmul_peak_gflops', 0):.1f} GFLOP/s "
+        f"at {payload['precision']}, {cfg['threads']} thread(s)). Epoch h floor: an epoch's FLOPs (the step's, "
+        "scaled from the longest prompt to the data's mean prompt length) at that peak: no code change around the "
+        "model can go below it.",
         "",
-        "| variant | size | median s/step | vs first size | trained tensors + optimizer state | epoch h (upper bound) |",
-        "|---|---|---|---|---|---|",
+        "| variant | size | median s/step | vs first size | trained tensors + optimizer state | epoch h (upper bound) "
+        "| GFLOP/step | of peak | prompt tokens, longest / mean | epoch h floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["rows"]:
+        flops = (f" {r['step_gflop']:.0f} | {r['fraction_of_peak']:.0%} | {r['longest_tokens']} / {r['mean_tokens']:.0f} "
+                 f"| {r['epoch_h_floor']:.2f} |") if "step_gflop" in r else " - | - | - | - |"
         lines.append(f"| {r['variant']} | {r['size']} | {r['median_step_s']:.3f} | {r['ratio_vs_first_size']:.2f}x | "
-                     f"{r['state_bytes'] / 2**20:.0f} MiB | {r['epoch_h_upper']:.2f} |")
+                     f"{r['state_bytes'] / 2**20:.0f} MiB | {r['epoch_h_upper']:.2f} |" + flops)
     lines += ["", f"Peak RSS of the whole run ({len(payload['rows'])} case(s) above in one process, data loading "
               f"included): {payload['peak_rss_bytes'] / 2**30:.2f} GiB.", "",
               f"Command: `{payload['command']}`", ""]

@@ -64,12 +64,19 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def hits_matrix(topk: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
-    """hits[u, r] = 1 if the item at rank r of user u is one of u's targets."""
-    hits = np.zeros(topk.shape, dtype=np.float64)
-    for u, t in enumerate(targets):
-        if len(t):
-            hits[u] = np.isin(topk[u], t)
-    return hits
+    """hits[u, r] = 1 if the item at rank r of user u is one of u's targets.
+
+    The targets become a boolean [users, items] table read at the ranked positions: a call of `np.isin`
+    per user was about a third of evaluation time at 10k users. The table is a quarter of the size of the
+    float32 score matrix the caller already holds for the same users."""
+    if len(targets) == 0 or topk.size == 0:
+        return np.zeros(topk.shape, dtype=np.float64)
+    sizes = np.fromiter((len(t) for t in targets), dtype=np.int64, count=len(targets))
+    flat = np.concatenate([np.asarray(t, dtype=np.int64).ravel() for t in targets])
+    width = int(max(topk.max(initial=0), flat.max(initial=0))) + 1
+    table = np.zeros((len(targets), width), dtype=bool)
+    table[np.repeat(np.arange(len(targets)), sizes), flat] = True
+    return np.take_along_axis(table, topk.astype(np.int64), axis=1).astype(np.float64)
 
 
 def recall_at_k(hits: np.ndarray, n_targets: np.ndarray, k: int) -> np.ndarray:

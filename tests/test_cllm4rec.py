@@ -458,3 +458,40 @@ def test_eval_refuses_a_rebuilt_split_that_is_not_the_trained_one(trained: tuple
     assert "\n" not in str(exc.value) and str(bad) in str(exc.value)
     explicit = cfg["command_explicit"]
     assert explicit.startswith("llmrec train cllm4rec --schedule ") and "--lm.lora-rank" in explicit
+
+
+def test_a_schedule_without_a_content_stage_has_no_content_table_and_trains_the_same_model(tiny: dict,
+                                                                                          tmp_path: Path) -> None:
+    """The default schedule never reads the content table (no stage A), which is as large as the collaborative
+    one: it is left out, and since it was drawn after everything else it changes no trained value."""
+    from models.cllm4rec.train import RecipeConfig, with_content_table
+
+    assert with_content_table(ModelConfig(), RecipeConfig(content_warmup_epochs=0, pretrain_rounds=0)).content_table is False
+    assert with_content_table(ModelConfig(), RecipeConfig(content_warmup_epochs=1)).content_table is True
+    assert with_content_table(ModelConfig(content_table=True), RecipeConfig(content_warmup_epochs=0)).content_table
+    rec_only = ["--recipe.content-warmup-epochs", "0", "--recipe.pretrain-rounds", "0", "--recipe.rec-collab-weight",
+                "0.5", "--train.epochs", "1"]
+    runs = {}
+    for table in ("True", "False"):
+        out = tmp_path / table
+        config = parse(cli.TrainCli, [*cllm4rec_argv(tiny["backbone"], tiny["data"], out), *rec_only,
+                                      "--model.content-table", table],
+                       presets=cli.SCHEDULES)
+        cli.run(cli.build_task(config), config, config.train, out, {})
+        runs[table] = load_file(str(out / WEIGHTS))
+    with_table, without = runs["True"], runs["False"]
+    assert "content_embeddings" in with_table and "content_embeddings" not in without
+    for key, value in without.items():
+        torch.testing.assert_close(value, with_table[key], rtol=0, atol=0, msg=key)
+    config = parse(cli.TrainCli, [*cllm4rec_argv(tiny["backbone"], tiny["data"], tmp_path / "auto"), *rec_only],
+                   presets=cli.SCHEDULES)
+    task = cli.build_task(config)  # no stage A and nothing asked: no table
+    assert task.model.content_embeddings is None and "content_embeddings" not in task.model.trained_keys()
+    with pytest.raises(ValueError, match="has no content table"):
+        task.model.content_loss(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3), torch.zeros(1, 3, dtype=torch.long))
+    config = parse(cli.TrainCli, [*cllm4rec_argv(tiny["backbone"], tiny["data"], tmp_path / "x"),
+                                  "--model.content-table", "False"], presets=cli.SCHEDULES)
+    with pytest.raises(ValueError, match=r"drop --model\.content-table False"):
+        cli.build_task(config)  # a content warm-up without its table
+    loaded = load_checkpoint(tmp_path / "False")
+    assert loaded.model.content_embeddings is None and loaded.config["model"]["content_table"] is False

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.data.splits import Split
-from models.metrics import evaluate, evaluate_per_user, per_user_metrics, top_k
+from models.metrics import evaluate, evaluate_per_user, hits_matrix, per_user_metrics, top_k
 from models.stats import mean_se, paired_difference
 
 
@@ -111,3 +111,14 @@ def test_paired_difference_and_its_standard_error():
     assert math.isnan(mean_se([0.3]).se)
     with pytest.raises(ValueError, match="same users"):
         paired_difference(a, b[:3])
+
+
+def test_hits_matrix_equals_a_membership_test_per_user():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        users, items, k = rng.integers(1, 40), rng.integers(1, 300), rng.integers(1, 30)
+        topk = rng.integers(0, items, size=(users, k))
+        targets = [rng.choice(items, size=rng.integers(0, min(items, 20) + 1), replace=False) for _ in range(users)]
+        want = np.array([np.isin(topk[u], t) for u, t in enumerate(targets)], dtype=np.float64)
+        np.testing.assert_array_equal(hits_matrix(topk, targets), want)
+    assert hits_matrix(np.zeros((0, 5), dtype=np.int64), []).shape == (0, 5)

@@ -70,3 +70,16 @@ def test_histories_longer_than_the_tcf_window_are_said_once_at_training(monkeypa
     tcf_cli._warn_long_histories(split, window=50)
     warned = [e for e in logs if "longer than the user tower's window" in e["event"]]
     assert len(warned) == 1 and warned[0]["users"] == 1 and warned[0]["longest"] == 31
+
+
+def test_histories_longer_than_the_cllm4rec_prompt_window_are_said_once_at_training(monkeypatch) -> None:
+    from models.cllm4rec import cli as cllm_cli
+
+    split = Split("random_80_10_10", 0, 300, [np.arange(130), np.arange(5)], [np.arange(130, 140), np.array([41])],
+                  [np.array([250]), np.array([251])], 0)
+    logs: list[dict] = []
+    monkeypatch.setattr(cllm_cli.log, "warning", lambda event, **kw: logs.append({"event": event, **kw}))
+    cllm_cli._warn_long_histories(split, window=128)
+    cllm_cli._warn_long_histories(split, window=140)
+    warned = [e for e in logs if "longer than the prompt window" in e["event"]]
+    assert len(warned) == 1 and warned[0]["users"] == 1 and warned[0]["longest"] == 140 and warned[0]["of"] == 2

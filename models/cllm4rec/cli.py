@@ -38,16 +38,18 @@ from models.cllm4rec import report
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import CLLM4RecTask, RecipeConfig
+from models.cllm4rec.train import CLLM4RecTask, RecipeConfig, with_content_table
 from models.data.config import DataConfig
 from models.data.loaders import load_data
-from models.data.splits import make_split
+from models.data.splits import Split, make_split
 from models.reports import dataset_title, explicit_command, invoking_command, report_file_name, write_report
 from models.training import checkpoint as ckpt
 from models.training.capacity import CapacityConfig
 from models.training.config import DeviceConfig, RunConfig, TrainConfig
 from models.training.devices import resolve_device
 from models.training.loop import run
+
+log = logs.get("cllm4rec.train")
 
 PROTOCOL = "random_80_10_10"
 DEFAULT_CHECKPOINT = work_dir() / "checkpoints" / "cllm4rec-ml100k"
@@ -110,16 +112,27 @@ class EvalCli(DeviceConfig):
     verify_sds: float = 2.0
 
 
+def _warn_long_histories(split: Split, window: int) -> None:
+    """A prompt holds a user's most recent `window` items in training, validation, eval and serving alike;
+    older ones are never read. Said once, with how many users it concerns, rather than left to surprise."""
+    longer = split.longer_than(window)
+    if longer:
+        log.warning(
+            "histories longer than the prompt window: every prompt (training, validation, eval, serving) holds "
+            "the most recent items only (raise --model.max-history to read more, at a longer prompt's cost)",
+            **longer)
+
+
 def build_task(cli: TrainCli) -> CLLM4RecTask:
     """Data, split, backbone (with its capacity levers) and model, wired into the engine's task."""
-    log = logs.get("cllm4rec.train")
     torch.set_num_threads(cli.threads)
     torch.manual_seed(cli.train.seed)
     data = load_data(cli.data)
     split = make_split(data, PROTOCOL, cli.data.split_seed)
+    _warn_long_histories(split, cli.model.max_history)
     backbone, hf_tok = bb.load_backbone(cli.backbone, cli.lm)
     tok = IdTokenizer(hf_tok, data.num_users, data.num_items, cli.model.user_tokens)
-    model = CLLM4Rec(cli.model, backbone, tok.vocab)
+    model = CLLM4Rec(with_content_table(cli.model, cli.recipe), backbone, tok.vocab)
     if cli.recipe.item_init == "title":
         done = model.init_items_from_text([tok.words(" " + t) if t else [] for t in data.item_title])
         log.info("item rows initialised from titles", items=done, of=data.num_items)
@@ -139,7 +152,7 @@ def build_task(cli: TrainCli) -> CLLM4RecTask:
 def train(cli: TrainCli) -> dict[str, Any]:
     """Trains (or resumes) one CLLM4Rec model into `cli.out`; returns the training log."""
     task = build_task(cli)
-    logs.get("cllm4rec.train").info("training", schedule=cli.schedule, out=str(cli.out), **task.data.summary())
+    log.info("training", schedule=cli.schedule, out=str(cli.out), **task.data.summary())
     meta = {"model": "cllm4rec", "schedule": cli.schedule, "lm": to_dict(cli.lm),
             "command": task.extra_config["command"]}
     return run(task, cli, cli.train, Path(cli.out), meta)
@@ -149,7 +162,7 @@ def train_main(argv: list[str]) -> int:
     logs.setup()
     cli = parse(TrainCli, argv, prog="llmrec train cllm4rec", description=__doc__, presets=SCHEDULES)
     result = train(cli)
-    logs.get("cllm4rec.train").info("done", out=str(cli.out), wall_s=result["wall_s"], best=result["best"],
+    log.info("done", out=str(cli.out), wall_s=result["wall_s"], best=result["best"],
                                     stopped=result["stopped"])
     return 0
 

@@ -46,6 +46,7 @@ from models.training.checkpoint import load_strict
 
 TRAINED_KEYS = ("collab_embeddings", "content_embeddings", "feature_scale", "log_scale")
 BIAS_KEY = "item_bias"
+CONTENT_KEY = "content_embeddings"
 OUTPUT_KEY = "item_output"
 
 
@@ -75,6 +76,10 @@ class ModelConfig:
     # False: no ID row per user (a user is their history: every prompt uses the anonymous-user token),
     # so the model's size does not grow with the number of users; known users are served from their history
     user_tokens: bool = True
+    # the content ID table (z^c): read only by schedules with a content stage (the content LM and the mutual
+    # regularizer after it), and as large as the collaborative table; None: only when the recipe has a content
+    # stage (models.cllm4rec.train.with_content_table; a checkpoint without the key has one)
+    content_table: bool | None = None
 
 
 class CLLM4Rec(nn.Module):
@@ -94,7 +99,9 @@ class CLLM4Rec(nn.Module):
         self.sparse_ids = False
         rows = vocab.id_rows
         self.collab_embeddings = nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std)
-        self.content_embeddings = nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std)
+        # drawn after the collaborative table, so leaving it out changes no other initial value
+        self.content_embeddings: nn.Parameter | None = (
+            nn.Parameter(torch.randn(rows, self.hidden_size) * cfg.init_std) if cfg.content_table is not False else None)
         self.register_buffer("feature_scale", torch.ones(self.hidden_size))
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.learn_scale)
         self.item_bias = nn.Parameter(torch.zeros(vocab.num_items), requires_grad=cfg.item_bias)
@@ -219,19 +226,25 @@ class CLLM4Rec(nn.Module):
         hs, targets = self._next_token_positions(h, labels)
         loss = F.cross_entropy(self.item_logits(self.score_space(hs), candidates, log_q), targets)
         if reg:
-            loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
+            loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self._content())
         return loss
+
+    def _content(self) -> nn.Parameter:
+        if self.content_embeddings is None:
+            raise ValueError("this model has no content table (--model.content-table False, or a schedule without a "
+                             "content stage): the content LM and the mutual regularizer need one")
+        return self.content_embeddings
 
     def content_loss(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, reg: bool = True
     ) -> torch.Tensor:
         """Next-word cross-entropy over the vocabulary through the frozen LM head."""
-        h = self.hidden(input_ids, attention_mask, self.content_embeddings)
+        h = self.hidden(input_ids, attention_mask, self._content())
         hs, targets = self._next_token_positions(h, labels)
         logits = self.backbone.get_output_embeddings()(hs).float()
         loss = F.cross_entropy(logits, targets)
         if reg:
-            loss = loss + self.mutual_reg(input_ids, self.content_embeddings, self.collab_embeddings)
+            loss = loss + self.mutual_reg(input_ids, self._content(), self.collab_embeddings)
         return loss
 
     def rec_loss(
@@ -266,7 +279,7 @@ class CLLM4Rec(nn.Module):
                     logits = logits - log_q
                 loss = loss + collab_weight * F.cross_entropy(logits, next_items)
         if reg:
-            loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self.content_embeddings)
+            loss = loss + self.mutual_reg(input_ids, self.collab_embeddings, self._content())
         return loss
 
     def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
@@ -323,7 +336,8 @@ class CLLM4Rec(nn.Module):
             if ids:
                 row = vocab[torch.as_tensor(ids, device=vocab.device)].float().mean(0)
                 self.collab_embeddings[u + j] = row
-                self.content_embeddings[u + j] = row
+                if self.content_embeddings is not None:
+                    self.content_embeddings[u + j] = row
                 if self.item_output is not None:
                     self.item_output[j] = row
                 done += 1
@@ -332,7 +346,8 @@ class CLLM4Rec(nn.Module):
     def trained_keys(self) -> list[str]:
         """What a checkpoint stores: the ID tables and heads, plus the LM weights that train
         (adapters, unfrozen blocks) under their `backbone.` names; the frozen LM is referenced."""
-        own = [*TRAINED_KEYS, *((BIAS_KEY,) if self.cfg.item_bias else ()), *((OUTPUT_KEY,) if self.item_output is not None else ())]
+        own = [k for k in TRAINED_KEYS if k != CONTENT_KEY or self.content_embeddings is not None]
+        own += [*((BIAS_KEY,) if self.cfg.item_bias else ()), *((OUTPUT_KEY,) if self.item_output is not None else ())]
         return own + trained_lm_names(self.backbone, "backbone.")
 
     def trained_state(self) -> dict[str, torch.Tensor]:
@@ -344,7 +359,7 @@ class CLLM4Rec(nn.Module):
         load_strict(self, self.trained_keys(), dict(tensors))
 
     def id_parameters(self) -> list[nn.Parameter]:
-        return [self.collab_embeddings, self.content_embeddings, *(() if self.item_output is None else (self.item_output,))]
+        return [p for p in (self.collab_embeddings, self.content_embeddings, self.item_output) if p is not None]
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Temperature and item bias: a handful of scalars that must move by whole units (the

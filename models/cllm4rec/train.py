@@ -14,6 +14,7 @@ batch come from a seed drawn with the epoch's shuffling, so a resumed run draws 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from models.cllm4rec import checkpoint as ckpt_io
-from models.cllm4rec.model import CLLM4Rec
+from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import (
     IGNORE,
     Template,
@@ -86,6 +87,15 @@ class RecipeConfig:
         return ["content"] * self.content_warmup_epochs + ["collab", "content"] * self.pretrain_rounds
 
 
+def with_content_table(model: ModelConfig, recipe: RecipeConfig) -> ModelConfig:
+    """The model config with `content_table` decided: asked for explicitly, or else only when the recipe has a
+    stage A (its content LM and collaborative LM both read the content table through the mutual regularizer).
+    The default schedule has none, and at 10M users the table would be ~23 GB of weights nothing reads."""
+    if model.content_table is not None:
+        return model
+    return dataclasses.replace(model, content_table=bool(recipe.stage_a_plan_tasks()))
+
+
 @dataclass
 class CLLM4RecTask:
     model: CLLM4Rec
@@ -106,6 +116,9 @@ class CLLM4RecTask:
         self.prompts = PromptBuilder(self.tmpl, self.tok.vocab, self.model.cfg.max_history, self.tok.pad_token_id)
         self.scorer = RecScorer(self.model, self.prompts, self.hist, self.recipe.eval_batch_size)
         self.plan = self.recipe.stage_a_plan_tasks()
+        if self.plan and self.model.content_embeddings is None:
+            raise ValueError(f"the recipe's stage A ({','.join(self.plan)}) reads the content table, which this model "
+                             "was built without: drop --model.content-table False")
         if self.recipe.item_negatives < 0:
             raise ValueError(f"item_negatives must be >= 0, got {self.recipe.item_negatives}")
         self.model.sparse_ids = self.recipe.sparse_ids

@@ -56,6 +56,13 @@ class Split:
                 h.update(np.asarray(items, dtype=np.int64).tobytes() + b"|")
         return h.hexdigest()
 
+    def longer_than(self, window: int) -> dict[str, int] | None:
+        """How many users' observed histories (train + valid, what a test-time query reads) exceed a model's
+        window, for the one log line each trainer gives; None when none does."""
+        lengths = np.array([len(t) + len(v) for t, v in zip(self.train, self.valid, strict=True)], dtype=np.int64)
+        longer = int((lengths > window).sum())
+        return {"users": longer, "of": len(lengths), "longest": int(lengths.max()), "window": window} if longer else None
+
     def counts(self) -> dict[str, int]:
         return {
             "users": self.num_users,

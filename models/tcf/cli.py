@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 import tyro
 
@@ -76,12 +75,10 @@ class TrainCli(RunConfig):
 def _warn_long_histories(split: Split, window: int) -> None:
     """Training reads a long history whole (in windows), but scoring it (validation, eval, serving) reads
     only its last `window` items: said once, with how many users it concerns, rather than left to surprise."""
-    lengths = np.array([len(t) + len(v) for t, v in zip(split.train, split.valid, strict=True)])
-    longer = int((lengths > window).sum())
+    longer = split.longer_than(window)
     if longer:
         log.warning("histories longer than the user tower's window: trained on whole, but scored (validation, eval, "
-                    "serving) from their most recent items only (raise --model.max-seq-len to read more)",
-                    users=longer, of=len(lengths), longest=int(lengths.max()), window=window)
+                    "serving) from their most recent items only (raise --model.max-seq-len to read more)", **longer)
 
 
 def build_task(cli: TrainCli, data: InteractionData | None = None) -> TCFTask:
