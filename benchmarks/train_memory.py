@@ -41,6 +41,7 @@ from models.training.devices import cpu_model
 
 # the bench's names of the step-scale bench's variants (same flags)
 MODES = {"current": "dense (default)", "sparse+sampled": "sparse-ids + item-negatives",
+         "sparse+sampled+adagrad": "sparse-ids + item-negatives + row-wise Adagrad",
          "sparse+sampled+no-user": "no-user-tokens + sparse-ids + item-negatives"}
 STATE = ("PARAMETER", "GRADIENT", "OPTIMIZER_STATE")  # the timeline's categories counted by arithmetic instead
 GIB = 2**30
@@ -113,7 +114,11 @@ def measure_mode(cfg: TrainMemoryConfig, mode: str, data: Any, split: Any, out: 
         tensors[name] = {"grad": "none" if grad is None else ("sparse" if grad.is_sparse else "dense"),
                          "grad_bytes": 0 if grad is None else _tensor_bytes(grad),
                          "sparse_rows": int(grad.coalesce().indices().shape[1]) if grad is not None and grad.is_sparse else 0,
-                         "optimizer_state": p in opt_state and bool(opt_state[p]), "group": group_of.get(id(p), "")}
+                         "optimizer_state": p in opt_state and bool(opt_state[p]), "group": group_of.get(id(p), ""),
+                         # the optimizer's state as a multiple of the tensor (Adam: 2; row-wise Adagrad: 1 / hidden)
+                         "state_ratio": sum(_tensor_bytes(v) for v in opt_state.get(p, {}).values()
+                                            if isinstance(v, torch.Tensor) and v.dim())
+                                        / (p.numel() * p.element_size())}
     prompt = case.batches[0]()["input_ids"].shape
     lm = case.task.model.backbone
     return {"mode": mode, "flags": VARIANTS[mode] + (["--recipe.item-negatives", str(cfg.negatives)]
@@ -142,7 +147,7 @@ def count_at(measured: dict[str, Any], users: int, items: int) -> dict[str, int]
         info = seen[name]
         grads += size if info["grad"] == "dense" else info["grad_bytes"]
         if info["optimizer_state"]:
-            moments += 2 * size
+            moments += round(info.get("state_ratio", 2.0) * size)
         if info["grad"] == "dense":
             dense_stepped[info["group"]] += size
     temporaries = max(dense_stepped.values(), default=0)
@@ -203,12 +208,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "**Arithmetic** at each size: the model built on the `meta` device (its real shapes, no memory); weights "
-        "(frozen LM + trained), gradients (dense: the tensor's size; sparse: the measured bytes), AdamW's two "
-        "moments of every tensor that got state (row-wise Adam keeps full-size moments too), AdamW's foreach "
+        "(frozen LM + trained), gradients (dense: the tensor's size; sparse: the measured bytes), the optimizer "
+        "state of every tensor that got some, at the multiple of its size measured after the step (AdamW and "
+        "row-wise Adam: two full-size moments; row-wise Adagrad: one value per row), AdamW's foreach "
         "temporaries on a GPU (sqrt(v) of the largest densely stepped group), plus the measured activations. "
         "Not counted: the CUDA context and allocator slack, data, validation.",
         "",
-        "| mode | users | ID rows | weights GiB | gradients GiB | Adam moments GiB | AdamW temporaries GiB | "
+        "| mode | users | ID rows | weights GiB | gradients GiB | optimizer state GiB | AdamW temporaries GiB | "
         f"activations GiB | total GiB | fits {cfg['gpu_gib']:.0f} GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -92,6 +92,45 @@ def test_row_adamw_is_adamw_on_the_rows_it_is_given_and_leaves_the_others_alone(
     assert torch.equal(a, b)
 
 
+def test_row_adagrad_keeps_one_value_per_row_and_moves_only_the_rows_it_is_given() -> None:
+    torch.manual_seed(0)
+    start = torch.randn(6, 3)
+    p = torch.nn.Parameter(start.clone())
+    opt = RowAdamW([{"params": [p], "lr": 0.1, "weight_decay": 0.01, "row_rule": "adagrad"}], eps=1e-8)
+    want, acc = start.clone(), torch.zeros(6)
+    for step in range(3):
+        g = torch.randn(6, 3)
+        rows = torch.tensor([1, 4] if step < 2 else [1, 1, 2])  # a repeated row's gradients add up
+        p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), g[rows], (6, 3), check_invariants=True)
+        opt.step()
+        dense = torch.zeros(6, 3).index_add_(0, rows, g[rows])
+        for r in rows.unique():  # the reference: row-wise Adagrad with decoupled weight decay, by hand
+            acc[r] += dense[r].pow(2).mean()
+            want[r] = want[r] * (1 - 0.1 * 0.01) - 0.1 * dense[r] / (acc[r].sqrt() + 1e-8)
+    torch.testing.assert_close(p.detach(), want, atol=1e-6, rtol=1e-6)
+    assert torch.equal(p.detach()[[0, 3, 5]], start[[0, 3, 5]])
+    assert set(opt.state[p]) == {"step", "sum_sq"} and opt.state[p]["sum_sq"].shape == (6,)
+    with pytest.raises(ValueError, match="unknown row_rule"):
+        bad = RowAdamW([{"params": [p], "row_rule": "sgd"}])
+        p.grad = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 3), (6, 3))
+        bad.step()
+
+
+def test_row_adagrad_trains_resumes_exactly_and_needs_sparse_ids(tiny: dict[str, Path], tmp_path: Path) -> None:
+    flags = (*LEVERS, "--recipe.id-optimizer", "adagrad")
+    _train(tiny, tmp_path / "whole", *flags)
+    _train(tiny, tmp_path / "parts", *flags, stop_before=("rec", 1))
+    _train(tiny, tmp_path / "parts", *flags)  # resumes with the per-row accumulators
+    whole = load_file(str(tmp_path / "whole" / "weights.safetensors"))
+    parts = load_file(str(tmp_path / "parts" / "weights.safetensors"))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert all(torch.isfinite(v).all() for v in whole.values())
+    config = parse(cli.TrainCli, [*cllm4rec_argv(tiny["lm"], tiny["data"], tmp_path / "x"), "--recipe.id-optimizer",
+                                  "adagrad"], presets=cli.SCHEDULES)
+    with pytest.raises(ValueError, match=r"add --recipe\.sparse-ids"):
+        cli.build_task(config)
+
+
 def test_sparse_ids_give_the_same_loss_and_gradient_on_the_batch_rows_only(tiny: dict[str, Path]) -> None:
     model, tok, tmpl = build(tiny, item_bias=True)
     batch = rec_batch(tok, tmpl, [0, 3, 5])

@@ -1,5 +1,6 @@
 """`llmrec bench train-memory` on a tiny random LM: its counts are the model's real shapes, dense gradients
-and moments grow with the users, sparse gradients do not, and without user tokens nothing does."""
+and moments grow with the users, sparse gradients do not, row-wise Adagrad's state grows by one value per
+row, and without user tokens nothing does."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def test_what_grows_with_users_per_mode(cfg: TrainMemoryConfig) -> None:
     sparse = rows["sparse+sampled", 10_000], rows["sparse+sampled", 1_000]
     assert sparse[0]["gradients"] == sparse[1]["gradients"] < dense[1]["gradients"]
     assert sparse[0]["optimizer_moments"] - sparse[1]["optimizer_moments"] == 2 * grown  # full-size moments
+    adagrad = rows["sparse+sampled+adagrad", 10_000], rows["sparse+sampled+adagrad", 1_000]
+    assert adagrad[0]["optimizer_moments"] - adagrad[1]["optimizer_moments"] == 9_000 * 4  # one fp32 value per row
     no_user = rows["sparse+sampled+no-user", 10_000], rows["sparse+sampled+no-user", 1_000]
     assert no_user[0]["total"] == no_user[1]["total"] and no_user[0]["id_rows"] == cfg.items + 1
     text = markdown(result)

@@ -13,6 +13,8 @@ never a cast of the stored weights.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,14 +74,27 @@ def _convert_gguf(path: Path, gguf_file: str, target: Path) -> None:
     bad = [k for k in [*missing, *unexpected] if k != "lm_head.weight"]
     if bad:
         raise RuntimeError(f"GGUF -> HF conversion mismatch: {bad[:5]}")
-    tmp = target.with_name(target.name + ".tmp")
+    # A folder of this process's own: two trainings started together both convert, and a shared ".tmp"
+    # name let one delete or rename the other's half-written files.
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     cfg_path = tmp / "config.json"
     cfg_json = json.loads(cfg_path.read_text())
     cfg_json.pop("quantization_config", None)
     cfg_path.write_text(json.dumps(cfg_json, indent=2))
-    tmp.rename(target)
+    publish_folder(tmp, target)
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; where another process got there first, keep theirs (same
+    content: both converted the same file) and drop ours."""
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def plain_hf_folder(path: Path, gguf_file: str, cache_dir: Path | None = None) -> Path:
