@@ -72,6 +72,10 @@ class ResilienceConfig:
     slow_fsync_seconds: float = 2.0
     batch_probe_deadline_ms: float = 5000.0  # long: the p99 is measured, not cut off by the deadline
     batch_warmup_seconds: float = 3.0
+    # the big-batch phase runs twice in one bench, the server as configured and with these flags added (the
+    # way it served before batches stepped aside for single requests), so the two are compared in one run;
+    # empty: once, no baseline
+    batch_baseline_args: list[str] = field(default_factory=lambda: ["--batch-yield-ms=0"])
     # write a synthetic ML-100K-sized repository (1682 items, 943 users, dim 64; the tests' ONNX writer) instead
     # of reading `repository`: for the big-batch phase on a machine without `make demo`
     synthetic: bool = False
@@ -378,7 +382,7 @@ def _admin_worker(target: str, model: str, j: int, stop: Any, counts: Any) -> No
             i += 1
 
 
-def _big_batch(repo: Path, cfg: ResilienceConfig, probe_users: list[str]) -> dict[str, Any]:
+def _big_batch(repo: Path, cfg: ResilienceConfig, probe_users: list[str], server_args: list[str]) -> dict[str, Any]:
     hook = cfg.work / "slow-disk"
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(_SLOW_DISK)
@@ -396,9 +400,9 @@ def _big_batch(repo: Path, cfg: ResilienceConfig, probe_users: list[str]) -> dic
     # the issue's batch holds more ids than the default --max-batch-ids, which would refuse it at once:
     # raised here, so that the batches are served in full and their cost is what is measured
     args = ["--metrics-port", "-1", "--poll-seconds", "0", "--journal-poll-seconds", "0", "--engine", cfg.engine,
-            "--max-batch-ids", str(max(ids, 65536)), *cfg.server_args]
+            "--max-batch-ids", str(max(ids, 65536)), *server_args]
     proc, target = spawn_server(repo, args, env=env)
-    out: dict[str, Any] = {"batch_bytes": len(payload), "batch_requests": cfg.batch_requests,
+    out: dict[str, Any] = {"server_args": server_args, "batch_bytes": len(payload), "batch_requests": cfg.batch_requests,
                            "batch_excluded": cfg.batch_excluded, "batch_clients": cfg.batch_clients,
                            "admin_clients": cfg.admin_clients, "slow_fsync_seconds": cfg.slow_fsync_seconds,
                            "probe_model": cfg.slow_model, "batch_model": cfg.cheap_model,
@@ -417,6 +421,8 @@ def _big_batch(repo: Path, cfg: ResilienceConfig, probe_users: list[str]) -> dic
         time.sleep(cfg.batch_warmup_seconds)  # the batches and the upserts reach their steady state
         out["cheap_under_load"] = _cheap_probe(target, cfg, probe_users, cfg.slow_model,
                                                cfg.batch_probe_deadline_ms)
+        out["load_average_1min"] = os.getloadavg()[0]  # the machine's, bench clients and other jobs included
+        out["cpus"] = os.cpu_count()
         stop.set()
         for p in procs:
             p.join(180)
@@ -480,7 +486,10 @@ def run_resilience(cfg: ResilienceConfig) -> dict[str, Any]:
     if "replicas" in cfg.phases:
         result["replicas"] = _replicas(repo, cfg)
     if "big_batch" in cfg.phases:
-        result["big_batch"] = _big_batch(repo, cfg, slow_users)
+        result["big_batch"] = _big_batch(repo, cfg, slow_users, cfg.server_args)
+        if cfg.batch_baseline_args:
+            result["big_batch_baseline"] = _big_batch(repo, cfg, slow_users,
+                                                      [*cfg.server_args, *cfg.batch_baseline_args])
     shutil.rmtree(cfg.work, ignore_errors=True)
     targets: dict[str, bool] = {}
     if "storm" in result:
@@ -584,5 +593,21 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             *_cheap_table(idle, loaded, "under big batches + admin storm"),
             "",
-            f"p99 under load / idle p99: {b['p99_ratio']:.2f}x (both measured in this run, on this machine)."]
+            f"p99 under load / idle p99: {b['p99_ratio']:.2f}x (both measured in this run, on this machine; 1-min "
+            f"load average under load {b.get('load_average_1min', float('nan')):.1f} on {b.get('cpus')} CPUs)."]
+    if "big_batch_baseline" in result:
+        b, base = result["big_batch"], result["big_batch_baseline"]
+        now, then = b["cheap_under_load"], base["cheap_under_load"]
+        lines += [
+            "",
+            f"**Same phase, same run, server with `{' '.join(base['server_args'])}`** (the baseline): "
+            f"{base['batches_ok']} batches OK, {base['upserts_ok']} upserts OK in {base['seconds']:.1f} s; "
+            f"1-min load average {base['load_average_1min']:.1f} (as configured: {b['load_average_1min']:.1f}) "
+            f"on {base['cpus']} CPUs.",
+            "",
+            *_cheap_table(base["cheap_idle"], then, "under big batches + admin storm"),
+            "",
+            f"Under load, as configured / baseline: p50 {now['p50_ms'] / then['p50_ms']:.2f}x, "
+            f"p99 {now['p99_ms'] / then['p99_ms']:.2f}x; batches served "
+            f"{b['batches_ok'] / b['seconds']:.2f}/s vs {base['batches_ok'] / base['seconds']:.2f}/s."]
     return "\n".join(lines) + "\n"

@@ -57,29 +57,32 @@ def test_parquet_is_estimated_from_its_row_count(tmp_path: Path) -> None:
         memory.check_loadable(path, available=1000)
 
 
-def test_histories_longer_than_the_tcf_window_are_said_once_at_training(monkeypatch) -> None:
-    from models.tcf import cli as tcf_cli
+def _tcf_cli():
+    from models.tcf import cli
+    return cli
 
-    split = Split("leave_one_out", 0, 100, [np.arange(30), np.arange(5)], [np.array([40]), np.array([41])],
-                  [np.array([50]), np.array([51])], 0)
+
+def _cllm4rec_cli():
+    from models.cllm4rec import cli
+    return cli
+
+
+@pytest.mark.parametrize("cli, message, train, valid, window", [
+    # TCF trains on whole histories and scores their last `window` items (30 train + 1 valid: 31)
+    (_tcf_cli, "longer than the user tower's window", 30, 1, 20),
+    # CLLM4Rec's prompt holds the last `window` of a user's train + valid items (130 + 10: 140)
+    (_cllm4rec_cli, "longer than the prompt window", 130, 10, 128)])
+def test_histories_longer_than_the_window_are_said_once_at_training(monkeypatch, cli, message, train, valid,
+                                                                     window) -> None:
+    module = cli()
+    split = Split("random_80_10_10", 0, 300, [np.arange(train), np.arange(5)],
+                  [np.arange(train, train + valid), np.array([41])], [np.array([250]), np.array([251])], 0)
     # the module's own logger: structlog caches loggers on first use, so capture_logs() would miss it
     # once another test has logged through it
     logs: list[dict] = []
-    monkeypatch.setattr(tcf_cli.log, "warning", lambda event, **kw: logs.append({"event": event, **kw}))
-    tcf_cli._warn_long_histories(split, window=20)
-    tcf_cli._warn_long_histories(split, window=50)
-    warned = [e for e in logs if "longer than the user tower's window" in e["event"]]
-    assert len(warned) == 1 and warned[0]["users"] == 1 and warned[0]["longest"] == 31
-
-
-def test_histories_longer_than_the_cllm4rec_prompt_window_are_said_once_at_training(monkeypatch) -> None:
-    from models.cllm4rec import cli as cllm_cli
-
-    split = Split("random_80_10_10", 0, 300, [np.arange(130), np.arange(5)], [np.arange(130, 140), np.array([41])],
-                  [np.array([250]), np.array([251])], 0)
-    logs: list[dict] = []
-    monkeypatch.setattr(cllm_cli.log, "warning", lambda event, **kw: logs.append({"event": event, **kw}))
-    cllm_cli._warn_long_histories(split, window=128)
-    cllm_cli._warn_long_histories(split, window=140)
-    warned = [e for e in logs if "longer than the prompt window" in e["event"]]
-    assert len(warned) == 1 and warned[0]["users"] == 1 and warned[0]["longest"] == 140 and warned[0]["of"] == 2
+    monkeypatch.setattr(module.log, "warning", lambda event, **kw: logs.append({"event": event, **kw}))
+    module._warn_long_histories(split, window=window)
+    module._warn_long_histories(split, window=train + valid)  # every history fits: nothing said
+    warned = [e for e in logs if message in e["event"]]
+    assert len(warned) == 1 and warned[0]["users"] == 1 and warned[0]["of"] == 2
+    assert warned[0]["longest"] == train + valid

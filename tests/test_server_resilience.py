@@ -57,6 +57,11 @@ def _restarts(srv, reason: str) -> float:
                                                  {"model": "tiny-cllm", "reason": reason}) or 0.0
 
 
+def _served(srv, code: str) -> float:
+    return srv.metrics.registry.get_sample_value(
+        "recsys_requests_total", {"method": "Recommend", "model": "tiny-cllm", "code": code}) or 0.0
+
+
 def test_deadline_storm_leaves_the_batcher_serving(env) -> None:
     srv, c = env
     b = _batcher(srv)
@@ -91,8 +96,15 @@ def test_deadline_storm_leaves_the_batcher_serving(env) -> None:
     assert codes.get("DEADLINE_EXCEEDED", 0) + codes.get("RESOURCE_EXHAUSTED", 0) > 0, codes
     # a well-behaved client on a connection of its own: grpcio shares one connection between channels to the
     # same target, and the storm's may have been closed by the server's reset-flood protection
+    cancelled_before = _served(srv, "CANCELLED")
     with RecommenderClient(f"127.0.0.1:{srv.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as fresh:
-        assert all(fresh.recommend("tiny-cllm", history=[f"i{j}"], top_k=3, timeout=10).items for j in range(20))
+        for j in range(20):
+            try:
+                assert fresh.recommend("tiny-cllm", history=[f"i{j}"], top_k=3, timeout=10).items
+            except grpc.RpcError as exc:  # rare under heavy machine load (issue #30): say who ended the call
+                pytest.fail(f"fresh request {j}: {exc.code().name} {exc.details()!r}; {exc.debug_error_string()}; "
+                            f"the servicer counted {_served(srv, 'CANCELLED') - cancelled_before:.0f} more "
+                            f"CANCELLED Recommend calls (0: not ended by our handler); storm codes {codes}")
         assert fresh.health("tiny-cllm") == "SERVING"
     assert b.workers_alive and b.restarts == 0
     assert _wait(lambda: not b._queue and not b.running)  # no job left behind
