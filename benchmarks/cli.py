@@ -1,4 +1,4 @@
-"""`llmrec bench scale|encoders|grpc|resilience|train-speed|train-memory|coldstart|pipeline|journal`: each writes a report under --results-dir, by default
+"""`llmrec bench scale|encoders|grpc|resilience|train-speed|train-memory|coldstart|pipeline|journal|bpr-refit`: each writes a report under --results-dir, by default
 ./llmrec-results/ (bench_<what>[_<tag>], serving_resilience_<tag>, train_speed: .json + .md); the shipped ones
 in benchmarks/results/ are rewritten only when that folder is named."""
 
@@ -168,6 +168,12 @@ def _train_speed(argv: list[str]) -> int:
     return _report(args.name, title, result, markdown(result), args.results_dir)
 
 
+def _bpr_refit(argv: list[str]) -> int:
+    from benchmarks.bpr_refit import main
+
+    return main(argv)
+
+
 def _train_memory(argv: list[str]) -> int:
     from benchmarks.train_memory import main  # torch and the model only when asked for
 
@@ -220,7 +226,8 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"scale": _scale, "encoders
                                                       "resilience": _resilience, "train-speed": _train_speed,
                                                       "coldstart": _coldstart, "readme": _readme,
                                                       "pipeline": _pipeline, "serve-memory": _serve_memory,
-                                                      "journal": _journal, "train-memory": _train_memory}
+                                                      "journal": _journal, "train-memory": _train_memory,
+                                                      "bpr-refit": _bpr_refit}
 
 
 def main(argv: list[str]) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import make_data
 
 from models.baselines import fit, run_baselines
 from models.baselines.als import ALSConfig
-from models.baselines.bpr import BPRConfig
+from models.baselines.bpr import BPR, BPRConfig
 from models.data.splits import Split, make_split
 from models.metrics import evaluate
 
@@ -110,6 +112,28 @@ def test_bpr_scores_the_test_part_with_the_valid_items_as_history():
     refit = history_split(split, "test")
     assert refit.train[0].tolist() == [0, 1, *range(12, 20)] and all(len(v) == 0 for v in refit.valid)
     assert history_split(split, "valid") is split
+
+
+def test_bpr_refits_warm_from_its_train_factors_and_leaves_them_as_they_were():
+    """The refit costs refit_iterations epochs, not a whole fit: it starts from the train fit's factors
+    (closer to them after 10 epochs than a scratch fit on the same rows ever is) and copies them, so the
+    train fit still scores the valid part. refit_iterations 0 is the scratch refit."""
+    from models.baselines.runner import history_split
+
+    split = _group_split_with_a_switching_user()
+    cfg = BPRConfig(factors=8, learning_rate=0.05, iterations=100, refit_iterations=10)
+    bpr = fit("bpr", split, cfg)
+    before = np.array(bpr.model.item_factors, copy=True)
+    rows = history_split(split, "test")
+    warm = bpr.refit(rows)
+    assert np.array_equal(np.asarray(bpr.model.item_factors), before)  # the train fit is untouched
+    scratch = BPR(dataclasses.replace(cfg, refit_iterations=0)).fit(split).refit(rows)
+    assert np.array_equal(np.asarray(scratch.model.item_factors), np.asarray(fit("bpr", rows, cfg).model.item_factors))
+
+    def gap(x) -> float:
+        return float(np.abs(np.asarray(x.model.item_factors) - before).mean())
+
+    assert 0 < gap(warm) < gap(scratch) / 2
 
 
 def test_baselines_that_read_the_history_are_not_refitted():

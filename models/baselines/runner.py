@@ -7,7 +7,8 @@ Recall@20 or HR@10); the test part is evaluated once, with the chosen setting.
 Every baseline sees at test time exactly what the models see: the user's train + valid items
 (random split: both parts; leave-one-out: the whole sequence before the test item). ALS folds
 them in and EASE reads them as input; BPR, whose user factors exist only for the rows it was
-fitted on, is refitted on train + valid with the chosen setting before the test part is scored.
+fitted on, is refitted on train + valid with the chosen setting before the test part is scored
+(warm: on from the factors fitted on train, models.baselines.bpr).
 
 At 100k users / 20k items the search is what costs (44 fits per protocol, each scored on every
 validation user: the fits take most of it, the full rankings the rest), so it is bounded:
@@ -120,10 +121,13 @@ def history_split(split: Split, part: str) -> Split:
 
 def fit_for(name: str, split: Split, part: str, cfg: Any | None = None, fitted: Any | None = None) -> Any:
     """A scorer for `part` that uses the user's whole history at that point: `fitted` (fitted on
-    split.train) when the model reads the history given at scoring time, else a refit on it."""
+    split.train) when the model reads the history given at scoring time, else a refit on it (warm, from
+    `fitted`, where the model offers one)."""
     refits = getattr(BASELINES[name][0], "FITS_USER_HISTORY", False)
     if fitted is not None and (part == "valid" or not refits):
         return fitted
+    if fitted is not None and hasattr(fitted, "refit"):
+        return fitted.refit(history_split(split, part))
     return fit(name, history_split(split, part), cfg)
 
 
