@@ -241,6 +241,7 @@ def _epoch_extrapolation(checkpoint: Path, steps_per_epoch: int | None) -> dict[
         epochs = train_log.get("epochs") or []
         steps = sum(e.get("steps", 0) for e in epochs)
         seconds = sum(e.get("seconds", 0.0) for e in epochs)
+        cpu = sum(e.get("cpu_seconds", 0.0) for e in epochs) if all("cpu_seconds" in e for e in epochs) else None
         walls = train_log.get("wall_s") or {}
         valid_n = len([e for e in epochs if "valid" in e])
         out: dict[str, Any] = {"epochs_logged": len(epochs), "steps": steps, "train_s": round(seconds, 2),
@@ -253,6 +254,8 @@ def _epoch_extrapolation(checkpoint: Path, steps_per_epoch: int | None) -> dict[
         if per_epoch and steps:
             out["steps_per_epoch"] = per_epoch
             out["epoch_s_extrapolated"] = round(seconds / steps * per_epoch, 1)
+            if cpu is not None:  # the process's CPU time: what one free core would take, whatever else ran
+                out["epoch_cpu_s_extrapolated"] = round(cpu / steps * per_epoch, 1)
         return out
     return {}
 
@@ -400,7 +403,9 @@ def markdown(result: dict[str, Any]) -> str:
             notes = []
             if "epoch_s_extrapolated" in d:
                 notes.append(f"{d['steps']} steps, {d['s_per_step']} s/step -> epoch of {d['steps_per_epoch']} steps "
-                             f"≈ {d['epoch_s_extrapolated'] / 60:.1f} min (extrapolated)")
+                             f"≈ {d['epoch_s_extrapolated'] / 60:.1f} min (extrapolated)"
+                             + (f", ≈ {d['epoch_cpu_s_extrapolated'] / 60:.1f} CPU min"
+                                if "epoch_cpu_s_extrapolated" in d else ""))
             if d.get("validation_s_per_epoch") is not None:
                 notes.append(f"validation {d['validation_s_per_epoch']} s/epoch")
             if "p50_ms" in d:

@@ -74,7 +74,8 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path, assets, kind: str
     for key in whole:
         assert torch.equal(whole[key], parts[key]), key
     logs = [json.loads((tmp_path / p / "train" / "log.json").read_text()) for p in ("whole", "parts")]
-    strip = [[{k: v for k, v in e.items() if k != "seconds"} for e in log["epochs"]] for log in logs]
+    strip = [[{k: v for k, v in e.items() if k not in ("seconds", "cpu_seconds")} for e in log["epochs"]]
+             for log in logs]
     assert strip[0] == strip[1] and logs[0]["best"] == logs[1]["best"]
 
 
@@ -92,7 +93,8 @@ def test_both_models_run_through_the_same_loop_and_log(tmp_path: Path, assets, m
     assert {"epochs", "best", "stopped", "device", "precision", "train", "wall_s"} <= logs[0].keys() & logs[1].keys()
     for log in logs:
         last = log["epochs"][-1]
-        assert {"stage", "epoch", "task", "loss", "seconds", "lr", "valid"} <= last.keys() and "score" in last["valid"]
+        assert {"stage", "epoch", "task", "loss", "seconds", "cpu_seconds", "lr", "valid"} <= last.keys()
+        assert "score" in last["valid"] and 0 < last["cpu_seconds"]
         assert log["best"]["valid"] == last["valid"] and log["device"] == "cpu" and log["precision"] == "fp32"
 
 
