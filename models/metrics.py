@@ -52,11 +52,14 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros((len(scores), k), dtype=np.int64)
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN: no ranking is defined (a diverged model?)")
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # [B, 1]: the k-th best score
+    kth = np.partition(scores, n - k, axis=1)[:, n - k : n - k + 1]  # [B, 1]: the k-th best score
     above = scores > kth
     tied = scores == kth
     room = k - above.sum(1, keepdims=True)
-    keep = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    keep = above | tied
+    crowded = np.flatnonzero(tied.sum(1) > room[:, 0])  # rows with more items tied at the k-th than room
+    if len(crowded):  # only there the first ones in index order are kept (a running count: costly)
+        keep[crowded] = above[crowded] | (tied[crowded] & (np.cumsum(tied[crowded], axis=1) <= room[crowded]))
     chosen = np.nonzero(keep)[1].reshape(len(scores), k)  # row-major: each row's k columns, index order
     chosen_scores = np.take_along_axis(scores, chosen, axis=1)
     order = np.argsort(-chosen_scores, axis=1, kind="stable")  # stable: equal scores stay in index order

@@ -86,6 +86,17 @@ def test_top_k_breaks_ties_at_the_boundary_by_lower_index():
         np.testing.assert_array_equal(top_k(scores, k), expected)
 
 
+def test_top_k_matches_a_full_sort_with_and_without_ties_in_one_batch():
+    """Rows crowded with ties at the k-th score take a slower path than the others; both must rank as a
+    full sort by (score desc, index asc) does, whichever rows of the batch take which path."""
+    rng = np.random.default_rng(3)
+    scores = np.stack([rng.standard_normal(300), rng.integers(0, 4, 300), np.full(300, 2.0),
+                       np.r_[np.full(10, 5.0), rng.standard_normal(290)]]).astype(np.float32)
+    for k in (1, 7, 50, 300):
+        expected = np.stack([np.lexsort((np.arange(300), -row))[:k] for row in scores])
+        assert np.array_equal(top_k(scores, k), expected), k
+
+
 def test_top_k_refuses_nan():
     with pytest.raises(ValueError, match="NaN"):
         top_k(np.array([[0.0, np.nan, 1.0]]), 2)
