@@ -77,12 +77,16 @@ def _convert_gguf(path: Path, gguf_file: str, target: Path) -> None:
     # A folder of this process's own: two trainings started together both convert, and a shared ".tmp"
     # name let one delete or rename the other's half-written files.
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    cfg_path = tmp / "config.json"
-    cfg_json = json.loads(cfg_path.read_text())
-    cfg_json.pop("quantization_config", None)
-    cfg_path.write_text(json.dumps(cfg_json, indent=2))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        cfg_path = tmp / "config.json"
+        cfg_json = json.loads(cfg_path.read_text())
+        cfg_json.pop("quantization_config", None)
+        cfg_path.write_text(json.dumps(cfg_json, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder left in the cache
+        raise
     publish_folder(tmp, target)
 
 
