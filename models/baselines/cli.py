@@ -8,8 +8,13 @@ incomplete until the last one, so a run stopped half way still leaves the models
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import pickle
 import platform
+import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any
 from common import logs
 from common.config import parse, to_dict
 from common.errors import ConfigError
-from models.baselines.ease import check_memory
+from models.baselines.ease import check_memory, ease_bytes
 from models.baselines.runner import (
     BASELINES,
     DEFAULT_NAMES,
@@ -29,12 +34,17 @@ from models.baselines.runner import (
     run_baselines_detailed,
 )
 from models.data.config import DataConfig
+from models.data.dataset import InteractionData
+from models.data.formats.memory import available_bytes, require
 from models.data.loaders import load_data
-from models.data.splits import PROTOCOLS, make_split
+from models.data.splits import PROTOCOLS, Split, make_split
 from models.metrics import PROTOCOL_METRICS
 from models.reports import dataset_title, invoking_command, markdown_table, report_file_name, write_report
 
 log = logs.get(__name__)
+
+# (kind, protocol, body): 'protocol' with the protocol's entry, 'model' with (name, entry)
+Emit = Callable[[str, str, Any], None]
 
 
 @dataclass
@@ -48,6 +58,7 @@ class BaselinesEvalConfig:
     configs: BaselineConfigs = field(default_factory=BaselineConfigs)  # start values (and model seeds)
     grids: BaselineGrids = field(default_factory=BaselineGrids)
     tuning: Tuning = field(default_factory=Tuning)  # limits of the validation search (user sample, time)
+    jobs: int = 0  # protocols evaluated at once, one single-threaded process each; 0: one per core, memory allowing
     output: str = "quality_baselines_{data}"  # report name; {data}: the data set's name (ml-100k: ml100k)
     results_dir: Path | None = None  # None: ./llmrec-results (the shipped MovieLens results: benchmarks/results)
 
@@ -73,6 +84,7 @@ def _model_entry(r: BaselineResult) -> dict[str, Any]:
         "grid_points": r.grid_size,
         "grid_points_tried": len(r.grid),
         "tuning_users": r.tune_users,
+        "valid_users": r.valid_users,
     }
 
 
@@ -123,14 +135,101 @@ def _markdown(payload: dict[str, Any]) -> str:
             if m["grid_points_tried"] < m["grid_points"]:
                 cut.append(f"{name} tried {m['grid_points_tried']} of {m['grid_points']} grid points")
         lines += [markdown_table(header, rows), ""]
-        tuned = [m["tuning_users"] for m in entry["models"].values() if m["tuning_users"]]
-        if tuned:
-            lines += [f"Grid points scored on {max(tuned)} of {counts['evaluated_users_valid']} validation users "
-                      "(a fixed sample; the chosen setting's valid and test figures use every user)." +
+        sampled = max((m.get("valid_users", 0) for m in entry["models"].values()), default=0)
+        if 0 < sampled < counts["evaluated_users_valid"] or cut:
+            lines += [(f"Grid points and the chosen setting's valid figures scored on {sampled} of "
+                       f"{counts['evaluated_users_valid']} validation users (a fixed sample); test figures on every "
+                       "test user." if 0 < sampled < counts["evaluated_users_valid"] else "") +
                       (f" Search budget ({payload['config']['tuning']['budget_min']} min per model) reached: "
                        f"{'; '.join(cut)}." if cut else ""), ""]
-    lines += [f"Command: `{payload['command']}`", ""]
+    env = payload["environment"]
+    lines += [f"Wall time {payload['wall_seconds']:.0f} s, {env.get('processes', 1)} protocol(s) at a time, each in a "
+              f"process of {env['threads']} thread; machine: {env['machine']}.", "",
+              f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
+
+
+def _protocol_entry(split: Split) -> dict[str, Any]:
+    metrics = list(PROTOCOL_METRICS[split.protocol])
+    return {
+        "split_seed": split.seed,
+        "split_counts": split.counts(),
+        "metrics": metrics,
+        "selection_metric": metrics[0],
+        "models": {},
+    }
+
+
+def _run_protocol(cfg: BaselinesEvalConfig, data: InteractionData, proto: str, emit: Emit) -> None:
+    """Every model of `cfg` on one protocol; `emit` gets the protocol's entry, then each model's as it is done."""
+    split = make_split(data, proto, cfg.data.split_seed)
+    log.info("protocol", protocol=proto, **split.counts())
+    emit("protocol", proto, _protocol_entry(split))
+    run_baselines_detailed(split, cfg.models, list(PROTOCOL_METRICS[proto]), cfg.configs, cfg.grids, cfg.tune,
+                           tuning=cfg.tuning, on_result=lambda r: emit("model", proto, (r.name, _model_entry(r))))
+
+
+def _protocol_worker(cfg: BaselinesEvalConfig, proto: str, out: Any) -> None:
+    """One protocol in a process of its own (spawned: nothing of the parent's BLAS or gRPC state comes along);
+    what it finishes goes back through `out`, and so does the exception that stops it."""
+    logs.setup()
+    try:
+        _run_protocol(cfg, load_data(cfg.data), proto, lambda kind, p, body: out.put((kind, p, body)))
+        out.put(("done", proto, None))
+    except BaseException as exc:  # reported to the parent, which raises it
+        try:
+            pickle.dumps(exc)
+            out.put(("error", proto, exc))
+        except Exception:  # an exception that cannot cross processes goes as text
+            out.put(("error", proto, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _jobs(cfg: BaselinesEvalConfig, num_items: int) -> int:
+    """How many protocols run at once: `cfg.jobs`, or (0) one per core up to the protocols, as many as EASE's
+    peak memory allows side by side; an explicit count that does not fit is refused like EASE itself."""
+    if cfg.jobs > 0:
+        jobs = min(cfg.jobs, len(cfg.protocols))
+        if "ease" in cfg.models and jobs > 1:
+            require(jobs * ease_bytes(num_items), f"{jobs} EASE fits over {num_items} items side by side",
+                    "run the protocols one after the other (--jobs 1)")
+        return jobs
+    jobs = min(len(cfg.protocols), len(os.sched_getaffinity(0)))
+    if "ease" in cfg.models:
+        jobs = max(1, min(jobs, int(available_bytes() // max(ease_bytes(num_items), 1.0))))
+    return jobs
+
+
+def _run_in_processes(cfg: BaselinesEvalConfig, jobs: int, apply: Emit) -> None:
+    """Runs the protocols `jobs` at a time, each in a child process, passing what they report to `apply`; the
+    first failure stops the others and is raised here."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    waiting = list(cfg.protocols)
+    running: dict[str, Any] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                proto = waiting.pop(0)
+                running[proto] = ctx.Process(target=_protocol_worker, args=(cfg, proto, out), name=f"baselines-{proto}")
+                running[proto].start()
+            try:
+                kind, proto, body = out.get(timeout=1.0)
+            except queue.Empty:
+                for proto, proc in running.items():  # killed from outside: no message will come
+                    if proc.exitcode not in (None, 0):
+                        raise RuntimeError(
+                            f"the {proto} protocol's process exited with code {proc.exitcode}") from None
+                continue
+            if kind == "error":
+                raise body
+            if kind == "done":
+                running.pop(proto).join()
+            else:
+                apply(kind, proto, body)
+    finally:
+        for proc in running.values():
+            proc.terminate()
+            proc.join()
 
 
 def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
@@ -138,14 +237,15 @@ def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
     _validate(cfg)
     start = time.perf_counter()
     data = load_data(cfg.data)
+    jobs = _jobs(cfg, data.num_items)
     if "ease" in cfg.models:
         check_memory(data.num_items)  # before any other model spends its time
-    protocols: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
     payload: dict[str, Any] = {
         "report": "quality_baselines",
         "data": data.summary(),
         "config": to_dict(cfg),
-        "protocols": protocols,
+        "protocols": {},
         "complete": False,
         "wall_seconds": 0.0,
         "environment": {
@@ -153,37 +253,34 @@ def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
             "implicit": version("implicit"),
             "numpy": version("numpy"),
             "machine": platform.machine(),
-            "threads": 1,
+            "threads": 1,  # per process
+            "processes": jobs,  # protocols evaluated at once
         },
         "command": invoking_command(),
     }
     name = report_file_name(cfg.output, data.name)
 
-    def write() -> Path:
+    def apply(kind: str, proto: str, body: Any) -> None:
+        if kind == "protocol":
+            entries[proto] = body
+        else:
+            entries[proto]["models"][body[0]] = body[1]
+        payload["protocols"] = {p: entries[p] for p in cfg.protocols if p in entries}  # the order asked for
         payload["wall_seconds"] = round(time.perf_counter() - start, 2)
-        return write_report(name, payload, _markdown(payload), cfg.results_dir)
+        path = write_report(name, payload, _markdown(payload), cfg.results_dir)
+        if kind == "model":
+            log.info("report updated", path=str(path), protocol=proto, model=body[0])
 
-    for p, proto in enumerate(cfg.protocols):
-        split = make_split(data, proto, cfg.data.split_seed)
-        metrics = list(PROTOCOL_METRICS[proto])
-        log.info("protocol", protocol=proto, number=f"{p + 1}/{len(cfg.protocols)}", **split.counts())
-        entry: dict[str, Any] = {
-            "split_seed": split.seed,
-            "split_counts": split.counts(),
-            "metrics": metrics,
-            "selection_metric": metrics[0],
-            "models": {},
-        }
-        protocols[proto] = entry
-
-        def done(r: BaselineResult, entry: dict[str, Any] = entry) -> None:
-            entry["models"][r.name] = _model_entry(r)
-            log.info("report updated", path=str(write()), model=r.name)
-
-        run_baselines_detailed(split, cfg.models, metrics, cfg.configs, cfg.grids, cfg.tune, tuning=cfg.tuning,
-                               on_result=done)
+    log.info("evaluating", protocols=list(cfg.protocols), processes=jobs)
+    if jobs > 1:
+        del data  # each process loads its own copy
+        _run_in_processes(cfg, jobs, apply)
+    else:
+        for proto in cfg.protocols:
+            _run_protocol(cfg, data, proto, apply)
     payload["complete"] = True
-    path = write()
+    payload["wall_seconds"] = round(time.perf_counter() - start, 2)
+    path = write_report(name, payload, _markdown(payload), cfg.results_dir)
     return payload, _markdown(payload), path
 
 

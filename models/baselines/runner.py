@@ -13,7 +13,8 @@ fitted on, is refitted on train + valid with the chosen setting before the test 
 At 100k users / 20k items the search is what costs (44 fits per protocol, each scored on every
 validation user: the fits take most of it, the full rankings the rest), so it is bounded:
 grid points are scored on a fixed, seeded sample of the validation users (`Tuning.users`; the chosen
-setting is then scored on every valid and test user), the model fitted at the best point is kept
+setting's valid figures come from the same sample, its test figures from every test user: a full
+ranking of 100k users costs 30-80 s per model and part, and valid only picks the setting), the model fitted at the best point is kept
 instead of fitted again, the config's own setting is tried first, and a model's search stops after
 `Tuning.budget_min` (the points it did not reach are counted in the report, never silently dropped).
 """
@@ -74,7 +75,7 @@ class Tuning:
     """How far the validation search may go (on ML-100K neither limit is reached: its 943 users are all
     scored, and no model's search takes a minute: benchmarks/results/quality_baselines_ml100k.json)."""
 
-    users: int = 5000  # validation users the grid points are scored on (a fixed sample); 0: all of them
+    users: int = 5000  # validation users the grid points and the chosen valid figures are scored on (a fixed sample); 0: all
     seed: int = 0  # of that sample
     budget_min: float = 3.0  # per model: no new grid point after this many minutes of search; 0: no limit
 
@@ -93,6 +94,7 @@ class BaselineResult:
     test_per_user: dict[str, np.ndarray] = field(default_factory=dict)
     grid_size: int = 0  # points in the grid; more than len(grid) when the search budget cut it
     tune_users: int = 0  # validation users each grid point was scored on
+    valid_users: int = 0  # validation users the chosen setting's valid figures come from (the same sample)
 
 
 def expand(base: Any, grid: Any | None) -> list[Any]:
@@ -150,7 +152,7 @@ def run_baseline(
     tuning: Tuning | None = None,
 ) -> BaselineResult:
     """Tunes `name` on split's valid part over `grid` (by `select`, default metrics[0]; on `tuning`'s
-    user sample, within its budget), then evaluates the chosen setting on every valid and test user.
+    user sample, within its budget), then evaluates the chosen setting on that sample and every test user.
     `test_mask`: per user, items masked at test time beyond the history (models.metrics.evaluate_per_user),
     e.g. held-out items the user watched."""
     select = select or metrics[0]
@@ -185,13 +187,14 @@ def run_baseline(
     fit_seconds = time.perf_counter() - start + best_fit_s
     log.info("fitted", model=name, params=dataclasses.asdict(best_cfg), fit_s=round(fit_seconds, 2))
     start = time.perf_counter()
-    valid = evaluate(scorer, split, "valid", metrics)
+    valid = evaluate(scorer, split, "valid", metrics, users=tune_users)
     users, per_user = evaluate_per_user(test_scorer, split, "test", metrics, mask=test_mask)
     test = {m: float(v.mean()) for m, v in per_user.items()} | {"users": float(len(users))}
     eval_seconds = time.perf_counter() - start
     return BaselineResult(
         name, dataclasses.asdict(best_cfg), valid, test, fit_seconds, tune_seconds, eval_seconds, points, per_user,
         grid_size=len(candidates) if len(candidates) > 1 else 0, tune_users=len(tune_users) if len(candidates) > 1 else 0,
+        valid_users=len(tune_users),
     )
 
 
