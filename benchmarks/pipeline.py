@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -323,6 +324,22 @@ def serve(ctx: Context, model: str, log_path: Path) -> tuple[str, float, str, di
     return status, time.perf_counter() - t0, (f"{errors} requests failed: {first_error}" if errors else ""), extra
 
 
+KNOWN_USER_EVENT = "known-user vectors computed"  # export/writer.py's line after the known-user pass
+
+
+def known_user_cost(log_path: Path) -> dict[str, Any]:
+    """The export's known-user pass as its log line says: seconds, CPU seconds, prompt positions, the FLOP
+    estimate and the rate reached (export/flops.py), to read its time against the CPU it ran on."""
+    with contextlib.suppress(OSError):
+        for line in reversed(log_path.read_text(errors="replace").splitlines()):
+            if KNOWN_USER_EVENT in line:
+                fields = dict(re.findall(r"(\w+)=(\S+)", line))
+                keys = ("seconds", "cpu_seconds", "positions", "est_gflop", "gflop_per_cpu_s")
+                with contextlib.suppress(ValueError):
+                    return {f"known_users_{k}": float(fields[k]) for k in keys if k in fields}
+    return {}
+
+
 def run_step(ctx: Context, step: str) -> dict[str, Any]:
     need = NEEDS.get(step) or ("synth" if step != "synth" and "synth" in ctx.results else None)
     if need and ctx.results.get(need, {}).get("status") not in ("ok", "budget"):
@@ -345,6 +362,8 @@ def run_step(ctx: Context, step: str) -> dict[str, Any]:
         extra = _epoch_extrapolation(ctx.root / "tcf", None)
     elif step == "train_cllm4rec":
         extra = _epoch_extrapolation(ctx.root / "cllm4rec", _cllm4rec_steps_per_epoch(ctx))
+    elif step.startswith("export_"):
+        extra = known_user_cost(log_path)
     if status == "ok" and extra.get("stopped") == "time_budget":
         status = "budget"  # finished cleanly, stopped by its time budget: a partial run, said so
     result = {"step": step, "status": status, "wall_s": round(wall, 2), "cpu_s": round(children_cpu_s() - cpu0, 2),
@@ -413,6 +432,11 @@ def markdown(result: dict[str, Any]) -> str:
                              f"p99 {d['p99_ms']} ms, {d['errors']} errors")
             if r.get("message"):
                 notes.append(r["message"].replace("|", "/"))
+            if "known_users_est_gflop" in d:
+                notes.append(f"known-user pass {d.get('known_users_seconds', 0):.0f} s, "
+                             f"{d.get('known_users_cpu_seconds', 0):.0f} CPU s for ≥ {d['known_users_est_gflop']:.0f} "
+                             f"GFLOP ({d.get('known_users_positions', 0):.0f} prompt positions): "
+                             f"{d.get('known_users_gflop_per_cpu_s', 0):.1f} GFLOP per CPU s")
             if d.get("preinfer_s"):
                 notes.append(f"item-text pre-inference {d['preinfer_s']:.0f} s of it")
 

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import logs
+from export.flops import feed_tokens
 from models.bundle import KnownUserInputs
 from models.onnx_trace import session
 from repository import files as F
@@ -136,6 +137,7 @@ class OrtBatchFn:
         self.graph, self.inputs, self.output_name = Path(graph), inputs, output_name
         self.batch_size, self.threads = batch_size, threads
         self._session: Any = None
+        self.positions = self.tokens = 0  # prompt positions computed (padding included) and real tokens
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_session": None}
@@ -146,6 +148,9 @@ class OrtBatchFn:
         out: np.ndarray | None = None
         for idx, feeds in self.inputs.batches(rows, self.batch_size):
             got = self._session.run([self.output_name], feeds)[0]
+            positions, tokens = feed_tokens(feeds)
+            self.positions += positions
+            self.tokens += tokens
             if out is None:
                 out = np.empty((len(rows), got.shape[1]), dtype=np.float32)
             out[idx] = got

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 
 from common import logs
 from export.config import ExportConfig
+from export.flops import matmul_weights
 from export.index import build_index, recall_vs_exact, sample_rows, save_index
 from export.journal_fold import fold_journal, journal_source
 from export.onnx_graphs import (
@@ -226,7 +228,14 @@ def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg:
     log.info("known-user vectors", users=inputs.count, shards=store.num_shards, pending=len(store.pending()),
              folder=str(store.folder))
     fn = OrtBatchFn(graph, inputs, enc.output_name, cfg.user_vectors.batch_size, cfg.threads)
-    engine(store, range(store.num_shards), fn)
+    wall, cpu = time.perf_counter(), time.process_time()
+    computed = engine(store, range(store.num_shards), fn)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if fn.positions:  # computed here (another engine's workers count their own)
+        gflop = 2 * matmul_weights(graph) * fn.positions / 1e9
+        log.info("known-user vectors computed", shards=computed, seconds=round(wall, 1), cpu_seconds=round(cpu, 1),
+                 positions=fn.positions, tokens=fn.tokens, est_gflop=round(gflop, 1),
+                 gflop_per_cpu_s=round(gflop / cpu, 1) if cpu > 0 else None)
     return store
 
 

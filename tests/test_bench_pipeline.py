@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.pipeline import PipelineConfig, growth, markdown, parse_size, run_pipeline
+from benchmarks.pipeline import PipelineConfig, growth, known_user_cost, markdown, parse_size, run_pipeline
 from common.errors import ConfigError
 
 
@@ -65,3 +65,19 @@ def test_pipeline_runs_every_step_on_a_tiny_size(tmp_path: Path, tcf_assets: tup
     assert steps["train_tcf"]["detail"]["epoch_cpu_s_extrapolated"] > 0  # beside the wall, noisy when shared
     assert "serve_tcf | ok" in markdown({**result, "command": "test"})
     json.dumps(result)  # the report is plain JSON
+
+
+def test_export_steps_report_the_known_user_pass_against_its_flop_estimate(tmp_path: Path) -> None:
+    log = tmp_path / "export_cllm4rec.log"
+    log.write_text("2026-12-07T15:49:05Z [info     ] known-user vectors    folder=x pending=3 shards=3 users=12\n"
+                   "2026-12-07T15:49:07Z [info     ] known-user vectors computed    cpu_seconds=40.5 est_gflop=810.2 "
+                   "gflop_per_cpu_s=20.0 positions=276000 seconds=41.0 shards=3 tokens=250000\n")
+    cost = known_user_cost(log)
+    assert cost == {"known_users_seconds": 41.0, "known_users_cpu_seconds": 40.5, "known_users_positions": 276000.0,
+                    "known_users_est_gflop": 810.2, "known_users_gflop_per_cpu_s": 20.0}
+    assert known_user_cost(tmp_path / "missing.log") == {}
+    result = {"sizes": [{"size": "10k", "steps": {"export_cllm4rec": {
+        "status": "ok", "wall_s": 50.0, "cpu_s": 49.0, "peak_rss_mb": 900.0, "output_mb": 10.0, "message": "",
+        "detail": cost}}}], "growth": [], "complete": True, "command": "test"}
+    assert "known-user pass 41 s, 40 CPU s for ≥ 810 GFLOP (276000 prompt positions): 20.0 GFLOP per CPU s" \
+        in markdown(result)

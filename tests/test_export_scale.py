@@ -16,6 +16,7 @@ from repo_fixtures import write_cllm4rec
 
 from common.config import parse
 from export.config import ExportConfig, GraphConfig, UserVectorsConfig
+from export.flops import feed_tokens, matmul_weights
 from export.testing import tiny_bundle
 from export.user_vectors import ShardStore, compute_shards
 from export.writer import export_bundle
@@ -292,3 +293,31 @@ def te_tokenizer(ck):
     from models.tcf import text_encoder as te
 
     return te.load_tokenizer(te.resolve_encoder_dir(ck.text.encoder), ck.text.max_length, ck.text.lowercase)
+
+
+def test_flop_estimate_counts_the_blocks_matrix_weights_once(assets: dict[str, Path], tmp_path: Path) -> None:
+    graph, _ = _folded_graph(assets, 12, tmp_path)
+    backbone, _ = load_backbone(BackboneConfig(path=assets["backbone"]))
+    blocks = sum(m.weight.numel() for n, m in backbone.named_modules()
+                 if isinstance(m, torch.nn.Linear) and n.startswith("model.layers."))
+    assert matmul_weights(graph) == blocks  # every block's projections, not the unused LM head
+
+
+def test_flop_estimate_follows_transposed_weights_and_skips_other_initializers(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1, w2, bias = (np.ones(s, dtype=np.float32) for s in ((4, 3), (5, 3), (2, 5)))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Transpose", ["w2"], ["w2t"]),
+             helper.make_node("Gemm", ["h", "w2t"], ["g"]), helper.make_node("Add", ["g", "bias"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+                              [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (bias, "bias"))])
+    onnx.save(helper.make_model(graph), tmp_path / "g.onnx")
+    assert matmul_weights(tmp_path / "g.onnx") == 12 + 15
+
+
+def test_feed_tokens_counts_padded_positions_and_real_tokens() -> None:
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
+    assert feed_tokens({"input_ids": np.zeros((2, 4), np.int64), "attention_mask": mask}) == (8, 4)
+    assert feed_tokens({"history": np.zeros((3, 5), np.int64), "lengths": np.ones(3, np.int64)}) == (15, 15)
+    assert feed_tokens({"vector": np.zeros((3, 5), np.float32)}) == (0, 0)
