@@ -136,10 +136,11 @@ def _markdown(payload: dict[str, Any]) -> str:
                 cut.append(f"{name} tried {m['grid_points_tried']} of {m['grid_points']} grid points")
         lines += [markdown_table(header, rows), ""]
         sampled = max((m.get("valid_users", 0) for m in entry["models"].values()), default=0)
-        if 0 < sampled < counts["evaluated_users_valid"] or cut:
+        is_sample = 0 < sampled < counts["evaluated_users_valid"]
+        if is_sample or cut:
             lines += [(f"Grid points and the chosen setting's valid figures scored on {sampled} of "
                        f"{counts['evaluated_users_valid']} validation users (a fixed sample); test figures on every "
-                       "test user." if 0 < sampled < counts["evaluated_users_valid"] else "") +
+                       "test user." if is_sample else "") +
                       (f" Search budget ({payload['config']['tuning']['budget_min']} min per model) reached: "
                        f"{'; '.join(cut)}." if cut else ""), ""]
     env = payload["environment"]
@@ -260,14 +261,17 @@ def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
     }
     name = report_file_name(cfg.output, data.name)
 
+    def write() -> Path:
+        payload["wall_seconds"] = round(time.perf_counter() - start, 2)
+        return write_report(name, payload, _markdown(payload), cfg.results_dir)
+
     def apply(kind: str, proto: str, body: Any) -> None:
         if kind == "protocol":
             entries[proto] = body
         else:
             entries[proto]["models"][body[0]] = body[1]
         payload["protocols"] = {p: entries[p] for p in cfg.protocols if p in entries}  # the order asked for
-        payload["wall_seconds"] = round(time.perf_counter() - start, 2)
-        path = write_report(name, payload, _markdown(payload), cfg.results_dir)
+        path = write()
         if kind == "model":
             log.info("report updated", path=str(path), protocol=proto, model=body[0])
 
@@ -279,8 +283,7 @@ def run(cfg: BaselinesEvalConfig) -> tuple[dict[str, Any], str, Path]:
         for proto in cfg.protocols:
             _run_protocol(cfg, data, proto, apply)
     payload["complete"] = True
-    payload["wall_seconds"] = round(time.perf_counter() - start, 2)
-    path = write_report(name, payload, _markdown(payload), cfg.results_dir)
+    path = write()
     return payload, _markdown(payload), path
 
 
