@@ -88,7 +88,7 @@ class ExportConfig:
     # "ray" (Ray Data across a cluster; pip install 'llmrec[cluster]'); both write the same files
     engine: Literal["local", "ray"] = "local"
     ray: RayConfig = field(default_factory=RayConfig)
-    seed: int = 0
+    seed: int = 0  # seeds the sample of users whose queries check the index's recall against exact search
     # Probe users whose encoder inputs and PyTorch fp32 outputs are stored with the version, so that a
     # server can check each inference engine (e.g. OpenVINO bf16) on real users before it serves.
     reference_users: int = 64

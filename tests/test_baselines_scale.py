@@ -15,9 +15,10 @@ import pytest
 from common.config import parse
 from common.errors import ConfigError
 from models.baselines import cli, runner
+from models.baselines.bpr import BPR, BPRConfig, BPRGrid
 from models.baselines.ease import EASE, EASE_COPIES, EASEConfig, EASEGrid, check_memory, ease_bytes
 from models.baselines.matrix import rows_matrix
-from models.baselines.runner import Tuning, expand, run_baseline
+from models.baselines.runner import Tuning, expand, run_baseline, search_cost
 from models.data.formats import memory
 from models.data.splits import Split
 from models.metrics import top_k
@@ -88,6 +89,20 @@ def test_search_tries_the_configs_point_first_and_stops_at_its_budget() -> None:
     split = random_split(60, 40, 8)
     cut = run_baseline("ease", split, ["recall@5"], EASEConfig(l2=500.0), EASEGrid(), tuning=Tuning(budget_min=1e-9))
     assert len(cut.grid) == 1 and cut.grid_size == 5 and cut.params == {"l2": 500.0}
+
+
+def test_a_model_that_states_its_cost_is_searched_cheapest_first_with_its_config_first_among_equals() -> None:
+    base = BPRConfig()  # 100 epochs
+    points = expand(base, BPRGrid(), search_cost("bpr"))
+    costs = [BPR.search_cost(p) for p in points]
+    assert costs == sorted(costs) and len(points) == 16
+    assert points[0].iterations == 30
+    assert next(p for p in points if BPR.search_cost(p) == BPR.search_cost(base)) == base
+    # a model without a cost keeps its config first and the grid's order
+    assert expand(EASEConfig(l2=500.0), EASEGrid(), search_cost("ease"))[0] == EASEConfig(l2=500.0)
+    split = random_split(60, 40, 8)
+    cut = run_baseline("bpr", split, ["recall@5"], base, BPRGrid(), tuning=Tuning(budget_min=1e-9))
+    assert len(cut.grid) == 1 and cut.grid[0]["iterations"] == 30 and cut.grid_size == 16
 
 
 def test_search_and_valid_figures_score_a_user_sample_and_the_test_every_user() -> None:

@@ -97,9 +97,11 @@ class BaselineResult:
     valid_users: int = 0  # validation users the chosen setting's valid figures come from (the same sample)
 
 
-def expand(base: Any, grid: Any | None) -> list[Any]:
+def expand(base: Any, grid: Any | None, cost: Callable[[Any], float] | None = None) -> list[Any]:
     """Every config of the grid's cross product, starting from `base` (empty tuples keep base); `base`
-    itself first when it is a grid point, so a search cut short has always tried it."""
+    itself first when it is a grid point, so a search cut short has always tried it. With `cost` (the
+    model's relative cost of fitting a point), the cheapest points come first, `base` first among equals:
+    BPR's grid spans 30 to 150 epochs, and at 100k users one 100-epoch fit (5 min) spent the whole budget."""
     if grid is None:
         return [base]
     axes = {f.name: getattr(grid, f.name) for f in dataclasses.fields(grid) if getattr(grid, f.name)}
@@ -109,7 +111,8 @@ def expand(base: Any, grid: Any | None) -> list[Any]:
         dataclasses.replace(base, **dict(zip(axes, values, strict=True)))
         for values in itertools.product(*axes.values())
     ]
-    return sorted(points, key=lambda p: p != base)  # stable: the rest keep the grid's order
+    # stable: the rest keep the grid's order
+    return sorted(points, key=lambda p: (cost(p) if cost is not None else 0.0, p != base))
 
 
 def history_split(split: Split, part: str) -> Split:
@@ -131,6 +134,11 @@ def fit_for(name: str, split: Split, part: str, cfg: Any | None = None, fitted: 
     if fitted is not None and hasattr(fitted, "refit"):
         return fitted.refit(history_split(split, part))
     return fit(name, history_split(split, part), cfg)
+
+
+def search_cost(name: str) -> Callable[[Any], float] | None:
+    """The model's relative cost of fitting a config (`search_cost`), where it declares one."""
+    return getattr(BASELINES[name][0], "search_cost", None) if name in BASELINES else None
 
 
 def fit(name: str, split: Split, cfg: Any | None = None) -> Any:
@@ -158,7 +166,7 @@ def run_baseline(
     select = select or metrics[0]
     tuning = tuning or Tuning()
     base = cfg if cfg is not None else BASELINES[name][1]()
-    candidates = expand(base, grid)
+    candidates = expand(base, grid, search_cost(name))
     tune_users = sample_users(split.eval_users("valid"), tuning.users, tuning.seed)
     points: list[dict[str, Any]] = []
     tune_start = time.perf_counter()
@@ -221,7 +229,7 @@ def run_baselines_detailed(
         cfg = getattr(configs, name, None)
         grid = getattr(grids, name, None) if tune else None
         log.info("baseline start", model=name, protocol=split.protocol, model_number=f"{n + 1}/{len(names)}",
-                 grid_points=len(expand(cfg if cfg is not None else BASELINES[name][1](), grid)))
+                 grid_points=len(expand(cfg if cfg is not None else BASELINES[name][1](), grid, search_cost(name))))
         results.append(run_baseline(name, split, metrics, cfg, grid, test_mask=test_mask, tuning=tuning))
         log.info("baseline", model=name, protocol=split.protocol, test=results[-1].test)
         if on_result is not None:

@@ -63,9 +63,10 @@ class TrainCli(RunConfig):
 class EvalCli(DeviceConfig):
     # student checkpoints on one teacher's split: --checkpoint A --checkpoint B (seeds share a --label)
     checkpoint: Annotated[list[Path], tyro.conf.UseAppendAction] = field(default_factory=list)
+    # display name per checkpoint (the report's row); checkpoints sharing a name are seeds of one variant
     label: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     teacher: Path | None = None  # None: the teacher the first checkpoint was distilled from
-    teacher_label: str = "teacher (CLLM4Rec)"
+    teacher_label: str = "teacher (CLLM4Rec)"  # the teacher's row in the report
     reference: str = ""  # the row every other row is compared with, per user ("": the teacher's row)
     second_reference: str = "ease"  # a second paired-Δ column (empty: none)
     overlap_k: int = 20  # teacher/student top-K overlap per test user
@@ -73,9 +74,9 @@ class EvalCli(DeviceConfig):
     baselines: bool = True  # most-popular / BPR / ALS / EASE on the same split, tuned on its valid part
     serving_cost: bool = True  # time each exported user encoder (ONNX Runtime, batch 1)
     serving_length: int = 128  # history items (student) / prompt tokens (teacher) of that timing
-    report_name: str = "quality_student_{data}"
+    report_name: str = "quality_student_{data}"  # <results-dir>/<name>.json/.md, {data}: the data set's name
     results_dir: Path | None = None  # None: ./llmrec-results
-    note: str = ""
+    note: str = ""  # a paragraph added to the report, after its tables
     # a report's JSON: rerun its cheapest row with >= 2 seeds from its recorded command (into
     # work/verify/student) and check its test Recall@20 is within --verify-sds seed SDs of the row's mean
     verify: Path | None = None
