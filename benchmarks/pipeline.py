@@ -329,14 +329,22 @@ KNOWN_USER_EVENT = "known-user vectors computed"  # export/writer.py's line afte
 
 def known_user_cost(log_path: Path) -> dict[str, Any]:
     """The export's known-user pass as its log line says: seconds, CPU seconds, prompt positions, the FLOP
-    estimate and the rate reached (export/flops.py), to read its time against the CPU it ran on."""
+    estimate and the rate reached (export/flops.py), to read its time against the CPU it ran on. A pass cut
+    short (the step limit) has no such line: then how far its progress bar got, so the rate is still read."""
     with contextlib.suppress(OSError):
-        for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        lines = log_path.read_text(errors="replace").splitlines()  # also splits tqdm's carriage returns
+        for line in reversed(lines):
             if KNOWN_USER_EVENT in line:
                 fields = dict(re.findall(r"(\w+)=(\S+)", line))
                 keys = ("seconds", "cpu_seconds", "positions", "est_gflop", "gflop_per_cpu_s")
                 with contextlib.suppress(ValueError):
                     return {f"known_users_{k}": float(fields[k]) for k in keys if k in fields}
+        for line in reversed(lines):
+            m = re.search(r"known users:.*?(\d+)/(\d+) \[([\d:]+)<", line)
+            if m:
+                seconds = sum(int(x) * 60**i for i, x in enumerate(reversed(m.group(3).split(":"))))
+                return {"known_users_done": int(m.group(1)), "known_users_total": int(m.group(2)),
+                        "known_users_elapsed_s": seconds}
     return {}
 
 
@@ -437,6 +445,12 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{d.get('known_users_cpu_seconds', 0):.0f} CPU s for ≥ {d['known_users_est_gflop']:.0f} "
                              f"GFLOP ({d.get('known_users_positions', 0):.0f} prompt positions): "
                              f"{d.get('known_users_gflop_per_cpu_s', 0):.1f} GFLOP per CPU s")
+            if d.get("known_users_done") and d.get("known_users_elapsed_s"):
+                rate = d["known_users_done"] / d["known_users_elapsed_s"]
+                notes.append(f"known-user pass cut at {d['known_users_done']} of {d['known_users_total']} users after "
+                             f"{d['known_users_elapsed_s']} s ({rate:.1f} users/s: all of them ≈ "
+                             f"{d['known_users_total'] / rate / 3600:.1f} h at that rate; the shards written are "
+                             "kept, and the same export command resumes from them)")
             if d.get("preinfer_s"):
                 notes.append(f"item-text pre-inference {d['preinfer_s']:.0f} s of it")
 

@@ -67,6 +67,22 @@ def test_pipeline_runs_every_step_on_a_tiny_size(tmp_path: Path, tcf_assets: tup
     json.dumps(result)  # the report is plain JSON
 
 
+def test_an_export_cut_by_the_step_limit_reports_how_far_its_known_user_pass_got(tmp_path: Path) -> None:
+    log = tmp_path / "export_cllm4rec.log"
+    log.write_text("2026-12-07T18:56:05Z [info     ] known-user vectors    folder=x pending=25 shards=25 users=100000\n"
+                   "known users:   0%|          | 0/100000 [00:00<?, ?user/s]\rknown users:   4%|▍         | "
+                   "4096/100000 [04:50<1:46:40, 14.98user/s]\rknown users:  16%|█▋        | 16384/100000 "
+                   "[1:02:05<1:59:09, 11.70user/s]")
+    cost = known_user_cost(log)
+    assert cost == {"known_users_done": 16384, "known_users_total": 100000, "known_users_elapsed_s": 3725}
+    result = {"sizes": [{"size": "100k", "steps": {"export_cllm4rec": {
+        "status": "timed_out", "wall_s": 3800.0, "cpu_s": 3000.0, "peak_rss_mb": 900.0, "output_mb": 10.0,
+        "message": "stopped after the step limit (62.0 min)", "detail": cost}}}], "growth": [], "complete": False,
+        "command": "test"}
+    assert "known-user pass cut at 16384 of 100000 users after 3725 s (4.4 users/s: all of them ≈ 6.3 h" \
+        in markdown(result)
+
+
 def test_export_steps_report_the_known_user_pass_against_its_flop_estimate(tmp_path: Path) -> None:
     log = tmp_path / "export_cllm4rec.log"
     log.write_text("2026-12-07T15:49:05Z [info     ] known-user vectors    folder=x pending=3 shards=3 users=12\n"
