@@ -10,12 +10,13 @@ them in and EASE reads them as input; BPR, whose user factors exist only for the
 fitted on, is refitted on train + valid with the chosen setting before the test part is scored
 (warm: on from the factors fitted on train, models.baselines.bpr).
 
-At 100k users / 20k items the search is what costs (44 fits per protocol, each scored on every
+At 100k users / 20k items the search is what costs (48 fits per protocol, each scored on every
 validation user: the fits take most of it, the full rankings the rest), so it is bounded:
 grid points are scored on a fixed, seeded sample of the validation users (`Tuning.users`; the chosen
 setting's valid figures come from the same sample, its test figures from every test user: a full
 ranking of 100k users costs 30-80 s per model and part, and valid only picks the setting), the model fitted at the best point is kept
-instead of fitted again, the config's own setting is tried first, and a model's search stops after
+instead of fitted again, the config's own setting is tried first (the cheapest points, for a model that
+states what a fit costs: `expand`), and a model's search stops after
 `Tuning.budget_min` (the points it did not reach are counted in the report, never silently dropped).
 """
 
@@ -99,9 +100,10 @@ class BaselineResult:
 
 def expand(base: Any, grid: Any | None, cost: Callable[[Any], float] | None = None) -> list[Any]:
     """Every config of the grid's cross product, starting from `base` (empty tuples keep base); `base`
-    itself first when it is a grid point, so a search cut short has always tried it. With `cost` (the
-    model's relative cost of fitting a point), the cheapest points come first, `base` first among equals:
-    BPR's grid spans 30 to 150 epochs, and at 100k users one 100-epoch fit (5 min) spent the whole budget."""
+    itself first when it is a grid point, so a search cut short has tried it. With `cost` (the model's
+    relative cost of fitting a point) the cheapest points come first instead, `base` first among equals, so
+    a search cut short has tried as many points as it could: BPR's grid spans 30 to 150 epochs, and at 100k
+    users its 100-epoch config (a 5-min fit) alone spent the whole budget."""
     if grid is None:
         return [base]
     axes = {f.name: getattr(grid, f.name) for f in dataclasses.fields(grid) if getattr(grid, f.name)}
