@@ -231,7 +231,7 @@ def run_baselines_detailed(
         cfg = getattr(configs, name, None)
         grid = getattr(grids, name, None) if tune else None
         log.info("baseline start", model=name, protocol=split.protocol, model_number=f"{n + 1}/{len(names)}",
-                 grid_points=len(expand(cfg if cfg is not None else BASELINES[name][1](), grid, search_cost(name))))
+                 grid_points=len(expand(cfg if cfg is not None else BASELINES[name][1](), grid)))
         results.append(run_baseline(name, split, metrics, cfg, grid, test_mask=test_mask, tuning=tuning))
         log.info("baseline", model=name, protocol=split.protocol, test=results[-1].test)
         if on_result is not None:
