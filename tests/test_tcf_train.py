@@ -147,7 +147,7 @@ def test_eval_report(tmp_path: Path, assets) -> None:
 def test_default_schedule_is_the_validated_variant_and_flags_win() -> None:
     d = parse(cli.TrainCli, [], presets=cli.SCHEDULES)
     assert (d.schedule, d.model.item_tower, d.model.mlp_input_norm, d.model.max_seq_len) == ("default", "hybrid", True, 50)
-    assert (d.recipe.keep_last, d.recipe.loss, d.train.patience, d.model.id_dropout) == (0, "ibce", 15, 0.7)
+    assert (d.recipe.keep_last, d.recipe.loss, d.train.patience, d.model.id_dropout) == (0, "ibce", 30, 0.7)
     short = parse(cli.TrainCli, ["--schedule", "short"], presets=cli.SCHEDULES)  # the paper's preparation
     assert (short.model.item_tower, short.model.max_seq_len, short.recipe.keep_last) == ("text", 20, -1)
     flagged = parse(cli.TrainCli, ["--model.item-tower", "text", "--recipe.loss", "auto"], presets=cli.SCHEDULES)
