@@ -71,6 +71,7 @@ class PipelineConfig:
     threads: int = 1  # --threads of every training / export step
     tcf_args: str = ""  # extra flags for `train tcf` (e.g. a tiny encoder in tests), shell-quoted
     cllm4rec_args: str = ""  # extra flags for `train cllm4rec`
+    export_args: str = ""  # extra flags for each `export` (e.g. the known-user pass's --user-vectors.precision)
     keep_going: bool = True  # a failed size does not stop the next one
     # earlier runs' bench_pipeline JSON files: their sizes come first in this report (with their commands), so
     # one growth table can span sizes measured in separate runs (e.g. the largest one run on its own)
@@ -230,7 +231,7 @@ def step_argv(ctx: Context, step: str) -> tuple[list[str], Path | None]:
         model = step.removeprefix("export_")
         repo = r / f"repository-{model}"
         return ["export", "--checkpoint", str(r / model), "--repository", str(repo), "--name", model,
-                "--no-report", "--threads", str(c.threads)], repo
+                "--no-report", "--threads", str(c.threads), *shlex.split(c.export_args)], repo
     raise ValueError(f"no CLI call for step {step!r}")
 
 
@@ -325,6 +326,27 @@ def serve(ctx: Context, model: str, log_path: Path) -> tuple[str, float, str, di
 
 
 KNOWN_USER_EVENT = "known-user vectors computed"  # export/writer.py's line after the known-user pass
+PASS_EVENT = "known-user vectors "  # its line before the pass: engine and precision
+GATE_EVENT = "bf16 known-user gate"  # its line after bf16 was measured against fp32
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+def pass_engine(lines: list[str]) -> dict[str, Any]:
+    """Which engine and precision ran the known-user pass, and the bf16 gate's verdict and in-run timing
+    of both precisions on the same users, from the export's log."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        if PASS_EVENT in line and KNOWN_USER_EVENT not in line and "precision=" in line:
+            f = _fields(line)
+            out.update({"known_users_engine": f.get("engine"), "known_users_precision": f.get("precision")})
+        elif GATE_EVENT in line:
+            f = _fields(line)
+            out["bf16_gate"] = {k: f[k] for k in ("status", "top20_overlap", "relative_drop", "users_timed",
+                                                  "fp32_seconds", "bf16_seconds", "bf16_speedup") if k in f}
+    return out
 
 
 def known_user_cost(log_path: Path) -> dict[str, Any]:
@@ -333,18 +355,20 @@ def known_user_cost(log_path: Path) -> dict[str, Any]:
     short (the step limit) has no such line: then how far its progress bar got, so the rate is still read."""
     with contextlib.suppress(OSError):
         lines = log_path.read_text(errors="replace").splitlines()  # also splits tqdm's carriage returns
+        engine = pass_engine(lines)
         for line in reversed(lines):
             if KNOWN_USER_EVENT in line:
-                fields = dict(re.findall(r"(\w+)=(\S+)", line))
+                fields = _fields(line)
                 keys = ("seconds", "cpu_seconds", "positions", "est_gflop", "gflop_per_cpu_s")
                 with contextlib.suppress(ValueError):
-                    return {f"known_users_{k}": float(fields[k]) for k in keys if k in fields}
+                    return {**engine, **{f"known_users_{k}": float(fields[k]) for k in keys if k in fields}}
         for line in reversed(lines):
             m = re.search(r"known users:.*?(\d+)/(\d+) \[([\d:]+)<", line)
             if m:
                 seconds = sum(int(x) * 60**i for i, x in enumerate(reversed(m.group(3).split(":"))))
-                return {"known_users_done": int(m.group(1)), "known_users_total": int(m.group(2)),
+                return {**engine, "known_users_done": int(m.group(1)), "known_users_total": int(m.group(2)),
                         "known_users_elapsed_s": seconds}
+        return engine
     return {}
 
 
@@ -362,8 +386,10 @@ def run_step(ctx: Context, step: str) -> dict[str, Any]:
         status, wall, message, extra = serve(ctx, step.removeprefix("serve_"), log_path)
     else:
         argv, out = step_argv(ctx, step)
-        if step.startswith("train_") and out is not None and out.exists():
-            shutil.rmtree(out)  # a fresh run each time: a leftover checkpoint would be resumed, not measured
+        if step.startswith(("train_", "export_")) and out is not None and out.exists():
+            # a fresh run each time: a leftover checkpoint would be resumed, and a leftover repository's
+            # versions (or known-user shards) counted in the output or reused, not measured
+            shutil.rmtree(out)
         limit = ctx.cfg.baselines_limit_min if step == "baselines" else ctx.cfg.step_limit_min
         status, wall, message = run_cli(argv, log_path, limit * 60)
     if step == "train_tcf":
@@ -445,6 +471,14 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{d.get('known_users_cpu_seconds', 0):.0f} CPU s for ≥ {d['known_users_est_gflop']:.0f} "
                              f"GFLOP ({d.get('known_users_positions', 0):.0f} prompt positions): "
                              f"{d.get('known_users_gflop_per_cpu_s', 0):.1f} GFLOP per CPU s")
+            if d.get("known_users_precision"):
+                notes.append(f"known-user pass in {d['known_users_precision']} ({d.get('known_users_engine')})")
+            gate = d.get("bf16_gate") or {}
+            if gate:
+                notes.append(f"bf16 gate {gate.get('status')}: top-20 overlap {gate.get('top20_overlap')}, probe metric "
+                             f"drop {gate.get('relative_drop', '-')}; the same {gate.get('users_timed')} users in this "
+                             f"run: fp32 {gate.get('fp32_seconds')} s, bf16 {gate.get('bf16_seconds')} s "
+                             f"({gate.get('bf16_speedup')}x)")
             if d.get("known_users_done") and d.get("known_users_elapsed_s"):
                 rate = d["known_users_done"] / d["known_users_elapsed_s"]
                 notes.append(f"known-user pass cut at {d['known_users_done']} of {d['known_users_total']} users after "

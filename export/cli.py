@@ -70,6 +70,14 @@ def write_export_report(version_dir: Path, cfg: ExportConfig) -> Path:
         md += (f" (float16 {q['status']}: top-20 overlap {q.get('top20_overlap', float('nan')):.4f}"
                + (f", {q['metric']} {q['fp32']:.4f} -> {q['fp16']:.4f}" if "metric" in q else "") + ")\n"
                if q else "\n")
+        c = known.get("compute") or {}
+        if c:
+            g = c.get("quality") or {}
+            md += f"Known-user pass: {c['precision']} on {c['engine']} ({c.get('decided', '')})"
+            md += (f"; bf16 gate {g['status']}: top-20 overlap {g.get('top20_overlap', float('nan')):.4f}"
+                   + (f", {g['metric']} {g['fp32']:.4f} -> {g['bf16']:.4f}" if "metric" in g else "")
+                   + f"; on the same {g.get('users_timed')} users fp32 {g.get('fp32_seconds')} s, bf16 "
+                   f"{g.get('bf16_seconds')} s ({g.get('bf16_speedup')}x)\n" if g else "\n")
     return write_report(f"export-{s['name']}", {"config": to_dict(cfg), "version_dir": str(version_dir), **s}, md)
 
 

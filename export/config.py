@@ -35,13 +35,19 @@ class UserVectorsConfig:
 
     fp16 halves the file a replica maps; it is measured like int8 quantization (top-20 overlap with fp32
     on sampled known users, and the probe metric) and refused, keeping fp32, below these thresholds.
-    Vectors an encoder computes (CLLM4Rec) run through the exported fp32 graph in shards of `shard_size`
+    Vectors an encoder computes (CLLM4Rec) run through the exported graph in shards of `shard_size`
     users under <repository>/<name>/.export-work/: a killed export re-run with the same checkpoint and
-    settings computes only the missing shards."""
+    settings computes only the missing shards. That pass is bound by matrix-multiply FLOPs, so on a CPU
+    that multiplies bf16 natively it can run in bf16 (OpenVINO), measured against fp32 before the pass
+    with the same thresholds on `check_users` sampled known users and the probe, else in fp32."""
 
-    dtype: Literal["fp32", "fp16"] = "fp32"
-    min_overlap: float = 0.95
-    max_metric_drop: float = 0.01
+    dtype: Literal["fp32", "fp16"] = "fp32"  # how the vectors are stored
+    min_overlap: float = 0.95  # refuse fp16 storage / the bf16 pass below this top-20 overlap with fp32
+    max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative)
+    # the known-user pass: fp32 (ONNX Runtime), bf16 (OpenVINO; needs amx_bf16 or avx512_bf16, else an
+    # error), auto = bf16 where the CPU has one of those flags and OpenVINO is installed, else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    check_users: int = 256  # known users the bf16 gate compares with fp32 (plus the probe's users)
     shard_size: int = 4096  # users per shard (the unit of resume)
     batch_size: int = 32  # prompts per encoder run
 

@@ -8,6 +8,7 @@ probe metric) and refused, keeping fp32, when overlap < threshold or the metric 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,30 +101,50 @@ def evaluate_fp16(
     max_metric_drop: float = 0.01,
     k: int = 20,
 ) -> dict[str, Any]:
-    """The manifest `known_users.quality` entry for float16 known-user vectors, measured like int8: the
-    top-k overlap with float32 on the `sample` users and, when the probe's users are known users
-    (`probe.users`), the probe metric with their observed items masked. Status "accepted" or "refused"."""
+    """The manifest `known_users.quality` entry for float16 known-user vectors, measured like int8."""
+
+    def fp32(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(user_vectors[rows], dtype=np.float32)
+
+    def fp16(rows: np.ndarray) -> np.ndarray:
+        return fp32(rows).astype(np.float16).astype(np.float32)
+
+    return compare_user_vectors(fp32, fp16, item_vectors, sample, probe, "float16 storage of known-user vectors",
+                                "fp16", min_overlap, max_metric_drop, k)
+
+
+def compare_user_vectors(
+    fp32: Callable[[np.ndarray], np.ndarray],
+    low: Callable[[np.ndarray], np.ndarray],
+    item_vectors: np.ndarray,
+    sample: np.ndarray,
+    probe: QualityProbe | None,
+    method: str,
+    name: str,
+    min_overlap: float = 0.95,
+    max_metric_drop: float = 0.01,
+    k: int = 20,
+) -> dict[str, Any]:
+    """Known-user vectors at a lower precision (`low`, user rows -> vectors) against float32: the top-k
+    overlap on the `sample` users and, when the probe's users are known users (`probe.users`), the
+    probe metric (validation items) with their observed items masked. Status "accepted" or "refused"."""
     kk = min(k, item_vectors.shape[0])
-    a = np.asarray(user_vectors[sample], dtype=np.float32)
-    b = a.astype(np.float16).astype(np.float32)
-    t32, t16 = top_k(a @ item_vectors.T, kk), top_k(b @ item_vectors.T, kk)
-    shared = sum(len(np.intersect1d(x, y)) for x, y in zip(t32, t16, strict=True))
+    sample = np.asarray(sample, dtype=np.int64)
+    t32, tlow = top_k(fp32(sample) @ item_vectors.T, kk), top_k(low(sample) @ item_vectors.T, kk)
+    shared = sum(len(np.intersect1d(x, y)) for x, y in zip(t32, tlow, strict=True))
     overlap = shared / (len(t32) * kk) if len(t32) else 1.0
-    out: dict[str, Any] = {"method": "float16 storage of known-user vectors", f"top{kk}_overlap": overlap,
-                           "rows": len(t32), "min_overlap": min_overlap}
+    out: dict[str, Any] = {"method": method, f"top{kk}_overlap": overlap, "rows": len(t32), "min_overlap": min_overlap}
     reasons = []
     if overlap < min_overlap:
         reasons.append(f"top-{kk} overlap {overlap:.3f} < {min_overlap}")
     if probe is not None and probe.users is not None and len(probe.users):
         keep = [i for i, t in enumerate(probe.targets) if len(t)]
-        users = np.asarray(probe.users)[keep]
+        users = np.asarray(probe.users, dtype=np.int64)[keep]
         excl, tgts = [probe.exclude[i] for i in keep], [probe.targets[i] for i in keep]
-        p32 = np.asarray(user_vectors[users], dtype=np.float32)
-        p16 = p32.astype(np.float16).astype(np.float32)
-        m32 = float(per_user_metrics(p32 @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
-        m16 = float(per_user_metrics(p16 @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
+        m32 = float(per_user_metrics(fp32(users) @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
+        mlow = float(per_user_metrics(low(users) @ item_vectors.T, excl, tgts, [probe.metric])[probe.metric].mean())
         out["probe_users"] = len(users)
-        _metric_drop(out, reasons, probe.metric, m32, m16, "fp16", max_metric_drop)
+        _metric_drop(out, reasons, probe.metric, m32, mlow, name, max_metric_drop)
     return _verdict(out, reasons, "float32")
 
 

@@ -26,6 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common import logs
+from common.cpu import BF16_FLAGS
+from common.openvino import compile_onnx
 from export.flops import feed_tokens
 from models.bundle import KnownUserInputs
 from models.onnx_trace import session
@@ -132,6 +134,8 @@ class OrtBatchFn:
 
     The session is opened on first use, so the object pickles cheaply (one per Ray actor)."""
 
+    engine, precision = "onnxruntime-cpu", "fp32"
+
     def __init__(self, graph: Path, inputs: KnownUserInputs, output_name: str, batch_size: int = 32,
                  threads: int = 1) -> None:
         self.graph, self.inputs, self.output_name = Path(graph), inputs, output_name
@@ -142,12 +146,18 @@ class OrtBatchFn:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_session": None}
 
+    def _open(self) -> Any:
+        return session(self.graph, self.threads)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session.run([self.output_name], feeds)[0]
+
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         if self._session is None:
-            self._session = session(self.graph, self.threads)
+            self._session = self._open()
         out: np.ndarray | None = None
         for idx, feeds in self.inputs.batches(rows, self.batch_size):
-            got = self._session.run([self.output_name], feeds)[0]
+            got = self._run(feeds)
             positions, tokens = feed_tokens(feeds)
             self.positions += positions
             self.tokens += tokens
@@ -157,3 +167,44 @@ class OrtBatchFn:
         if out is None:
             raise ValueError("no known users in this shard")
         return out
+
+
+class OvBf16BatchFn(OrtBatchFn):
+    """The same batches through OpenVINO in bf16, on the same graph: the known-user pass is bound by
+    matrix-multiply FLOPs, which a CPU with AMX or avx512_bf16 does natively in bf16 (OpenVINO bf16 ran
+    2.5-4.9x ONNX Runtime fp32 on an AMX Xeon, docs/performance.md). Its vectors differ from fp32 by
+    bf16 rounding, so the exporter adopts it only behind a measured gate (export/writer.py)."""
+
+    engine, precision = "openvino-cpu", "bf16"
+
+    def _open(self) -> Any:
+        compiled = compile_onnx(self.graph, "bf16", self.threads)
+        return compiled, compiled.create_infer_request()  # the request is used by this one caller only
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        compiled, request = self._session
+        return np.array(request.infer(feeds)[compiled.outputs[0]], dtype=np.float32)
+
+
+def pass_precision(asked: str, cpu_flags: frozenset[str], openvino: bool) -> tuple[str, str]:
+    """(precision, why) of the known-user pass for `--user-vectors.precision` on this CPU. bf16 only
+    where the CPU multiplies bf16 natively: elsewhere OpenVINO emulates it, 44-53x slower than fp32."""
+    native = bool(cpu_flags & BF16_FLAGS)
+    if asked == "fp32":
+        return "fp32", "asked for fp32"
+    if asked == "bf16":
+        if not native:
+            raise ValueError("--user-vectors.precision bf16: this CPU has no native bf16 (amx_bf16 or avx512_bf16 "
+                             "flag), where OpenVINO emulates it 44-53x slower than fp32; use fp32 or auto")
+        if not openvino:
+            raise ValueError("--user-vectors.precision bf16 runs on OpenVINO, which is not installed "
+                             "(pip install openvino); use fp32 or auto")
+        return "bf16", "asked for bf16"
+    if asked != "auto":
+        raise ValueError(f"--user-vectors.precision {asked!r}; accepted: auto, fp32, bf16")
+    if not native:
+        return "fp32", "auto: no native bf16 on this CPU"
+    if not openvino:
+        return "fp32", "auto: native bf16 but OpenVINO is not installed"
+    flag = sorted(cpu_flags & BF16_FLAGS)[0]
+    return "bf16", f"auto: {flag} on this CPU and OpenVINO installed"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import shutil
 import time
 import warnings
@@ -26,6 +27,7 @@ import onnx
 import torch
 
 from common import logs
+from common.cpu import cpu_flags as machine_cpu_flags
 from export.config import ExportConfig
 from export.flops import matmul_weights
 from export.index import build_index, recall_vs_exact, sample_rows, save_index
@@ -39,9 +41,9 @@ from export.onnx_graphs import (
 )
 from export.parity import ParityError, check_parity, torch_outputs
 from export.provenance import checkpoint_sha256, package_versions, utc_now_iso
+from export.quantize import compare_user_vectors, evaluate_fp16, quantize_graph
 from export.quantize import evaluate as evaluate_quantization
-from export.quantize import evaluate_fp16, quantize_graph
-from export.user_vectors import BatchFn, OrtBatchFn, ShardStore, compute_shards
+from export.user_vectors import BatchFn, OrtBatchFn, OvBf16BatchFn, ShardStore, compute_shards, pass_precision
 from models.bundle import EncoderExport, QualityProbe, ServingBundle
 from models.onnx_trace import export_graph
 from repository import files as F
@@ -215,19 +217,35 @@ ShardEngine = Callable[[ShardStore, Iterable[int], BatchFn], int]
 
 
 def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg: ExportConfig,
-                       checkpoint_id: str | None, engine: ShardEngine = compute_shards) -> ShardStore:
+                       checkpoint_id: str | None, engine: ShardEngine = compute_shards,
+                       cpu_flags: frozenset[str] | None = None) -> tuple[ShardStore, dict[str, Any]]:
     """The known users' vectors through the parity-checked fp32 graph, in resumable shards computed by
-    `engine` (the single-process one by default)."""
+    `engine` (the single-process one by default), and the manifest's record of how they were computed:
+    in bf16 where `--user-vectors.precision` allows it and its vectors pass the gate, else fp32."""
     inputs = bundle.known_user_inputs
     assert inputs is not None
     enc = bundle.encoders["user_encoder"]
+    uc = cfg.user_vectors
+    fn: OrtBatchFn = OrtBatchFn(graph, inputs, enc.output_name, uc.batch_size, cfg.threads)
+    precision, why = pass_precision(uc.precision, machine_cpu_flags() if cpu_flags is None else cpu_flags,
+                                    openvino_installed())
+    compute: dict[str, Any] = {"engine": fn.engine, "precision": "fp32", "decided": why}
+    if precision == "bf16" and inputs.count:
+        low = OvBf16BatchFn(graph, inputs, enc.output_name, uc.batch_size, cfg.threads)
+        gate = bf16_gate(fn, low, bundle, cfg)
+        if gate["status"] == "accepted":
+            fn, compute = low, {"engine": low.engine, "precision": "bf16", "decided": why, "quality": gate}
+        else:
+            log.warning("bf16 known-user pass refused, computing in fp32", reason=gate["reason"])
+            warnings.warn(f"known-user pass: bf16 refused ({gate['reason']})", stacklevel=2)
+            compute["quality"] = gate
+        fn.positions = fn.tokens = 0  # the gate's users are not part of the pass
     parts = {"checkpoint": checkpoint_id or F.sha256_file(graph), "graph": cfg.graph.__dict__,
-             "inputs": inputs.key(), "batch_size": cfg.user_vectors.batch_size, "kind": bundle.kind,
-             "rows": _array_hash(bundle.user_rows)}
-    store = ShardStore.open(model_dir, parts, inputs.count, int(bundle.dim), cfg.user_vectors.shard_size)
+             "inputs": inputs.key(), "batch_size": uc.batch_size, "kind": bundle.kind,
+             "rows": _array_hash(bundle.user_rows), "precision": fn.precision}
+    store = ShardStore.open(model_dir, parts, inputs.count, int(bundle.dim), uc.shard_size)
     log.info("known-user vectors", users=inputs.count, shards=store.num_shards, pending=len(store.pending()),
-             folder=str(store.folder))
-    fn = OrtBatchFn(graph, inputs, enc.output_name, cfg.user_vectors.batch_size, cfg.threads)
+             engine=fn.engine, precision=fn.precision, folder=str(store.folder))
     wall, cpu = time.perf_counter(), time.process_time()
     computed = engine(store, range(store.num_shards), fn)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -236,7 +254,46 @@ def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg:
         log.info("known-user vectors computed", shards=computed, seconds=round(wall, 1), cpu_seconds=round(cpu, 1),
                  positions=fn.positions, tokens=fn.tokens, est_gflop=round(gflop, 1),
                  gflop_per_cpu_s=round(gflop / cpu, 1) if cpu > 0 else None)
-    return store
+    return store, compute
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def bf16_gate(fp32: OrtBatchFn, bf16: OrtBatchFn, bundle: ServingBundle, cfg: ExportConfig) -> dict[str, Any]:
+    """bf16 known-user vectors measured against fp32 before the pass, like float16 storage: top-20
+    overlap on `--user-vectors.check-users` sampled known users and the probe metric on the probe's
+    validation users. Both engines run the same users here, after one warm-up batch each, so the
+    entry also records the speed of each on this machine, measured in the same run."""
+    uc = cfg.user_vectors
+    count = bundle.known_user_inputs.count  # type: ignore[union-attr]
+    sample = sample_rows(count, uc.check_users, cfg.seed)
+    probe = bundle.probe
+    probe_users = (np.asarray(probe.users, dtype=np.int64) if probe is not None and probe.users is not None
+                   else np.empty(0, dtype=np.int64))
+    rows = np.union1d(sample, probe_users).astype(np.int64)
+    seconds = {}
+    vectors = {}
+    for fn in (fp32, bf16):
+        fn(rows[:1])  # opens the session (OpenVINO compiles the graph) outside the timing
+        t = time.perf_counter()
+        vectors[fn.precision] = fn(rows)
+        seconds[fn.precision] = time.perf_counter() - t
+    where = {int(r): i for i, r in enumerate(rows)}
+
+    def lookup(name: str) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda r: vectors[name][[where[int(x)] for x in r]]
+
+    out = compare_user_vectors(lookup("fp32"), lookup("bf16"), np.asarray(bundle.item_vectors, dtype=np.float32),
+                               sample, probe, f"known-user pass in bf16 ({bf16.engine}) vs fp32 ({fp32.engine})",
+                               "bf16", uc.min_overlap, uc.max_metric_drop)
+    out.update({"users_timed": len(rows), "fp32_seconds": round(seconds["fp32"], 3),
+                "bf16_seconds": round(seconds["bf16"], 3),
+                "bf16_speedup": round(seconds["fp32"] / seconds["bf16"], 2) if seconds["bf16"] > 0 else None,
+                "threads": cfg.threads})
+    log.info("bf16 known-user gate", **{k: v for k, v in out.items() if k != "method"})
+    return out
 
 
 def shard_engine(cfg: ExportConfig) -> ShardEngine:
@@ -252,14 +309,15 @@ def _array_hash(arr: np.ndarray | None) -> str | None:
 
 
 def write_known_users(tmp: Path, bundle: ServingBundle, user_vectors: np.ndarray | None,
-                      item_vectors: np.ndarray, cfg: ExportConfig) -> tuple[list[str], KnownUsers]:
+                      item_vectors: np.ndarray, cfg: ExportConfig,
+                      compute: dict[str, Any] | None = None) -> tuple[list[str], KnownUsers]:
     """Format-2 known-user files (float16 vectors only when their measured cost is within the gate).
     `user_vectors` None: the float32 USER_VECTORS file is already in `tmp` (assembled from shards)."""
     out = tmp / F.USER_VECTORS
     if user_vectors is not None:
         np.save(out, np.ascontiguousarray(user_vectors, dtype=np.float32))
     vectors = np.load(out, mmap_mode="r")
-    section = KnownUsers()
+    section = KnownUsers(compute=compute)
     uc = cfg.user_vectors
     if uc.dtype == "fp16" and len(vectors):
         sample = sample_rows(len(vectors), cfg.recall.users, cfg.seed)
@@ -321,6 +379,8 @@ def export_bundle(
     engine = engine or shard_engine(cfg)
     validate_name(name)
     validate_bundle(bundle)
+    if bundle.user_vectors is None:  # a precision this CPU cannot run fails now, not after the graph export
+        pass_precision(cfg.user_vectors.precision, machine_cpu_flags(), openvino_installed())
     model_dir = Path(repository) / name
     item_vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
     source: dict[str, Any] = {"checkpoint": str(source_checkpoint) if source_checkpoint else None,
@@ -328,6 +388,7 @@ def export_bundle(
     if source_checkpoint:
         source["checkpoint_sha256"], source["checkpoint_files"] = checkpoint_sha256(Path(source_checkpoint))
     store: ShardStore | None = None
+    compute: dict[str, Any] | None = None
     with staging_folder(model_dir) as tmp:
         work = tmp / "_work"
         work.mkdir()
@@ -342,8 +403,8 @@ def export_bundle(
                     quantization[enc_name] = quant
                 files += written
                 if enc_name == "user_encoder" and bundle.user_vectors is None:
-                    store = known_user_vectors(bundle, fp32_graph, model_dir, cfg, source.get("checkpoint_sha256"),
-                                               engine)
+                    store, compute = known_user_vectors(bundle, fp32_graph, model_dir, cfg,
+                                                        source.get("checkpoint_sha256"), engine)
         shutil.rmtree(work)
         if store is not None:
             user_vectors: np.ndarray = store.assemble(tmp / F.USER_VECTORS)
@@ -389,7 +450,7 @@ def export_bundle(
         write_json(tmp / F.ITEM_IDS, item_ids)
         write_json(tmp / F.ITEM_TITLES, item_titles)
         user_files, known = write_known_users(tmp, bundle, None if store is not None else user_vectors,
-                                              np.asarray(bundle.item_vectors, dtype=np.float32), cfg)
+                                              np.asarray(bundle.item_vectors, dtype=np.float32), cfg, compute)
         del user_vectors
         files += [F.ITEMS_INDEX, F.ITEM_VECTORS, F.ITEM_IDS, F.ITEM_TITLES, *user_files]
         for asset, path in bundle.assets.items():

@@ -268,14 +268,17 @@ VECTOR_DTYPES = ("float32", "float16")  # numpy dtype names of user_vectors.npy
 @dataclass
 class KnownUsers:
     """The `known_users` section (format 2): which files hold the known users and how the vectors are
-    stored. `quality` is the measured cost of float16 vectors (top-k overlap and probe metric vs float32)."""
+    stored. `quality` is the measured cost of float16 vectors (top-k overlap and probe metric vs float32);
+    `compute` says how the exporter computed vectors an encoder produces (engine, precision, and the bf16
+    gate's measurement when it ran). A reader that predates `compute` keeps it in `extra`."""
 
     vectors_dtype: str = "float32"
     layout: str = "npy-mmap"
     quality: dict[str, Any] | None = None
+    compute: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    KNOWN = ("vectors_dtype", "layout", "quality")
+    KNOWN = ("vectors_dtype", "layout", "quality", "compute")
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> KnownUsers:
@@ -285,10 +288,11 @@ class KnownUsers:
             raise VersionError(f"{where}: vectors_dtype {dtype!r}; accepted: {', '.join(VECTOR_DTYPES)}")
         if layout != "npy-mmap":
             raise VersionError(f"{where}: layout {layout!r}; accepted: npy-mmap")
-        return cls(dtype, layout, _field(d, "quality", (dict, type(None)), where, None), _rest(d, cls.KNOWN))
+        return cls(dtype, layout, _field(d, "quality", (dict, type(None)), where, None),
+                   _field(d, "compute", (dict, type(None)), where, None), _rest(d, cls.KNOWN))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**_drop_none({k: getattr(self, k) for k in self.KNOWN}, "quality"), **self.extra}
+        return {**_drop_none({k: getattr(self, k) for k in self.KNOWN}, "quality", "compute"), **self.extra}
 
 
 SECTIONS: dict[str, type[PromptSection] | type[TcfSection] | type[StudentSection]] = {

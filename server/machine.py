@@ -9,9 +9,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
-BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+from common.cpu import BF16_FLAGS, cpu_flags
 
 
 @dataclass(frozen=True)
@@ -30,17 +29,6 @@ class Machine:
     @property
     def cuda_provider(self) -> bool:
         return "CUDAExecutionProvider" in self.ort_providers
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def usable_cpus() -> int:

@@ -97,3 +97,26 @@ def test_export_steps_report_the_known_user_pass_against_its_flop_estimate(tmp_p
         "detail": cost}}}], "growth": [], "complete": True, "command": "test"}
     assert "known-user pass 41 s, 40 CPU s for ≥ 810 GFLOP (276000 prompt positions): 20.0 GFLOP per CPU s" \
         in markdown(result)
+
+
+def test_export_steps_say_which_precision_ran_the_known_user_pass_and_what_the_bf16_gate_measured(
+        tmp_path: Path) -> None:
+    log = tmp_path / "export_cllm4rec.log"
+    log.write_text(
+        "2026-12-07T21:10:00Z [info     ] bf16 known-user gate           bf16_seconds=2.1 bf16_speedup=2.38 "
+        "fp32_seconds=5.0 probe_users=64 relative_drop=0.004 rows=256 status=accepted threads=1 top20_overlap=0.97 "
+        "users_timed=300\n"
+        "2026-12-07T21:10:05Z [info     ] known-user vectors             engine=openvino-cpu folder=x pending=3 "
+        "precision=bf16 shards=3 users=12\n"
+        "2026-12-07T21:11:07Z [info     ] known-user vectors computed    cpu_seconds=40.5 est_gflop=810.2 "
+        "gflop_per_cpu_s=20.0 positions=276000 seconds=41.0 shards=3 tokens=250000\n")
+    cost = known_user_cost(log)
+    assert cost["known_users_precision"] == "bf16" and cost["known_users_engine"] == "openvino-cpu"
+    assert cost["bf16_gate"]["bf16_speedup"] == "2.38" and cost["known_users_cpu_seconds"] == 40.5
+    result = {"sizes": [{"size": "10k", "steps": {"export_cllm4rec": {
+        "status": "ok", "wall_s": 50.0, "cpu_s": 49.0, "peak_rss_mb": 900.0, "output_mb": 10.0, "message": "",
+        "detail": cost}}}], "growth": [], "complete": True, "command": "test"}
+    md = markdown(result)
+    assert "known-user pass in bf16 (openvino-cpu)" in md
+    assert "bf16 gate accepted: top-20 overlap 0.97, probe metric drop 0.004; the same 300 users in this run: " \
+           "fp32 5.0 s, bf16 2.1 s (2.38x)" in md

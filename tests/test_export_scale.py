@@ -38,7 +38,8 @@ from repository.reader import load_files
 from server.model_version import ModelVersion
 
 torch.set_num_threads(1)
-FAST = ExportConfig(graph=GraphConfig(ort_optimize="none"), report=False)
+FAST = ExportConfig(graph=GraphConfig(ort_optimize="none"), report=False,
+                    user_vectors=UserVectorsConfig(precision="fp32"))  # the fp32 graph exactly; bf16: its own tests
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_known_users_served_as_the_torch_model_computes_them(assets: dict[str, P
     ckpt = _train(assets, tmp_path / "ckpt", *flags)
     bundle = load_bundle(ckpt)
     cfg = ExportConfig(graph=GraphConfig(ort_optimize="none"), report=False,
-                       user_vectors=UserVectorsConfig(shard_size=5, batch_size=3))
+                       user_vectors=UserVectorsConfig(shard_size=5, batch_size=3, precision="fp32"))
     version = export_bundle(bundle, tmp_path / "repo", "lm", cfg, source_checkpoint=ckpt)
     manifest = json.loads((version / F.MANIFEST).read_text())
     expected = _torch_user_vectors(ckpt)
@@ -192,7 +193,7 @@ def _lazy(tmp_path: Path, fail_after: int | None = None):
 
 
 SHARDED = ExportConfig(graph=GraphConfig(ort_optimize="none"), report=False,
-                       user_vectors=UserVectorsConfig(shard_size=5, batch_size=5))  # one batch per shard
+                       user_vectors=UserVectorsConfig(shard_size=5, batch_size=5, precision="fp32"))  # one batch per shard
 
 
 def test_killed_export_resumes_from_its_shards(tmp_path: Path) -> None:
@@ -219,7 +220,7 @@ def test_changed_config_never_reuses_stale_shards(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         export_bundle(_lazy(tmp_path / "a", fail_after=3), tmp_path / "repo", "m", SHARDED)
     other = ExportConfig(graph=GraphConfig(ort_optimize="basic"), report=False,
-                         user_vectors=UserVectorsConfig(shard_size=5, batch_size=5))
+                         user_vectors=UserVectorsConfig(shard_size=5, batch_size=5, precision="fp32"))
     fresh = _lazy(tmp_path / "a")
     export_bundle(fresh, tmp_path / "repo", "m", other)
     assert fresh.known_user_inputs.calls == 5  # every shard computed again under the new key

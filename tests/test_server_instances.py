@@ -13,10 +13,10 @@ import pytest
 from polling import wait_for
 from repo_fixtures import running_server, write_cllm4rec
 
+from common.openvino import compile_config
 from server import errors
 from server.batching import DynamicBatcher
 from server.config import ServeConfig
-from server.engines.openvino_cpu import compile_config
 from server.machine import detect, usable_cpus
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None

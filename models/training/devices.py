@@ -14,19 +14,10 @@ from pathlib import Path
 
 import torch
 
+from common.cpu import BF16_FLAGS, CPUINFO, cpu_flags
 from models.training.config import Precision
 
-CPUINFO = Path("/proc/cpuinfo")
-BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-
-
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    """The first processor's feature flags (empty where /proc/cpuinfo is unreadable)."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
-        return set()
-    return next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
+BF16_CPU_FLAGS = BF16_FLAGS
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:

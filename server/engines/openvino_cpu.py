@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from common.openvino import HINTS, compile_config, read_onnx
 from server.machine import Machine
-
-HINTS = {"fp32": "f32", "bf16": "bf16", "int8w": "f32"}
 
 
 class OvEncoder:
@@ -54,22 +53,11 @@ class OpenVinoCpu:
 
     @staticmethod
     def load(path: Path, precision: str, threads: int, instances: int = 1) -> OvEncoder:
-        import openvino as ov
-
         if precision not in HINTS:
             raise ValueError(f"{OpenVinoCpu.name} runs {', '.join(HINTS)}, not {precision}")
-        core = ov.Core()
-        model = core.read_model(str(path))
+        core, model = read_onnx(path)
         if precision == "int8w":
             import nncf
 
             model = nncf.compress_weights(model)  # int8 weights, fp32 activations
         return OvEncoder(core.compile_model(model, "CPU", compile_config(precision, threads, instances)), precision)
-
-
-def compile_config(precision: str, threads: int, instances: int) -> dict[str, str]:
-    """`threads` per inference, one stream per concurrent caller."""
-    cfg = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": str(threads * instances)}
-    if instances == 1:
-        return {**cfg, "PERFORMANCE_HINT": "LATENCY"}
-    return {**cfg, "NUM_STREAMS": str(instances)}
