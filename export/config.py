@@ -26,7 +26,7 @@ class RecallCheck:
 class QuantizeConfig:
     mode: Literal["none", "int8"] = "none"
     min_overlap: float = 0.95  # refuse int8 below this top-20 overlap with fp32
-    max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative)
+    max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative) and 2 paired SEs
 
 
 @dataclass
@@ -43,7 +43,7 @@ class UserVectorsConfig:
 
     dtype: Literal["fp32", "fp16"] = "fp32"  # how the vectors are stored
     min_overlap: float = 0.95  # refuse fp16 storage / the bf16 pass below this top-20 overlap with fp32
-    max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative)
+    max_metric_drop: float = 0.01  # ... or when the probe metric drops more than this (relative) and 2 paired SEs
     # the known-user pass: fp32 (ONNX Runtime), bf16 (OpenVINO; needs amx_bf16 or avx512_bf16, else an
     # error), auto = bf16 where the CPU has one of those flags and OpenVINO is installed, else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -140,3 +140,25 @@ def test_openvino_bf16_pass_on_this_cpu(tmp_path: Path) -> None:
     assert compute["engine"] == "openvino-cpu" and compute["precision"] == "bf16"
     got = np.load(version / F.USER_VECTORS)
     np.testing.assert_allclose(got, reference, rtol=0.05, atol=0.05 * float(np.abs(reference).max()))
+
+
+def test_the_metric_part_of_the_gate_refuses_a_drop_beyond_its_noise_only() -> None:
+    """The export gates (int8, float16, the bf16 pass) refuse on the probe metric only when its drop passes
+    the relative limit and two paired SEs, as the server's engine gate does."""
+    from export.quantize import _metric_drop
+
+    base = np.r_[np.ones(20), np.zeros(180)]  # 200 probe users, 20 hits
+    one_lost = base.copy()
+    one_lost[0] = 0.0  # a 5% relative drop that is one user: one SE
+    out: dict = {}
+    reasons: list[str] = []
+    _metric_drop(out, reasons, "recall@20", base, one_lost, "bf16", 0.01)
+    assert reasons == [] and out["relative_drop"] == pytest.approx(0.05) and out["changed_users"] == 1
+    assert out["drop_se"] == pytest.approx(0.005, rel=0.01)
+    half_lost = base.copy()
+    half_lost[:10] = 0.0  # ten users: 0.05 lost at an SE of 0.015
+    _metric_drop(out, reasons, "recall@20", base, half_lost, "bf16", 0.01)
+    assert len(reasons) == 1 and "drops 50.0%" in reasons[0] and "> 2 SE" in reasons[0]
+    reasons.clear()
+    _metric_drop(out, reasons, "recall@20", base, half_lost, "bf16", 0.6)  # within the relative limit
+    assert reasons == []
