@@ -217,9 +217,9 @@ ShardEngine = Callable[[ShardStore, Iterable[int], BatchFn], int]
 
 
 def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg: ExportConfig,
-                       checkpoint_id: str | None, engine: ShardEngine = compute_shards,
-                       cpu_flags: frozenset[str] | None = None) -> tuple[ShardStore, dict[str, Any]]:
-    """The known users' vectors through the parity-checked fp32 graph, in resumable shards computed by
+                       checkpoint_id: str | None, engine: ShardEngine = compute_shards
+                       ) -> tuple[ShardStore, dict[str, Any]]:
+    """The known users' vectors through the parity-checked graph, in resumable shards computed by
     `engine` (the single-process one by default), and the manifest's record of how they were computed:
     in bf16 where `--user-vectors.precision` allows it and its vectors pass the gate, else fp32."""
     inputs = bundle.known_user_inputs
@@ -227,8 +227,7 @@ def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg:
     enc = bundle.encoders["user_encoder"]
     uc = cfg.user_vectors
     fn: OrtBatchFn = OrtBatchFn(graph, inputs, enc.output_name, uc.batch_size, cfg.threads)
-    precision, why = pass_precision(uc.precision, machine_cpu_flags() if cpu_flags is None else cpu_flags,
-                                    openvino_installed())
+    precision, why = pass_precision(uc.precision, machine_cpu_flags(), openvino_installed())
     compute: dict[str, Any] = {"engine": fn.engine, "precision": "fp32", "decided": why}
     if precision == "bf16" and inputs.count:
         low = OvBf16BatchFn(graph, inputs, enc.output_name, uc.batch_size, cfg.threads)
