@@ -22,6 +22,7 @@ import torch
 
 from common.assets import work_dir
 from common.config import parse
+from common.cpu import BF16_FLAGS, cpu_flags
 from models.cllm4rec import cli as cllm_cli
 from models.cllm4rec.backbone import BackboneConfig
 from models.data.config import DataConfig
@@ -29,9 +30,9 @@ from models.tcf import cli as tcf_cli
 from models.tcf.text_encoder import TextEncoderConfig
 from models.training.capacity import CapacityConfig, blocks
 from models.training.config import Precision
-from models.training.devices import BF16_CPU_FLAGS, cpu_flags, cpu_model
+from models.training.devices import cpu_model
 
-REPORTED_FLAGS = ("avx2", "avx512f", *sorted(BF16_CPU_FLAGS), "amx_tile", "amx_int8")
+REPORTED_FLAGS = ("avx2", "avx512f", *sorted(BF16_FLAGS), "amx_tile", "amx_int8")
 
 
 @dataclass

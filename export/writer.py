@@ -217,19 +217,20 @@ ShardEngine = Callable[[ShardStore, Iterable[int], BatchFn], int]
 
 
 def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg: ExportConfig,
-                       checkpoint_id: str | None, engine: ShardEngine = compute_shards
-                       ) -> tuple[ShardStore, dict[str, Any]]:
+                       checkpoint_id: str | None, precision: tuple[str, str],
+                       engine: ShardEngine = compute_shards) -> tuple[ShardStore, dict[str, Any]]:
     """The known users' vectors through the parity-checked graph, in resumable shards computed by
     `engine` (the single-process one by default), and the manifest's record of how they were computed:
-    in bf16 where `--user-vectors.precision` allows it and its vectors pass the gate, else fp32."""
+    in bf16 where `precision` (pass_precision's (precision, why) for this CPU) says so and its vectors pass
+    the gate, else fp32."""
     inputs = bundle.known_user_inputs
     assert inputs is not None
     enc = bundle.encoders["user_encoder"]
     uc = cfg.user_vectors
     fn: OrtBatchFn = OrtBatchFn(graph, inputs, enc.output_name, uc.batch_size, cfg.threads)
-    precision, why = pass_precision(uc.precision, machine_cpu_flags(), openvino_installed())
+    asked, why = precision
     compute: dict[str, Any] = {"engine": fn.engine, "precision": "fp32", "decided": why}
-    if precision == "bf16" and inputs.count:
+    if asked == "bf16" and inputs.count:
         low = OvBf16BatchFn(graph, inputs, enc.output_name, uc.batch_size, cfg.threads)
         gate = bf16_gate(fn, low, bundle, cfg)
         if gate["status"] == "accepted":
@@ -378,8 +379,9 @@ def export_bundle(
     engine = engine or shard_engine(cfg)
     validate_name(name)
     validate_bundle(bundle)
-    if bundle.user_vectors is None:  # a precision this CPU cannot run fails now, not after the graph export
-        pass_precision(cfg.user_vectors.precision, machine_cpu_flags(), openvino_installed())
+    # decided (and a precision this CPU cannot run refused) now, not after the graph export
+    pass_at = (pass_precision(cfg.user_vectors.precision, machine_cpu_flags(), openvino_installed())
+               if bundle.user_vectors is None else ("fp32", "vectors given by the bundle"))
     model_dir = Path(repository) / name
     item_vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
     source: dict[str, Any] = {"checkpoint": str(source_checkpoint) if source_checkpoint else None,
@@ -403,7 +405,7 @@ def export_bundle(
                 files += written
                 if enc_name == "user_encoder" and bundle.user_vectors is None:
                     store, compute = known_user_vectors(bundle, fp32_graph, model_dir, cfg,
-                                                        source.get("checkpoint_sha256"), engine)
+                                                        source.get("checkpoint_sha256"), pass_at, engine)
         shutil.rmtree(work)
         if store is not None:
             user_vectors: np.ndarray = store.assemble(tmp / F.USER_VECTORS)

@@ -17,8 +17,6 @@ import torch
 from common.cpu import BF16_FLAGS, CPUINFO, cpu_flags
 from models.training.config import Precision
 
-BF16_CPU_FLAGS = BF16_FLAGS
-
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     try:
@@ -30,7 +28,7 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
 
 def cpu_has_bf16() -> bool:
     """Tests patch this to pretend a CPU has (or lacks) native bf16."""
-    return bool(BF16_CPU_FLAGS & cpu_flags())
+    return bool(BF16_FLAGS & cpu_flags())
 
 
 def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
