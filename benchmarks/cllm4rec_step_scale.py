@@ -1,5 +1,5 @@
 """Does a CLLM4Rec training step cost more when there are more users and items? Measured on synthetic
-data (`llmrec data synth`) at two sizes, for the current default and for the scale levers, in one
+data (`llmrec data synth`) at two sizes, for dense tables with the full softmax and for the scale levers, in one
 process, the sizes alternating, so that the ratio between sizes is not a ratio between two moments of
 a shared machine.
 
@@ -10,9 +10,14 @@ backward, optimizer) on the schedule's model (default: `--schedule default`, Smo
 blocks), at the same batch size and the same prompt length at every size: each batch holds users whose
 prompt is the longest the model takes (`--model.max-history` items), so only the users and items
 differ. Within a variant the sizes take turns step by step. Variants:
-- current: the schedule as it is (dense ID tables under AdamW, softmax over every item);
-- sparse+sampled: `--recipe.sparse-ids --recipe.item-negatives K`;
-- sparse+sampled+no-user: the same plus `--model.no-user-tokens` (a user is their history);
+- dense: the schedule with dense ID tables under AdamW and a softmax over every item (the default below
+  `--recipe.sparse-ids-from-rows` ID rows and `--recipe.sampled-items-from` items; the bench sets variants
+  explicitly, whatever the size);
+- sparse+sampled: `--recipe.sparse-ids --recipe.item-negatives K` (the collaborative loss samples K negatives,
+  the rec loss scores every item);
+- sparse+sampled-rec: sparse+sampled with `--recipe.sampled-rec`: the rec loss samples too (before that
+  setting existed, the only way; cheaper by one pooled row per prompt x the items, and less accurate);
+- sparse+sampled+no-user: sparse+sampled plus `--model.no-user-tokens` (a user is their history);
 - sparse+sampled+adagrad: sparse+sampled with row-wise Adagrad for the ID rows (`--recipe.id-optimizer
   adagrad`), not timed by default (the same step but for the update rule; its point is memory).
 Reported per size and variant: median seconds per step, the ratio large/small, the bytes of the
@@ -65,8 +70,9 @@ from models.training.loop import Loop, Stage
 
 log = logs.get(__name__)
 VARIANTS: dict[str, list[str]] = {
-    "current": [],
+    "dense": [],
     "sparse+sampled": ["--recipe.sparse-ids"],
+    "sparse+sampled-rec": ["--recipe.sparse-ids", "--recipe.sampled-rec"],
     "sparse+sampled+no-user": ["--recipe.sparse-ids", "--model.no-user-tokens"],
     "sparse+sampled+adagrad": ["--recipe.sparse-ids", "--recipe.id-optimizer", "adagrad"],
 }
@@ -76,7 +82,7 @@ VARIANTS: dict[str, list[str]] = {
 class StepScaleConfig:
     # synthetic sizes, users x items x interactions; the first is the reference of the ratios
     sizes: tuple[str, ...] = ("10000x5000x311000", "100000x20000x5000000")
-    variants: tuple[str, ...] = ("current", "sparse+sampled", "sparse+sampled+no-user")  # any of VARIANTS
+    variants: tuple[str, ...] = ("dense", "sparse+sampled", "sparse+sampled+no-user")  # any of VARIANTS
     negatives: int = 1024  # --recipe.item-negatives of the sampled variants
     schedule: str = "default"  # the CLLM4Rec schedule whose model and batch size are timed
     batch_size: int = 20  # examples per step (the default schedule's)
@@ -244,6 +250,7 @@ def run(cfg: StepScaleConfig) -> dict[str, Any]:
     return {"config": to_dict(cfg), "sizes": sizes, "rows": rows, "peak_rss_bytes": int(peak_rss),
             "matmul_peak_gflops": round(peak / 1e9, 1),
             "cpu": cpu_model(), "precision": precision_name(autocast_dtype(place.device, cfg.precision)),
+            "attention": cases[0].loop.attention or "the model's own (sdpa)",
             "synthetic_data": True, "command": invoking_command()}
 
 
@@ -256,7 +263,7 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{s}: {i['users']} users, {i['items']} items, {i['interactions']} interactions" for s, i in payload["sizes"].items())
         + f". Schedule `{cfg['schedule']}`" + (f" cut to {cfg['depth']} blocks" if cfg["depth"] else "")
         + f", batch {cfg['batch_size']}, every batch at the longest prompt, {cfg['threads']} thread(s), "
-        f"{payload['precision']}, CPU {payload['cpu']}. Sizes alternate step by step within one process "
+        f"{payload['precision']}, attention {payload.get('attention', 'sdpa')} in the steps, CPU {payload['cpu']}. Sizes alternate step by step within one process "
         f"({cfg['rounds']} rounds x {cfg['steps']} steps per size and variant, after {cfg['warmup']} warm-up). "
         "Epoch h: the steps of one real epoch (users with a history / batch) x the median step; an upper bound, "
         "since every timed batch is at the longest prompt. GFLOP/step: torch's FlopCounterMode over one step "

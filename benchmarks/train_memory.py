@@ -40,7 +40,7 @@ from models.reports import invoking_command
 from models.training.devices import cpu_model
 
 # the bench's names of the step-scale bench's variants (same flags)
-MODES = {"current": "dense (default)", "sparse+sampled": "sparse-ids + item-negatives",
+MODES = {"dense": "dense (default below the scale thresholds)", "sparse+sampled": "sparse-ids + item-negatives",
          "sparse+sampled+adagrad": "sparse-ids + item-negatives + row-wise Adagrad",
          "sparse+sampled+no-user": "no-user-tokens + sparse-ids + item-negatives"}
 STATE = ("PARAMETER", "GRADIENT", "OPTIMIZER_STATE")  # the timeline's categories counted by arithmetic instead

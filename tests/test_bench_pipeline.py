@@ -120,3 +120,17 @@ def test_export_steps_say_which_precision_ran_the_known_user_pass_and_what_the_b
     assert "known-user pass in bf16 (openvino-cpu)" in md
     assert "bf16 gate accepted: top-20 overlap 0.97, probe metric drop 0.004; the same 300 users in this run: " \
            "fp32 5.0 s, bf16 2.1 s (2.38x)" in md
+
+
+def test_an_epoch_is_extrapolated_from_its_steps_with_the_batch_building_charged_once(tmp_path: Path) -> None:
+    from benchmarks.pipeline import _epoch_extrapolation
+
+    (tmp_path / "train").mkdir()
+    epoch = {"steps": 10, "seconds": 25.0, "cpu_seconds": 24.0, "setup_seconds": 5.0, "setup_cpu_seconds": 4.0}
+    (tmp_path / "train" / "log.json").write_text(json.dumps({"epochs": [epoch]}))
+    out = _epoch_extrapolation(tmp_path, 1000)
+    assert out["s_per_step"] == 2.0  # (25 - 5) / 10, not 2.5
+    assert out["epoch_s_extrapolated"] == 5.0 + 2.0 * 1000 and out["epoch_cpu_s_extrapolated"] == 4.0 + 2.0 * 1000
+    old = {"steps": 10, "seconds": 25.0, "cpu_seconds": 24.0}  # a log from before the setup was recorded
+    (tmp_path / "train" / "log.json").write_text(json.dumps({"epochs": [old]}))
+    assert _epoch_extrapolation(tmp_path, 1000)["epoch_s_extrapolated"] == 2500.0

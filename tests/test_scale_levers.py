@@ -174,7 +174,7 @@ def test_sampled_softmax_over_every_item_with_a_flat_q_is_the_full_softmax(tiny:
 
 def test_a_batch_of_candidates_holds_its_positives_and_relabels_into_them(tiny: dict[str, Path], tmp_path: Path) -> None:
     config = parse(cli.TrainCli, [*cllm4rec_argv(tiny["lm"], tiny["data"], tmp_path / "c"), "--recipe.item-negatives", "5",
-                                  "--recipe.rec-collab-weight", "1"], presets=cli.SCHEDULES)
+                                  "--recipe.rec-collab-weight", "1", "--recipe.sampled-rec"], presets=cli.SCHEDULES)
     task = cli.build_task(config)
     rng = np.random.default_rng(0)
     rows, targets, labels = task.rec_examples(rng)
@@ -272,3 +272,97 @@ def test_the_time_budget_cuts_an_epoch_after_the_step_that_spends_it(tiny: dict[
     log = json.loads((out / "train" / "log.json").read_text())
     assert log["stopped"] == "time_budget" and (out / "train" / "state.safetensors").is_file()
     load_checkpoint(out)  # the best (here: the partial) epoch's checkpoint is complete
+
+
+def test_the_levers_switch_on_by_size_and_the_checkpoint_records_them(tiny: dict[str, Path]) -> None:
+    from models.cllm4rec.train import RecipeConfig, at_scale
+
+    small, switched = at_scale(RecipeConfig(), id_rows=2_625, items=1_682)  # MovieLens-100K: dense, full softmax
+    assert switched == {} and not small.sparse_ids and small.item_negatives == 0
+    big, switched = at_scale(RecipeConfig(), id_rows=120_000, items=20_000)
+    assert switched == {"sparse_ids": True, "item_negatives": 1024} and big.sparse_ids and big.item_negatives == 1024
+    rows_only, _ = at_scale(RecipeConfig(), id_rows=60_000, items=5_000)
+    assert rows_only.sparse_ids and rows_only.item_negatives == 0
+    asked, switched = at_scale(RecipeConfig(item_negatives=64), id_rows=120_000, items=20_000)
+    assert asked.item_negatives == 64 and switched == {"sparse_ids": True}  # a value given is kept
+    never, switched = at_scale(RecipeConfig(sparse_ids_from_rows=0, sampled_items_from=0), 10**7, 10**6)
+    assert switched == {} and not never.sparse_ids and never.item_negatives == 0
+
+    def task_of(*flags: str) -> Any:
+        argv = [*cllm4rec_argv(tiny["lm"], tiny["data"], tiny["data"].parent / "unused"), *flags]
+        return cli.build_task(parse(cli.TrainCli, argv, presets=cli.SCHEDULES))
+
+    task = task_of("--recipe.sparse-ids-from-rows", "30", "--recipe.sampled-items-from", "20",
+                   "--recipe.scale-negatives", "8")  # 12 users + 20 items
+    assert task.recipe.sparse_ids and task.recipe.item_negatives == 8 and task.model.sparse_ids
+    assert task.extra_config["recipe"]["sparse_ids"] and task.extra_config["recipe"]["item_negatives"] == 8
+    flags = task.extra_config["command_explicit"].split()  # rerun, it trains what ran, whatever the thresholds
+    assert "--recipe.sparse-ids" in flags and flags[flags.index("--recipe.item-negatives") + 1] == "8"
+    dense = task_of("--recipe.sparse-ids-from-rows", "33", "--recipe.sampled-items-from", "21")
+    assert not dense.recipe.sparse_ids and dense.recipe.item_negatives == 0 and not dense.model.sparse_ids
+
+
+def test_the_proposal_mixes_popularity_with_uniform_and_log_q_follows(tiny: dict[str, Path], tmp_path: Path) -> None:
+    def task_of(*flags: str) -> Any:
+        argv = [*cllm4rec_argv(tiny["lm"], tiny["data"], tmp_path / "c"), "--recipe.item-negatives", "5", *flags]
+        return cli.build_task(parse(cli.TrainCli, argv, presets=cli.SCHEDULES))
+
+    pop, half, flat = task_of(), task_of("--recipe.negatives-uniform", "0.5"), task_of("--recipe.negatives-uniform", "1")
+    n = pop.data.num_items
+    q_pop = np.exp(pop.item_log_q.astype(np.float64))
+    assert q_pop.max() / q_pop.min() > 2  # popularity: far from flat on this data
+    np.testing.assert_allclose(np.exp(flat.item_log_q), 1.0 / n, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(half.item_log_q), 0.5 * q_pop + 0.5 / n, rtol=1e-5)
+    for task in (pop, half, flat):  # the sampler draws from the Q that log Q corrects for
+        np.testing.assert_allclose(np.diff(task.item_cdf, prepend=0.0), np.exp(task.item_log_q), rtol=1e-5)
+        assert task.item_cdf[-1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="negatives_uniform"):
+        task_of("--recipe.negatives-uniform", "1.5")
+
+
+def test_with_the_rec_loss_full_only_the_collaborative_loss_samples(tiny: dict[str, Path], tmp_path: Path) -> None:
+    argv = [*cllm4rec_argv(tiny["lm"], tiny["data"], tmp_path / "c"), "--recipe.item-negatives", "3",
+            "--recipe.rec-collab-weight", "1", "--lm.lora-rank", "2"]  # default: only the collaborative loss samples
+    task = cli.build_task(parse(cli.TrainCli, argv, presets=cli.SCHEDULES))
+    rows, targets, labels = task.rec_examples(np.random.default_rng(0))
+    idx = np.array([0, 2, 5])
+    batch = task._rec_batch(rows, targets, labels, idx, seed=7)
+    cand = batch["candidates"].numpy()
+    assert batch["rec_full"] and batch["targets"].shape == (3, task.data.num_items)
+    for k, i in enumerate(idx):
+        assert set(np.flatnonzero(batch["targets"][k].numpy())) == set(targets[i].tolist())
+        lab = batch["labels"][k]
+        assert cand[lab[lab != IGNORE].numpy()].tolist() == [j for j in labels[i] if j != IGNORE]
+    model = task.model
+    model.eval()
+    with torch.no_grad():
+        both = model("rec", **{k: v for k, v in batch.items() if k != "task"})
+        rec_only = model.rec_loss(batch["input_ids"], batch["attention_mask"], batch["targets"],
+                                  reg=batch["reg"])  # full softmax (+ the mutual regularizer when the recipe has one)
+        h = model.hidden(batch["input_ids"], batch["attention_mask"], model.collab_embeddings)
+        hs, nxt = model._next_token_positions(h, batch["labels"])
+        collab = torch.nn.functional.cross_entropy(model.item_logits(model.score_space(hs), batch["candidates"],
+                                                                     batch["log_q"]), nxt)
+    torch.testing.assert_close(both, rec_only + collab)
+    # the gradient: the prompt's side gets the full softmax's; the item rows, the candidates' only
+    model.train()
+    x = (batch["input_ids"], batch["attention_mask"], batch["targets"])
+
+    def grads(**kw: Any) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.rec_loss(*x, **kw).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full = grads()
+    part = grads(candidates=batch["candidates"], log_q=batch["log_q"], rec_full=True)
+    lm = [n for n in full if "lora" in n]
+    assert lm and all(torch.allclose(part[n], full[n], atol=1e-6) for n in lm)
+    table = "item_output" if model.item_output is not None else "collab_embeddings"
+    first = 0 if model.item_output is not None else model.vocab.item_row
+    rows_full = full[table][first : first + task.data.num_items]
+    rows_part = part[table][first : first + task.data.num_items]
+    others = np.setdiff1d(np.arange(task.data.num_items), cand)
+    assert len(others) and rows_part[others].abs().sum() == 0 and rows_full[others].abs().sum() > 0
+    torch.testing.assert_close(rows_part[cand], rows_full[cand])
+    users = slice(0, first) if table == "collab_embeddings" else slice(None)  # the user rows: the prompt's side
+    torch.testing.assert_close(part["collab_embeddings"][users], full["collab_embeddings"][users])

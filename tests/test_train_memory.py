@@ -29,7 +29,7 @@ def test_counts_on_the_meta_device_equal_the_real_model(cfg: TrainMemoryConfig, 
 
     data, split, _ = size_data(StepScaleConfig(seed=0, data_dir=cfg.data_dir),
                                f"{cfg.measured_users}x{cfg.items}x{cfg.measured_interactions}")
-    m = measure_mode(cfg, "current", data, split, tmp_path / "current")
+    m = measure_mode(cfg, "dense", data, split, tmp_path / "dense")
     model = m["case"].task.model
     counted = count_at(m, data.num_users, data.num_items)
     assert counted["weights"] == sum(p.numel() * p.element_size() for p in model.parameters())
@@ -40,7 +40,7 @@ def test_what_grows_with_users_per_mode(cfg: TrainMemoryConfig) -> None:
     result = run_train_memory(cfg)
     rows = {(r["mode"], r["users"]): r for r in result["rows"]}
     grown = 9_000 * result["measured"][0]["hidden"] * 4  # bytes of 9,000 more rows of one fp32 table
-    dense = rows["current", 10_000], rows["current", 1_000]
+    dense = rows["dense", 10_000], rows["dense", 1_000]
     # the collaborative table only: the default schedule has no content stage, so no content table either
     assert dense[0]["weights"] - dense[1]["weights"] == grown
     assert dense[0]["gradients"] - dense[1]["gradients"] == grown  # rec steps train the collaborative one
@@ -53,4 +53,4 @@ def test_what_grows_with_users_per_mode(cfg: TrainMemoryConfig) -> None:
     no_user = rows["sparse+sampled+no-user", 10_000], rows["sparse+sampled+no-user", 1_000]
     assert no_user[0]["total"] == no_user[1]["total"] and no_user[0]["id_rows"] == cfg.items + 1
     text = markdown(result)
-    assert "| dense (default) | 10,000 |" in text and "Command:" in text
+    assert "| dense (default below the scale thresholds) | 10,000 |" in text and "Command:" in text

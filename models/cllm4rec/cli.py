@@ -23,7 +23,7 @@ Every schedule but `default` keeps the paper's frozen, full-depth LM unless `--l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,7 +38,7 @@ from models.cllm4rec import report
 from models.cllm4rec.model import CLLM4Rec, ModelConfig
 from models.cllm4rec.prompts import Template
 from models.cllm4rec.tokens import IdTokenizer
-from models.cllm4rec.train import CLLM4RecTask, RecipeConfig, with_content_table
+from models.cllm4rec.train import CLLM4RecTask, RecipeConfig, at_scale, with_content_table
 from models.data.config import DataConfig
 from models.data.loaders import load_data
 from models.data.splits import Split, make_split
@@ -130,6 +130,12 @@ def build_task(cli: TrainCli) -> CLLM4RecTask:
     data = load_data(cli.data)
     split = make_split(data, PROTOCOL, cli.data.split_seed)
     _warn_long_histories(split, cli.model.max_history)
+    id_rows = data.num_items + (data.num_users if cli.model.user_tokens else 0)
+    recipe, switched = at_scale(cli.recipe, id_rows, data.num_items)
+    if switched:
+        log.info("step-cost levers on for this size (--recipe.sparse-ids-from-rows / --recipe.sampled-items-from "
+                 "0 keep the dense tables and the full softmax)", id_rows=id_rows, items=data.num_items, **switched)
+        cli = replace(cli, recipe=recipe)  # recorded as it trains, in the config and the command
     backbone, hf_tok = bb.load_backbone(cli.backbone, cli.lm)
     tok = IdTokenizer(hf_tok, data.num_users, data.num_items, cli.model.user_tokens)
     model = CLLM4Rec(with_content_table(cli.model, cli.recipe), backbone, tok.vocab)

@@ -257,19 +257,33 @@ class CLLM4Rec(nn.Module):
         collab_weight: float = 0.0,
         candidates: torch.Tensor | None = None,
         log_q: torch.Tensor | None = None,
+        rec_full: bool = False,
     ) -> torch.Tensor:
         """Multinomial log-likelihood of the held-out items: -sum_j y_j log softmax(s)_j.
 
         With `labels` (item index at each history position) and collab_weight > 0 the
         collaborative-LM loss over the prompt's own history is added: it reuses the same
         forward pass, so it is extra supervision for the item rows at almost no cost.
-        With `candidates` (a sampled softmax), `targets` and `labels` index into `candidates`.
+        With `candidates` (a sampled softmax), `targets` and `labels` index into `candidates`; with
+        `rec_full` as well, only the collaborative loss samples (`labels` index into `candidates`) and the
+        rec loss scores every item (`targets` over all of them): one row per prompt, cheap beside the
+        collaborative loss's row per history position. Its gradient reaches the prompt (the LM, the user's
+        row) from every item, and the item rows of the candidates only: a gradient for every item's row
+        would make each sparse step touch the whole table (at 20k items: 1.71 s per step against 1.37).
         """
         h = self.hidden(input_ids, attention_mask, self.collab_embeddings)
         items = self.item_matrix(candidates)
-        scores = self.score_space(self.pool(h, attention_mask, self.cfg.pooling)) @ items.T
-        if log_q is not None:
-            scores = scores - log_q
+        pooled = self.score_space(self.pool(h, attention_mask, self.cfg.pooling))
+        if rec_full and candidates is not None:
+            with torch.no_grad():
+                every = self.item_matrix()
+            scores = (pooled @ every.T).index_copy(1, candidates, pooled @ items.T)
+        elif rec_full:
+            scores = pooled @ self.item_matrix().T
+        else:
+            scores = pooled @ items.T
+            if log_q is not None:
+                scores = scores - log_q
         loss = -(F.log_softmax(scores, dim=-1) * targets).sum(1).mean()
         if labels is not None and collab_weight > 0:
             hs, next_items = self._next_token_positions(h, labels)

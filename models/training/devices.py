@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from common.cpu import BF16_FLAGS, CPUINFO, cpu_flags
-from models.training.config import Precision
+from models.training.config import Attention, Precision
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
@@ -71,3 +72,38 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def step_attention(device: torch.device, dtype: torch.dtype | None, requested: Attention) -> str | None:
+    """The attention implementation training steps run with; None keeps the model's own."""
+    if requested != "auto":
+        return requested
+    return "eager" if device.type == "cpu" and dtype is torch.bfloat16 else None
+
+
+def hf_models(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The outermost Hugging Face models inside `module`, one per config (a Llama model and its
+    ...ForCausalLM share one, and setting it on the outer one reaches the inner)."""
+    found, seen = [], set()
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if hasattr(sub, "set_attn_implementation") and config is not None and id(config) not in seen:
+            seen.add(id(config))
+            found.append(sub)
+    return found
+
+
+@contextlib.contextmanager
+def attention_implementation(models: list[torch.nn.Module], name: str | None) -> Iterator[None]:
+    """Runs the block with every model in `models` on attention `name`, then puts each one's back."""
+    if name is None or not models:
+        yield
+        return
+    before = [m.config._attn_implementation for m in models]
+    for m in models:
+        m.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        for m, b in zip(models, before, strict=True):
+            m.set_attn_implementation(b)

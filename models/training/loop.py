@@ -41,8 +41,15 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_
 from common import logs
 from models.training import state as saved_state
 from models.training.checkpoint import CONFIG
-from models.training.config import RunConfig, TrainConfig
-from models.training.devices import autocast, autocast_dtype, precision_name
+from models.training.config import Attention, RunConfig, TrainConfig
+from models.training.devices import (
+    attention_implementation,
+    autocast,
+    autocast_dtype,
+    hf_models,
+    precision_name,
+    step_attention,
+)
 from models.training.distributed import Placement, init_distributed
 from models.training.optim import RowAdamW
 
@@ -136,10 +143,13 @@ class Progress:
 
 class Loop:
     def __init__(self, task: Task, cfg: TrainConfig, out: Path, place: Placement,
-                 amp_dtype: torch.dtype | None, meta: dict[str, Any] | None = None) -> None:
+                 amp_dtype: torch.dtype | None, meta: dict[str, Any] | None = None,
+                 attention: Attention = "auto") -> None:
         self.task, self.cfg, self.out, self.place, self.amp = task, cfg, Path(out), place, amp_dtype
         self.meta = meta or {}
         self.module = task.module.to(place.device)
+        self.attention = step_attention(place.device, amp_dtype, attention)
+        self._hf_models = hf_models(self.module)
         self.net: nn.Module = self.module  # wrapped in DDP by fit(), once the task has prepared it
         self.sparse_params: list[nn.Parameter] = []  # under DDP: averaged over ranks by the loop, not DDP
         self.progress = Progress()
@@ -182,9 +192,11 @@ class Loop:
                 if q.grad is not None and q.grad.is_sparse:
                     q.grad = q.grad.coalesce() * scale
 
-    def _epoch(self, stage: Stage) -> tuple[float, int, bool]:
-        """(mean loss, steps, whether the time budget cut the epoch short)."""
+    def _epoch(self, stage: Stage) -> tuple[float, int, bool, tuple[float, float]]:
+        """(mean loss, steps, whether the time budget cut the epoch short, seconds before the first step:
+        the epoch's examples and batches, which a cut epoch's seconds per step must not be charged with)."""
         p = self.progress
+        t0, cpu0 = time.time(), time.process_time()
         builders = self.task.epoch_batches(stage, p.epoch, self.rng)
         if self.cfg.max_steps_per_epoch > 0:
             builders = builders[: self.cfg.max_steps_per_epoch * self.place.world]
@@ -201,6 +213,7 @@ class Loop:
         bar = tqdm(builders, desc=f"{stage.name}:{stage.task(p.epoch)} {p.epoch + 1}/{stage.epochs}",
                    disable=not (self.place.main and show_progress(self.cfg.progress)), leave=False)
         total, steps, cut = 0.0, 0, False
+        setup = time.time() - t0, time.process_time() - cpu0
         for build in bar:
             total += self.step(build())
             steps += 1
@@ -209,16 +222,17 @@ class Loop:
                 cut = True
                 break
         mean = self.place.all_sum([total, float(steps)])
-        return mean[0] / max(mean[1], 1.0), steps, cut
+        return mean[0] / max(mean[1], 1.0), steps, cut, setup
 
     def step(self, batch: Batch) -> float:
         """One optimizer step on one batch (what an epoch repeats; benchmarks time it alone); its loss."""
         assert self.optimizer is not None and self.scheduler is not None
         batch = to_device(batch, self.place.device)
-        with autocast(self.place.device, self.amp):
-            loss = self.task.loss(self.net, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        with attention_implementation(self._hf_models, self.attention):
+            with autocast(self.place.device, self.amp):
+                loss = self.task.loss(self.net, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
         self.place.mean_sparse_grads(self.sparse_params)
         if self.cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
@@ -286,6 +300,7 @@ class Loop:
         """The JSON training log: every epoch, the best one, why it stopped, where and how it ran."""
         p = self.progress
         return {**self.meta, "device": str(self.place.device), "precision": precision_name(self.amp),
+                "attention": self.attention or "model's own",
                 "world_size": self.place.world, "train": dataclasses.asdict(self.cfg), "epochs": p.epochs,
                 "best": p.best, "stopped": p.stopped, "wall_s": p.wall_s}
 
@@ -319,7 +334,7 @@ class Loop:
             self.optimizer.load_state_dict(self._resumed["optimizer"])
         while p.epoch < stage.epochs and not self._out_of_time():
             t0, cpu0 = time.time(), time.process_time()
-            loss, steps, cut = self._epoch(stage)
+            loss, steps, cut, setup = self._epoch(stage)
             self._resumed = None
             seconds = time.time() - t0
             self._add_time(stage.name, seconds)
@@ -328,6 +343,7 @@ class Loop:
             entry: dict[str, Any] = {"stage": stage.name, "epoch": p.epoch, "task": stage.task(p.epoch - 1),
                                      "loss": loss, "seconds": seconds, "cpu_seconds": time.process_time() - cpu0,
                                      "steps": steps,
+                                     "setup_seconds": round(setup[0], 3), "setup_cpu_seconds": round(setup[1], 3),
                                      "lr": [g["lr"] for g in self.optimizer.param_groups]}
             if cut:
                 entry["cut"] = "time_budget"  # a partial epoch: `steps` of it ran
@@ -405,4 +421,5 @@ def run(task: Task, run_cfg: RunConfig, cfg: TrainConfig, out: Path, meta: dict[
     """Joins torchrun's process group (if any) on `run_cfg.device` and runs the loop in
     `run_cfg.precision`; returns the training log."""
     place = init_distributed(run_cfg.device)
-    return Loop(task, cfg, out, place, autocast_dtype(place.device, run_cfg.precision), meta).fit()
+    return Loop(task, cfg, out, place, autocast_dtype(place.device, run_cfg.precision), meta,
+                run_cfg.attention).fit()
