@@ -20,6 +20,8 @@ differ. Within a variant the sizes take turns step by step. Variants:
 - sparse+sampled+no-user: sparse+sampled plus `--model.no-user-tokens` (a user is their history);
 - sparse+sampled+adagrad: sparse+sampled with row-wise Adagrad for the ID rows (`--recipe.id-optimizer
   adagrad`), not timed by default (the same step but for the update rule; its point is memory).
+A variant may name the attention kernel of its steps after an `@` (`dense@sdpa`, `dense@eager`; without
+one, `--attention`, auto by default: eager in bf16 on a CPU), so kernels compare in one process.
 Reported per size and variant: median seconds per step, the ratio large/small, the bytes of the
 trained tensors plus optimizer state, and an epoch estimate (steps of a real epoch x the median step:
 an upper bound, since real batches are mostly shorter than the longest prompts timed here). The
@@ -63,8 +65,8 @@ from models.data.dataset import InteractionData
 from models.data.loaders import load_data
 from models.data.splits import Split, make_split
 from models.reports import invoking_command, write_report
-from models.training.config import Precision
-from models.training.devices import autocast_dtype, cpu_model, precision_name
+from models.training.config import Attention, Precision
+from models.training.devices import autocast_dtype, cpu_model, precision_name, step_attention
 from models.training.distributed import init_distributed
 from models.training.loop import Loop, Stage
 
@@ -92,6 +94,7 @@ class StepScaleConfig:
     depth: int = 0  # >0: keep only this many LM blocks (0: the schedule's)
     backbone: bb.BackboneConfig = field(default_factory=bb.BackboneConfig)  # default: SmolLM2-135M
     precision: Precision = "auto"
+    attention: Attention = "auto"  # the steps' attention kernel of variants that do not name one after "@"
     threads: int = 1  # one core per step, as the issue's targets are stated
     seed: int = 0  # of the synthetic data and the batches
     data_dir: Path = field(default_factory=lambda: work_dir() / "synthetic")  # generated once per size, reused
@@ -137,9 +140,10 @@ def size_data(cfg: StepScaleConfig, size: str) -> tuple[InteractionData, Split, 
 
 def make_case(cfg: StepScaleConfig, size: str, variant: str, data: InteractionData, split: Split,
               out: Path) -> Case:
+    base, _, attention = variant.partition("@")
     flags = ["--schedule", cfg.schedule, "--train.batch-size", str(cfg.batch_size), "--threads", str(cfg.threads),
-             "--precision", cfg.precision, *VARIANTS[variant]]
-    if "sampled" in variant:
+             "--precision", cfg.precision, "--attention", attention or cfg.attention, *VARIANTS[base]]
+    if "sampled" in base:
         flags += ["--recipe.item-negatives", str(cfg.negatives)]
     run = parse(cllm_cli.TrainCli, flags, presets=cllm_cli.SCHEDULES)
     lm = dataclasses.replace(run.lm, depth=cfg.depth) if cfg.depth else run.lm
@@ -149,7 +153,7 @@ def make_case(cfg: StepScaleConfig, size: str, variant: str, data: InteractionDa
     model = CLLM4Rec(with_content_table(run.model, run.recipe), backbone, tok.vocab)
     task = CLLM4RecTask(model, tok, Template.build(tok), data, split, run.recipe, run.train, {}, lm, {})
     place = init_distributed("cpu")
-    loop = Loop(task, run.train, out, place, autocast_dtype(place.device, run.precision))
+    loop = Loop(task, run.train, out, place, autocast_dtype(place.device, run.precision), attention=run.attention)
     stage = Stage("rec", 1)
     loop.optimizer = loop._new_optimizer(stage)
     loop.scheduler = loop._new_scheduler(stage, 100_000)
@@ -250,7 +254,8 @@ def run(cfg: StepScaleConfig) -> dict[str, Any]:
     return {"config": to_dict(cfg), "sizes": sizes, "rows": rows, "peak_rss_bytes": int(peak_rss),
             "matmul_peak_gflops": round(peak / 1e9, 1),
             "cpu": cpu_model(), "precision": precision_name(autocast_dtype(place.device, cfg.precision)),
-            "attention": cases[0].loop.attention or "the model's own (sdpa)",
+            "attention": step_attention(place.device, autocast_dtype(place.device, cfg.precision), cfg.attention)
+            or "the model's own (sdpa)",
             "synthetic_data": True, "command": invoking_command()}
 
 
@@ -263,7 +268,8 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{s}: {i['users']} users, {i['items']} items, {i['interactions']} interactions" for s, i in payload["sizes"].items())
         + f". Schedule `{cfg['schedule']}`" + (f" cut to {cfg['depth']} blocks" if cfg["depth"] else "")
         + f", batch {cfg['batch_size']}, every batch at the longest prompt, {cfg['threads']} thread(s), "
-        f"{payload['precision']}, attention {payload.get('attention', 'sdpa')} in the steps, CPU {payload['cpu']}. Sizes alternate step by step within one process "
+        f"{payload['precision']}, attention {payload.get('attention', 'sdpa')} in the steps (a variant's `@kernel` "
+        f"overrides it), CPU {payload['cpu']}. Sizes alternate step by step within one process "
         f"({cfg['rounds']} rounds x {cfg['steps']} steps per size and variant, after {cfg['warmup']} warm-up). "
         "Epoch h: the steps of one real epoch (users with a history / batch) x the median step; an upper bound, "
         "since every timed batch is at the longest prompt. GFLOP/step: torch's FlopCounterMode over one step "

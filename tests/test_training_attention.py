@@ -1,5 +1,5 @@
 """Training steps may run another attention kernel than the model's own: eager where the steps run bf16
-on a CPU (torch's fused CPU attention backward took ~30% of a SmolLM2 step there). The choice, that the
+on a CPU (an sdpa SmolLM2 step took 1.33x an eager one there). The choice, that the
 kernel changes the step's speed and not its numbers, and that validation, eval and export keep the
 model's own."""
 

@@ -78,9 +78,9 @@ class RecipeConfig:
     negatives_uniform: float = 0.0
     # with item_negatives: False (default) samples only the collaborative loss (a row per history position,
     # nearly all of the softmax's cost) and the rec loss (one pooled row per prompt) keeps every item; True
-    # samples both, as runs before this setting did: at 10k synthetic users, 5 epochs, that cost test
-    # Recall@20 -0.016 +- 0.003 against dense tables and the full softmax, sampling the collaborative loss only
-    # nothing measurable, at the same step time
+    # samples both, as runs before this setting did: at 10k synthetic users, 5 epochs, one seed, test
+    # Recall@20 against dense tables and the full softmax: -0.016 +- 0.003 sampling both, +0.008 +- 0.002
+    # sampling the collaborative loss only (benchmarks/results/quality_cllm4rec_synthetic10k_levers.md)
     sampled_rec: bool = False
     # the ID tables get sparse gradients (only the batch's rows) and row-wise Adam updates, so a step's
     # cost does not grow with the table; False: dense gradients and AdamW over the whole tables
@@ -90,9 +90,9 @@ class RecipeConfig:
     # 2 x hidden, e.g. 43 GiB -> 0.04 GiB at 10M users)
     id_optimizer: Literal["adam", "adagrad"] = "adam"
     # Sizes from which the two step-cost levers switch on by themselves (0: never). Below them the dense
-    # tables and the full softmax cost little and are the measured-better setting on MovieLens-100K; above,
-    # they dominate the step (100k users / 20k items, bf16: 1.3 s per step dense and full, 1.06 s with
-    # sparse rows, 0.61 s with both). ID rows: users with a token of their own + items.
+    # tables and the full softmax cost little (MovieLens-100K's default stays as measured); above, they
+    # dominate the step (100k users / 20k items, bf16, longest prompts: 4.17 s per step dense, 1.34 s with
+    # both; benchmarks/results/bench_cllm4rec_step_scale_bf16.md). ID rows: users with a token + items.
     sparse_ids_from_rows: int = 50_000  # sparse_ids on from this many ID rows
     sampled_items_from: int = 10_000  # item_negatives = scale_negatives from this many items (when left at 0)
     scale_negatives: int = 1024
