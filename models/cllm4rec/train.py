@@ -70,8 +70,8 @@ class RecipeConfig:
     valid_users: int = 0  # >0: validate on that many users (a fixed random subset); 0 = all
     eval_batch_size: int = 32  # prompts per forward pass when scoring users
     calibrate_users: int = 64  # users whose prompts set the feature scale and temperature at the start
-    # >0: the rec and collaborative losses score only the batch's own items plus this many negatives drawn by
-    # training popularity (sampled softmax, logits corrected by -log Q); 0: every item (the paper's)
+    # >0: the collaborative loss (and with sampled_rec the rec loss) scores only the batch's own items plus
+    # this many negatives drawn from Q (sampled softmax, logits corrected by -log Q); 0: every item (the paper's)
     item_negatives: int = 0
     # share of the negatives' proposal Q that is uniform over the items, the rest by training popularity
     # (log Q corrects for both): popularity alone rarely draws a tail item as a negative
