@@ -18,14 +18,15 @@ softmax over items otherwise has to spend hidden dimensions on) rides along as o
 dimension: the user vector gets a constant 1 appended and the item vector its bias.
 
 Three levers keep a training step's cost from growing with the number of users and items (none is the
-paper's setting, none is on by default):
+paper's setting; the task switches the last two on from a size on, see RecipeConfig):
 - `user_tokens=False` (a model setting): no ID row per user; every prompt starts with the
   anonymous-user token, so a user is their history and the tables hold only items (+ the anonymous row).
 - `sparse_ids` (a training setting, set by the task): the ID tables are read with sparse gradients, so
   a step touches only the batch's rows (the loop's optimizer updates them row-wise: models.training.optim).
-- sampled item softmax (the task passes `candidates` and `log_q`): the rec and collaborative losses
-  score only a candidate set of items (the batch's own plus sampled negatives), with the sampling
-  probabilities' log subtracted from the logits (logQ correction), instead of every item at every position.
+- sampled item softmax (the task passes `candidates` and `log_q`): the collaborative loss scores only a
+  candidate set of items (the batch's own plus sampled negatives), with the sampling probabilities' log
+  subtracted from the logits (logQ correction), instead of every item at every position; the rec loss
+  keeps every item (`rec_full`) unless the task samples it too.
 """
 
 from __future__ import annotations
