@@ -3,10 +3,15 @@ so both run an ONNX graph the same way. Torch-free; OpenVINO itself is an option
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8w": "f32"}  # our precision -> INFERENCE_PRECISION_HINT
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def compile_config(precision: str, threads: int, instances: int) -> dict[str, str]:

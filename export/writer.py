@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import shutil
 import time
 import warnings
@@ -28,6 +27,7 @@ import torch
 
 from common import logs
 from common.cpu import cpu_flags as machine_cpu_flags
+from common.openvino import installed as openvino_installed
 from export.config import ExportConfig
 from export.flops import matmul_weights
 from export.index import build_index, recall_vs_exact, sample_rows, save_index
@@ -255,10 +255,6 @@ def known_user_vectors(bundle: ServingBundle, graph: Path, model_dir: Path, cfg:
                  positions=fn.positions, tokens=fn.tokens, est_gflop=round(gflop, 1),
                  gflop_per_cpu_s=round(gflop / cpu, 1) if cpu > 0 else None)
     return store, compute
-
-
-def openvino_installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
 
 
 def bf16_gate(fp32: OrtBatchFn, bf16: OrtBatchFn, bundle: ServingBundle, cfg: ExportConfig) -> dict[str, Any]:

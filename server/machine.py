@@ -11,6 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from common.cpu import BF16_FLAGS, cpu_flags
+from common.openvino import installed as openvino_installed
 
 
 @dataclass(frozen=True)
@@ -53,5 +54,5 @@ def detect() -> Machine:
 
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     return Machine(cpu_flags=cpu_flags(), ort_providers=tuple(ort.get_available_providers()), cuda_devices=gpus,
-                   openvino=importlib.util.find_spec("openvino") is not None,
+                   openvino=openvino_installed(),
                    nncf=importlib.util.find_spec("nncf") is not None, cpus=usable_cpus())

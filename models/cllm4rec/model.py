@@ -279,8 +279,6 @@ class CLLM4Rec(nn.Module):
             with torch.no_grad():
                 every = self.item_matrix()
             scores = (pooled @ every.T).index_copy(1, candidates, pooled @ items.T)
-        elif rec_full:
-            scores = pooled @ self.item_matrix().T
         else:
             scores = pooled @ items.T
             if log_q is not None:

@@ -316,16 +316,16 @@ class CLLM4RecTask:
         if self.recipe.rec_collab_weight > 0:
             batch["labels"] = collate([rows[i] for i in idx], 0, [labels[i] for i in idx])["labels"]
             batch["collab_weight"] = self.recipe.rec_collab_weight
+        history = ([np.asarray([j for j in labels[i] if j != IGNORE], dtype=np.int64) for i in idx]
+                   if seed is not None else [])
         if seed is None or not self.recipe.sampled_rec:
             y = torch.zeros(len(idx), self.model.num_items)
             for b, i in enumerate(idx):
                 y[b, torch.as_tensor(targets[i])] = 1.0
             if seed is not None and "labels" in batch:  # only the collaborative loss samples
-                history = [np.asarray([j for j in labels[i] if j != IGNORE], dtype=np.int64) for i in idx]
                 self._sampled(batch, np.concatenate(history), seed)
                 batch["rec_full"] = True
         else:
-            history = [np.asarray([j for j in labels[i] if j != IGNORE], dtype=np.int64) for i in idx]
             cand = self._sampled(batch, np.concatenate([targets[i] for i in idx] + history), seed)
             y = torch.zeros(len(idx), len(cand))
             for b, i in enumerate(idx):
