@@ -3,7 +3,8 @@ several data sizes, each step a child process of the real CLI, with its growth f
 
 Per step: wall seconds, CPU seconds (user + system of the step's processes, from the kernel's
 accounting of waited-for children: robust to a machine shared with other jobs, unlike wall time),
-peak RSS (the step's process tree, sampled every 0.2 s), and the size of what it wrote. Training runs
+peak RSS (the step's process tree, sampled every 0.2 s, or the step's own peak as wait4 reports it at
+exit where that is larger: a step shorter than one interval would otherwise show none), and the size of what it wrote. Training runs
 for a fixed small number of epochs, or steps, or within a time budget; what a whole epoch would take is
 extrapolated from the seconds per step and said to be an extrapolation. A step that runs past its limit
 is stopped and reported as such, a step that fails is reported with its last message, and what
@@ -126,6 +127,11 @@ class TreeSampler:
     def reset(self) -> None:
         self._peak = 0
 
+    def observe(self, rss: int) -> None:
+        """A peak measured another way (a child's own, at exit): a step shorter than one sampling
+        interval would otherwise show none."""
+        self._peak = max(self._peak, rss)
+
     def peak(self) -> int:
         return self._peak
 
@@ -156,14 +162,29 @@ def last_message(log_path: Path) -> str:
     return ""
 
 
-def run_cli(argv: list[str], log_path: Path, limit_s: float) -> tuple[str, float, str]:
-    """Runs `llmrec <argv>` as a child in its own process group: (status, wall s, message)."""
+def wait_with_rusage(proc: subprocess.Popen, timeout_s: float) -> tuple[int, int]:
+    """(exit code, peak RSS in bytes) of a child: wait4's own figure for the child and the descendants it
+    waited for (Linux reports kilobytes). Raises subprocess.TimeoutExpired after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss * 1024
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout_s)
+        time.sleep(0.02)
+
+
+def run_cli(argv: list[str], log_path: Path, limit_s: float) -> tuple[str, float, str, int]:
+    """Runs `llmrec <argv>` as a child in its own process group: (status, wall s, message, the child's
+    peak RSS in bytes as the kernel counted it; 0 when it was stopped)."""
     t0 = time.perf_counter()
     with log_path.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "llmrec", *argv], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            code = proc.wait(timeout=limit_s)
+            code, peak = wait_with_rusage(proc, limit_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -171,9 +192,10 @@ def run_cli(argv: list[str], log_path: Path, limit_s: float) -> tuple[str, float
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            return "timed_out", time.perf_counter() - t0, f"stopped after the step limit ({limit_s / 60:.1f} min)"
+            return ("timed_out", time.perf_counter() - t0, f"stopped after the step limit ({limit_s / 60:.1f} min)",
+                    0)
     wall = time.perf_counter() - t0
-    return ("ok", wall, "") if code == 0 else ("failed", wall, f"exit {code}: {last_message(log_path)}")
+    return ("ok", wall, "", peak) if code == 0 else ("failed", wall, f"exit {code}: {last_message(log_path)}", peak)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -397,7 +419,8 @@ def run_step(ctx: Context, step: str) -> dict[str, Any]:
             # versions (or known-user shards) counted in the output or reused, not measured
             shutil.rmtree(out)
         limit = ctx.cfg.baselines_limit_min if step == "baselines" else ctx.cfg.step_limit_min
-        status, wall, message = run_cli(argv, log_path, limit * 60)
+        status, wall, message, peak = run_cli(argv, log_path, limit * 60)
+        ctx.sampler.observe(peak)
     if step == "train_tcf":
         extra = _epoch_extrapolation(ctx.root / "tcf", None)
     elif step == "train_cllm4rec":
@@ -447,7 +470,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Command: `{result['command']}`", "",
              f"Machine: {result.get('machine', {}).get('cpu', '?')}, {result.get('machine', {}).get('cores', '?')} "
              "cores, shared with other jobs while this ran: CPU seconds are the steadier figure, wall seconds "
-             "include waiting for the CPU. Peak RSS: the step's process tree, sampled every 0.2 s. Every step is a "
+             "include waiting for the CPU. Peak RSS: the step's process tree, sampled every 0.2 s, or the step's own peak as the kernel counted it at exit where that is larger. Every step is a "
              "child process of the real CLI (`llmrec ...`); training runs a fixed small number of epochs/steps or "
              "a time budget (status `budget`), and an epoch is extrapolated from seconds per step.", ""]
     commands = sorted({s["measured_by"] for s in result["sizes"] if s.get("measured_by")})

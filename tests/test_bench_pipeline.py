@@ -134,3 +134,19 @@ def test_an_epoch_is_extrapolated_from_its_steps_with_the_batch_building_charged
     old = {"steps": 10, "seconds": 25.0, "cpu_seconds": 24.0}  # a log from before the setup was recorded
     (tmp_path / "train" / "log.json").write_text(json.dumps({"epochs": [old]}))
     assert _epoch_extrapolation(tmp_path, 1000)["epoch_s_extrapolated"] == 2500.0
+
+
+def test_a_child_shorter_than_one_sampling_interval_still_has_its_peak_rss(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from benchmarks.pipeline import wait_with_rusage
+
+    proc = subprocess.Popen([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    code, peak = wait_with_rusage(proc, 60)
+    assert code == 0 and proc.returncode == 0 and peak >= 300 * 2**20
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        wait_with_rusage(slow, 0.2)
+    slow.kill()
+    slow.wait()
